@@ -1,0 +1,131 @@
+//! Wires a `VmConfig` into a runnable machine: KVM, guest memory, the kernel
+//! and its boot information, the VM, its vCPUs and its devices. Every check
+//! a user can fail happens here, before any guest code runs, and each
+//! failure is one `BuildError` with a message saying what to change.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::config::{KernelSource, MAX_VCPUS, VmConfig, format_size};
+use crate::devices::PortDevices;
+use crate::devices::records::RecordChannel;
+use crate::devices::serial::Console;
+use crate::guest_image;
+use crate::layout::{KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
+use crate::loader::{self, LoadError};
+use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vstate::kvm::{KvmError, KvmSystem};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("--vcpus {asked} is out of range: this host allows 1..={max}")]
+    Vcpus { asked: u32, max: u32 },
+    #[error("--mem {0} is too small: the smallest guest is 16M")]
+    MemTooSmall(String),
+    #[error("cannot read kernel {path}: {source}")]
+    KernelFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot wire the serial interrupt: {0}")]
+    SerialIrq(#[source] std::io::Error),
+}
+
+/// Below this a guest cannot hold the boot structures, a kernel and a stack.
+const MIN_MEM: u64 = 16 << 20;
+
+/// A VM ready to run. Field order matters for drop: vCPUs and the VM go
+/// before the memory they point into.
+pub struct Machine {
+    pub vcpus: Vec<Vcpu>,
+    pub devices: Arc<PortDevices>,
+    pub vm: Vm,
+    pub memory: GuestMemoryMmap,
+    pub first_output: Arc<OnceLock<Instant>>,
+    pub kvm: KvmSystem,
+}
+
+/// Builds the machine `config` describes.
+pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
+    let kvm = KvmSystem::open()?;
+    let max_vcpus = MAX_VCPUS.min(kvm.max_vcpus as u32);
+    if config.vcpus == 0 || config.vcpus > max_vcpus {
+        return Err(BuildError::Vcpus {
+            asked: config.vcpus,
+            max: max_vcpus,
+        });
+    }
+    if config.mem_bytes < MIN_MEM {
+        return Err(BuildError::MemTooSmall(format_size(config.mem_bytes)));
+    }
+    let (image, name) = kernel_image(&config.kernel)?;
+    let memory = memory::create_guest_memory(config.mem_bytes, config.backing, kvm.phys_bits())?;
+    let kernel = loader::load_kernel(
+        &memory,
+        &image,
+        &name,
+        config.mem_bytes,
+        KERNEL_MIN_WORKING_SET,
+    )?;
+    let cmdline = format!("cpus={} {}", config.vcpus, config.cmdline);
+    loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
+
+    let vm = Vm::new(&kvm, &memory)?;
+    let vcpus = (0..config.vcpus)
+        .map(|index| Vcpu::new(&vm, index, &kvm.supported_cpuid))
+        .collect::<Result<Vec<_>, _>>()?;
+    vcpus[0].set_pvh_entry(kernel.entry.0)?;
+
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
+    vm.fd
+        .register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|e| BuildError::SerialIrq(std::io::Error::from_raw_os_error(e.errno())))?;
+    let first_output = Arc::new(OnceLock::new());
+    let devices = Arc::new(PortDevices::new(
+        Console::new(serial_irq, first_output.clone()),
+        RecordChannel::new(memory.clone()),
+    ));
+    Ok(Machine {
+        vcpus,
+        devices,
+        vm,
+        memory,
+        first_output,
+        kvm,
+    })
+}
+
+/// The kernel's bytes and the name errors use for it.
+fn kernel_image(
+    source: &KernelSource,
+) -> Result<(std::borrow::Cow<'static, [u8]>, String), BuildError> {
+    match source {
+        KernelSource::BuiltIn => Ok((
+            guest_image::GUEST_KERNEL.into(),
+            "the built-in kernel".into(),
+        )),
+        KernelSource::File(path) => {
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|source| BuildError::KernelFile {
+                path: shown.clone(),
+                source,
+            })?;
+            Ok((bytes.into(), shown))
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Loading a PVH kernel and writing its boot information.
+//!
+//! linux-loader does the ELF loading, the PVH note lookup, the start-info
+//! layout and the command line; this module adds the checks a VMM owes its
+//! user (the file is an ELF, it has a PVH entry, it fits in RAM above 1 MiB)
+//! and builds the memory map from the RAM layout.
+
+use std::io::Cursor;
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use linux_loader::loader::elf::{Elf, Error as ElfError, PvhBootCapability};
+use linux_loader::loader::{Error as LoaderError, KernelLoader, load_cmdline};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::layout::{
+    CMDLINE_CAPACITY, CMDLINE_START, EBDA_START, HIGH_RAM_START, PVH_MEMMAP, PVH_START_INFO,
+};
+use crate::memory::{GuestMemoryMmap, ram_ranges};
+
+const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
+const MEMMAP_RAM: u32 = 1;
+const MEMMAP_RESERVED: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0} is not an ELF file")]
+    NotElf(String),
+    #[error("{0} is not a 64-bit little-endian x86 ELF kernel")]
+    WrongElfKind(String),
+    #[error("{0} is a malformed ELF file ({1})")]
+    Malformed(String, &'static str),
+    #[error(
+        "{0} has no PVH entry point (an ELF note \"Xen\" of type 18); writewatch boots PVH kernels only"
+    )]
+    NoPvhNote(String),
+    #[error(
+        "{name} does not fit in guest memory: it must load at or above 1 MiB and end below {mem_end:#x}"
+    )]
+    DoesNotFit { name: String, mem_end: u64 },
+    #[error(
+        "--mem is too small for {name}: it ends at {kernel_end:#x} and needs {min_mib} MiB of RAM at least"
+    )]
+    TooSmall {
+        name: String,
+        kernel_end: u64,
+        min_mib: u64,
+    },
+    #[error("the PVH entry point {entry:#x} of {name} is not in guest RAM below 4 GiB")]
+    BadEntry { name: String, entry: u64 },
+    #[error("the command line is too long or has characters a kernel cannot take: {0}")]
+    Cmdline(String),
+    #[error("cannot write boot information: {0}")]
+    BootInfo(String),
+}
+
+/// Where the loaded kernel is and how to enter it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    /// The PVH 32-bit entry point (guest-physical).
+    pub entry: GuestAddress,
+    /// The first byte after the highest segment.
+    pub end: u64,
+}
+
+/// Loads the PVH ELF `image` (named `name` in errors) into `mem`, which holds
+/// `mem_bytes` of RAM laid out by `ram_ranges`, and requires `min_free` bytes
+/// of RAM beyond its end.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    name: &str,
+    mem_bytes: u64,
+    min_free: u64,
+) -> Result<LoadedKernel, LoadError> {
+    check_elf_identity(image, name)?;
+    let result = Elf::load(mem, None, &mut Cursor::new(image), Some(GuestAddress(0))).map_err(
+        |e| match e {
+            LoaderError::Elf(ElfError::ReadKernelImage) | LoaderError::MemoryOverflow => {
+                LoadError::DoesNotFit {
+                    name: name.to_string(),
+                    mem_end: mem.last_addr().0 + 1,
+                }
+            }
+            LoaderError::Elf(inner) => {
+                LoadError::Malformed(name.to_string(), elf_error_text(&inner))
+            }
+            _ => LoadError::Malformed(name.to_string(), "unreadable"),
+        },
+    )?;
+    let entry = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(entry) => entry,
+        _ => return Err(LoadError::NoPvhNote(name.to_string())),
+    };
+    let low_ram_end = ram_ranges(mem_bytes)[0].1;
+    if entry.0 < HIGH_RAM_START || entry.0 >= low_ram_end {
+        return Err(LoadError::BadEntry {
+            name: name.to_string(),
+            entry: entry.0,
+        });
+    }
+    let needed = result.kernel_end.saturating_add(min_free);
+    if needed > low_ram_end {
+        return Err(LoadError::TooSmall {
+            name: name.to_string(),
+            kernel_end: result.kernel_end,
+            min_mib: needed.div_ceil(1 << 20),
+        });
+    }
+    Ok(LoadedKernel {
+        entry,
+        end: result.kernel_end,
+    })
+}
+
+/// Writes the command line, the memory map and `hvm_start_info`.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    cmdline: &str,
+) -> Result<(), LoadError> {
+    let mut line = Cmdline::new(CMDLINE_CAPACITY).map_err(|e| LoadError::Cmdline(e.to_string()))?;
+    if !cmdline.is_empty() {
+        line.insert_str(cmdline)
+            .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+    }
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &line)
+        .map_err(|e| LoadError::Cmdline(e.to_string()))?;
+
+    let memmap = memory_map(mem_bytes);
+    let start_info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC,
+        version: 1,
+        cmdline_paddr: CMDLINE_START,
+        memmap_paddr: PVH_MEMMAP,
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    let mut params = BootParams::new::<hvm_start_info>(&start_info, GuestAddress(PVH_START_INFO));
+    params.set_sections::<hvm_memmap_table_entry>(&memmap, GuestAddress(PVH_MEMMAP));
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
+        .map_err(|e| LoadError::BootInfo(e.to_string()))
+}
+
+/// The PVH memory map for `mem_bytes` of RAM: low RAM, the legacy hole,
+/// then RAM from 1 MiB (split around the MMIO hole).
+pub fn memory_map(mem_bytes: u64) -> Vec<hvm_memmap_table_entry> {
+    let entry = |addr, size, type_| hvm_memmap_table_entry {
+        addr,
+        size,
+        type_,
+        reserved: 0,
+    };
+    let mut map = vec![
+        entry(0, EBDA_START, MEMMAP_RAM),
+        entry(EBDA_START, HIGH_RAM_START - EBDA_START, MEMMAP_RESERVED),
+    ];
+    for (start, len) in ram_ranges(mem_bytes) {
+        let start_above_1m = start.max(HIGH_RAM_START);
+        if start + len > start_above_1m {
+            map.push(entry(
+                start_above_1m,
+                start + len - start_above_1m,
+                MEMMAP_RAM,
+            ));
+        }
+    }
+    map
+}
+
+/// Rejects files that are not 64-bit little-endian x86-64 ELF before
+/// handing them to the loader, so the user learns what is wrong.
+fn check_elf_identity(image: &[u8], name: &str) -> Result<(), LoadError> {
+    const EM_X86_64: u16 = 62;
+    if image.len() < 64 || &image[..4] != b"\x7fELF" {
+        return Err(LoadError::NotElf(name.to_string()));
+    }
+    let machine = u16::from_le_bytes([image[18], image[19]]);
+    if image[4] != 2 || image[5] != 1 || machine != EM_X86_64 {
+        return Err(LoadError::WrongElfKind(name.to_string()));
+    }
+    Ok(())
+}
+
+fn elf_error_text(e: &ElfError) -> &'static str {
+    match e {
+        ElfError::InvalidElfMagicNumber => "bad magic number",
+        ElfError::BigEndianElfOnLittle => "big-endian",
+        ElfError::InvalidProgramHeaderSize => "bad program header size",
+        ElfError::InvalidProgramHeaderOffset => "bad program header offset",
+        ElfError::InvalidProgramHeaderAddress => "bad program header address",
+        ElfError::InvalidEntryAddress => "bad entry address",
+        ElfError::ReadElfHeader => "truncated ELF header",
+        ElfError::ReadProgramHeader => "truncated program headers",
+        ElfError::SeekKernelStart | ElfError::SeekElfStart | ElfError::SeekProgramHeader => {
+            "offset past the end of the file"
+        }
+        ElfError::SeekNoteHeader | ElfError::ReadNoteHeader => "truncated PVH note",
+        ElfError::InvalidPvhNote => "invalid PVH note",
+        _ => "unreadable",
+    }
+}

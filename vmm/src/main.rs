@@ -1,0 +1,51 @@
+//! The `writewatch` command. Errors are one line on stderr and a non-zero
+//! exit code (see docs/CLI.md); nothing a user types may end in a panic.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use writewatch::app::{self, EXIT_VMM_ERROR};
+use writewatch::cli::Cli;
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("writewatch: internal error: {message}");
+        std::process::exit(EXIT_VMM_ERROR.into());
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            eprintln!("writewatch: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match app::execute(cli.command, process_start) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("writewatch: error: {e}");
+            ExitCode::from(EXIT_VMM_ERROR)
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The JSON run report (`--report`), documented in docs/REPORTS.md.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::{Backing, VmConfig};
+use crate::runner::{RunOutcome, StopReason};
+use crate::selftest::SelftestTally;
+
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub command: &'static str,
+    pub exit_code: u8,
+    pub stop_reason: &'static str,
+    pub guest_exit_code: Option<u32>,
+    /// From process start to the guest's first console byte.
+    pub first_output_ms: Option<f64>,
+    /// From process start to the guest's first `ready` record.
+    pub ready_ms: Option<f64>,
+    /// From process start to the end of the run.
+    pub wall_ms: f64,
+    pub vm_exits: BTreeMap<&'static str, u64>,
+    pub vm_exits_total: u64,
+    pub vcpus: u32,
+    pub mem_bytes: u64,
+    pub backing: &'static str,
+    pub records: u64,
+    pub bad_records: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selftest: Option<SelftestSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SelftestSummary {
+    pub planned: Option<u64>,
+    pub passed: u64,
+    pub failed: Vec<String>,
+}
+
+impl RunReport {
+    pub fn new(
+        command: &'static str,
+        config: &VmConfig,
+        outcome: &RunOutcome,
+        exit_code: u8,
+        process_start: Instant,
+        tally: Option<&SelftestTally>,
+    ) -> Self {
+        let since_start = |t: Instant| t.duration_since(process_start).as_secs_f64() * 1000.0;
+        let (stop_reason, guest_exit_code) = match outcome.reason {
+            StopReason::GuestExit(code) => ("guest-exit", Some(code)),
+            StopReason::Timeout => ("timeout", None),
+            StopReason::TripleFault { .. } => ("triple-fault", None),
+            StopReason::KvmFailure { .. } => ("kvm-failure", None),
+        };
+        RunReport {
+            command,
+            exit_code,
+            stop_reason,
+            guest_exit_code,
+            first_output_ms: outcome.first_output.map(since_start),
+            ready_ms: outcome.ready.map(since_start),
+            wall_ms: since_start(Instant::now()),
+            vm_exits: outcome.exits.clone(),
+            vm_exits_total: outcome.exits.values().sum(),
+            vcpus: config.vcpus,
+            mem_bytes: config.mem_bytes,
+            backing: match config.backing {
+                Backing::Anon => "anon",
+                Backing::Hugetlb => "hugetlb",
+            },
+            records: outcome.records,
+            bad_records: outcome.bad_records,
+            selftest: tally.map(|t| SelftestSummary {
+                planned: t.planned,
+                passed: t.passed(),
+                failed: t.failed_names(),
+            }),
+        }
+    }
+}

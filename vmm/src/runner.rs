@@ -1,0 +1,288 @@
+//! Running a built machine: one thread per vCPU, the main thread waiting for
+//! an exit, a crash or the timeout, then stopping every vCPU.
+//!
+//! Stopping: the main thread sets a shared flag and sends a real-time signal
+//! to each vCPU thread until it has left `KVM_RUN` and returned. Repeating the
+//! signal covers the window in which a thread checked the flag but had not
+//! yet entered the guest when the first signal arrived.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::VcpuExit;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::builder::Machine;
+use crate::devices::records::{Record, RecordError};
+use crate::devices::{GuestEvent, PortDevices};
+use crate::vstate::regs::RegisterDump;
+use crate::vstate::vcpu::Vcpu;
+
+/// Offset from SIGRTMIN of the signal that kicks a vCPU out of `KVM_RUN`.
+const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// Why the VM stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopReason {
+    /// The guest wrote this code to the exit device.
+    GuestExit(u32),
+    /// `--timeout` expired.
+    Timeout,
+    /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`).
+    TripleFault { vcpu: u32 },
+    /// KVM could not run a vCPU: internal error, failed entry, or an exit
+    /// writewatch does not handle.
+    KvmFailure { vcpu: u32, detail: String },
+}
+
+/// Everything a run produced besides console output.
+pub struct RunOutcome {
+    pub reason: StopReason,
+    pub dumps: Vec<RegisterDump>,
+    pub exits: BTreeMap<&'static str, u64>,
+    pub first_output: Option<Instant>,
+    pub ready: Option<Instant>,
+    pub records: u64,
+    pub bad_records: u64,
+}
+
+enum VcpuMessage {
+    Guest(GuestEvent),
+    Stopped(StopReason),
+}
+
+struct VcpuReport {
+    exits: BTreeMap<&'static str, u64>,
+    dump: RegisterDump,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Runs `machine` until it stops. `on_record` sees every well-formed record
+/// in arrival order; `on_bad_record` every malformed one.
+pub fn run(
+    machine: Machine,
+    timeout: Option<Duration>,
+    mut on_record: impl FnMut(&Record),
+    mut on_bad_record: impl FnMut(&RecordError),
+) -> RunOutcome {
+    let kick = SIGRTMIN() + KICK_SIGNAL_OFFSET;
+    // Registering twice (a second VM in one process) is harmless; failing to
+    // register would leave kicks with their default action, so stop instead.
+    let handler_ok = register_signal_handler(kick, kick_handler).is_ok();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let deadline = timeout.map(|t| started + t);
+    let Machine {
+        vcpus,
+        devices,
+        first_output,
+        memory: _memory,
+        vm: _vm,
+        ..
+    } = machine;
+
+    let mut spawn_error = None;
+    let mut handles: Vec<JoinHandle<VcpuReport>> = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let index = vcpu.index;
+        let (devices, tx, stop) = (devices.clone(), tx.clone(), stop.clone());
+        match thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || vcpu_loop(vcpu, &devices, &tx, &stop))
+        {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                spawn_error = Some(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!("cannot start the vCPU thread: {e}"),
+                });
+                break;
+            }
+        }
+    }
+    drop(tx);
+
+    let mut ready = None;
+    let (mut records, mut bad_records) = (0u64, 0u64);
+    let mut handle = |message: VcpuMessage, at: Instant| -> Option<StopReason> {
+        match message {
+            VcpuMessage::Guest(GuestEvent::Exit(code)) => Some(StopReason::GuestExit(code)),
+            VcpuMessage::Guest(GuestEvent::Record(record)) => {
+                records += 1;
+                if record.kind == "ready" && ready.is_none() {
+                    ready = Some(at);
+                }
+                on_record(&record);
+                None
+            }
+            VcpuMessage::Guest(GuestEvent::BadRecord(err)) => {
+                bad_records += 1;
+                on_bad_record(&err);
+                None
+            }
+            VcpuMessage::Stopped(reason) => Some(reason),
+        }
+    };
+    let reason = if let Some(reason) = spawn_error {
+        reason
+    } else if handler_ok {
+        loop {
+            let message = match deadline {
+                Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match message {
+                Ok(message) => {
+                    if let Some(reason) = handle(message, Instant::now()) {
+                        break reason;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break StopReason::Timeout,
+                Err(RecvTimeoutError::Disconnected) => {
+                    break StopReason::KvmFailure {
+                        vcpu: 0,
+                        detail: "every vCPU thread ended without a reason".into(),
+                    };
+                }
+            }
+        }
+    } else {
+        StopReason::KvmFailure {
+            vcpu: 0,
+            detail: "cannot install the vCPU kick signal handler".into(),
+        }
+    };
+
+    stop.store(true, Ordering::SeqCst);
+    while handles.iter().any(|h| !h.is_finished()) {
+        for h in handles.iter().filter(|h| !h.is_finished()) {
+            let _ = h.kill(kick);
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Records other vCPUs sent before they stopped still count.
+    while let Ok(message) = rx.try_recv() {
+        if let VcpuMessage::Guest(event @ (GuestEvent::Record(_) | GuestEvent::BadRecord(_))) =
+            message
+        {
+            handle(VcpuMessage::Guest(event), Instant::now());
+        }
+    }
+    devices.flush();
+
+    let mut exits = BTreeMap::new();
+    let mut dumps = Vec::new();
+    for h in handles {
+        if let Ok(report) = h.join() {
+            for (name, n) in report.exits {
+                *exits.entry(name).or_default() += n;
+            }
+            dumps.push(report.dump);
+        }
+    }
+    RunOutcome {
+        reason,
+        dumps,
+        exits,
+        first_output: first_output.get().copied(),
+        ready,
+        records,
+        bad_records,
+    }
+}
+
+fn vcpu_loop(
+    mut vcpu: Vcpu,
+    devices: &PortDevices,
+    tx: &Sender<VcpuMessage>,
+    stop: &AtomicBool,
+) -> VcpuReport {
+    let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let index = vcpu.index;
+    let stopped = |reason| VcpuMessage::Stopped(reason);
+    while !stop.load(Ordering::SeqCst) {
+        let (name, message) = match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let event = devices.write(port, data);
+                ("io_out", event.map(VcpuMessage::Guest))
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                devices.read(port, data);
+                ("io_in", None)
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                data.fill(0xff);
+                ("mmio_read", None)
+            }
+            Ok(VcpuExit::MmioWrite(..)) => ("mmio_write", None),
+            Ok(VcpuExit::Hlt) => ("hlt", None),
+            Ok(VcpuExit::Intr) => ("intr", None),
+            Ok(VcpuExit::IrqWindowOpen) => ("irq_window", None),
+            Ok(VcpuExit::Shutdown) => (
+                "shutdown",
+                Some(stopped(StopReason::TripleFault { vcpu: index })),
+            ),
+            Ok(VcpuExit::InternalError) => (
+                "internal_error",
+                Some(stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: "KVM_EXIT_INTERNAL_ERROR".into(),
+                })),
+            ),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => (
+                "fail_entry",
+                Some(stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!(
+                        "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x} on host cpu {cpu})"
+                    ),
+                })),
+            ),
+            Ok(VcpuExit::SystemEvent(kind, _)) => (
+                "system_event",
+                Some(stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!("the guest raised system event {kind} (shutdown or reset)"),
+                })),
+            ),
+            Ok(other) => (
+                "unhandled",
+                Some(stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!("unhandled VM exit {other:?}"),
+                })),
+            ),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => ("signal", None),
+            Err(e) => (
+                "run_error",
+                Some(stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!("KVM_RUN failed: {e}"),
+                })),
+            ),
+        };
+        *exits.entry(name).or_default() += 1;
+        if let Some(message) = message {
+            let ends_vcpu = matches!(
+                message,
+                VcpuMessage::Stopped(_) | VcpuMessage::Guest(GuestEvent::Exit(_))
+            );
+            // The main thread only goes away after joining us, so a send
+            // cannot fail while it still matters.
+            let _ = tx.send(message);
+            if ends_vcpu {
+                break;
+            }
+        }
+    }
+    VcpuReport {
+        exits,
+        dump: RegisterDump::capture(index, &vcpu.fd),
+    }
+}

@@ -1,0 +1,119 @@
+//! A vCPU: its CPUID, its entry state for a PVH boot, and one `KVM_RUN`.
+
+use kvm_bindings::{CpuId, kvm_fpu, kvm_regs, kvm_segment};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::layout::PVH_START_INFO;
+use crate::vstate::vm::Vm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {index} failed: {source}")]
+    Create {
+        index: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("setting up vCPU {index} ({what}) failed: {source}")]
+    Setup {
+        index: u32,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// One vCPU file descriptor and its index (which is also its APIC ID).
+pub struct Vcpu {
+    pub index: u32,
+    pub fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` with the host's supported CPUID, made its own by
+    /// giving it APIC ID `index`.
+    pub fn new(vm: &Vm, index: u32, supported: &CpuId) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        let setup = |what| {
+            move |source| VcpuError::Setup {
+                index,
+                what,
+                source,
+            }
+        };
+        let mut cpuid = supported.clone();
+        set_apic_id(&mut cpuid, index);
+        fd.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))?;
+        Ok(Vcpu { index, fd })
+    }
+
+    /// Puts the vCPU at a PVH entry point: 32-bit protected mode with flat
+    /// segments, paging off, `%ebx` at `hvm_start_info`. Only the boot vCPU
+    /// starts this way; the others wait for INIT/SIPI from the guest.
+    pub fn set_pvh_entry(&self, entry: u64) -> Result<(), VcpuError> {
+        let setup = |what| {
+            let index = self.index;
+            move |source| VcpuError::Setup {
+                index,
+                what,
+                source,
+            }
+        };
+        let mut sregs = self.fd.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
+        let flat = |selector, type_| kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector,
+            type_,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.cs = flat(0x08, 0xb);
+        let data = flat(0x10, 0x3);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.cr0 = 0x11; // PE | ET
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        self.fd.set_sregs(&sregs).map_err(setup("KVM_SET_SREGS"))?;
+        let regs = kvm_regs {
+            rip: entry,
+            rbx: PVH_START_INFO,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(setup("KVM_SET_REGS"))
+    }
+
+    /// Enters the guest until the next exit that needs the VMM.
+    pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
+        self.fd.run()
+    }
+}
+
+/// Writes `apic_id` into the CPUID leaves that report it: leaf 1 EBX[31:24]
+/// and the x2APIC topology leaves 0xB/0x1F EDX.
+fn set_apic_id(cpuid: &mut CpuId, apic_id: u32) {
+    for entry in cpuid.as_mut_slice() {
+        match entry.function {
+            1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((apic_id & 0xff) << 24),
+            0xb | 0x1f => entry.edx = apic_id,
+            _ => {}
+        }
+    }
+}
