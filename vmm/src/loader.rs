@@ -202,3 +202,61 @@ fn elf_error_text(e: &ElfError) -> &'static str {
         _ => "unreadable",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backing;
+    use crate::guest_image::GUEST_KERNEL;
+    use crate::memory::create_guest_memory;
+
+    const MEM: u64 = 64 << 20;
+
+    fn memory() -> GuestMemoryMmap {
+        create_guest_memory(MEM, Backing::Anon, 46).unwrap()
+    }
+
+    #[test]
+    fn loads_the_built_in_kernel() {
+        let kernel = load_kernel(&memory(), GUEST_KERNEL, "k", MEM, 0).unwrap();
+        assert!(kernel.entry.0 >= HIGH_RAM_START && kernel.end > kernel.entry.0);
+    }
+
+    #[test]
+    fn memory_map_covers_ram_and_skips_the_legacy_hole() {
+        let map = memory_map(4 << 30);
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.type_ == MEMMAP_RAM)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram, (4 << 30) - (HIGH_RAM_START - EBDA_START));
+        assert!(map.iter().any(|e| e.addr == 1 << 32));
+    }
+
+    /// Corrupted and truncated kernels are errors, never panics.
+    #[test]
+    fn corrupted_kernels_never_panic() {
+        let mem = memory();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let header_span = GUEST_KERNEL.len().min(4096);
+        for round in 0..3000 {
+            let mut image = GUEST_KERNEL.to_vec();
+            if round % 5 == 0 {
+                image.truncate((next() as usize) % header_span);
+            } else {
+                for _ in 0..1 + next() % 8 {
+                    let at = (next() as usize) % header_span;
+                    image[at] = next() as u8;
+                }
+            }
+            let _ = load_kernel(&mem, &image, "fuzzed", MEM, 0);
+        }
+    }
+}

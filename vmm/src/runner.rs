@@ -228,13 +228,16 @@ fn vcpu_loop(
                 "shutdown",
                 Some(stopped(StopReason::TripleFault { vcpu: index })),
             ),
-            Ok(VcpuExit::InternalError) => (
-                "internal_error",
-                Some(stopped(StopReason::KvmFailure {
-                    vcpu: index,
-                    detail: "KVM_EXIT_INTERNAL_ERROR".into(),
-                })),
-            ),
+            Ok(VcpuExit::InternalError) => {
+                let kind = vcpu.internal_error_kind();
+                (
+                    "internal_error",
+                    Some(stopped(StopReason::KvmFailure {
+                        vcpu: index,
+                        detail: format!("KVM_EXIT_INTERNAL_ERROR, {kind}"),
+                    })),
+                )
+            }
             Ok(VcpuExit::FailEntry(reason, cpu)) => (
                 "fail_entry",
                 Some(stopped(StopReason::KvmFailure {

@@ -100,6 +100,22 @@ impl Vcpu {
         self.fd.set_regs(&regs).map_err(setup("KVM_SET_REGS"))
     }
 
+    /// After `KVM_EXIT_INTERNAL_ERROR`: what kind of internal error it was.
+    pub fn internal_error_kind(&mut self) -> &'static str {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM fills the `internal` member of the exit union when it
+        // reports KVM_EXIT_INTERNAL_ERROR, which is the only time this is
+        // called, and every bit pattern is a valid u32.
+        let suberror = unsafe { run.__bindgen_anon_1.internal.suberror };
+        match suberror {
+            1 => "emulation failure (e.g. executing from a non-RAM address)",
+            2 => "simultaneous exceptions",
+            3 => "failure delivering an event",
+            4 => "unexpected exit reason",
+            _ => "unknown suberror",
+        }
+    }
+
     /// Enters the guest until the next exit that needs the VMM.
     pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
         self.fd.run()
