@@ -57,6 +57,8 @@ pub struct Machine {
     pub vm: Vm,
     pub memory: GuestMemoryMmap,
     pub first_output: Arc<OnceLock<Instant>>,
+    /// The guest TSC frequency, for turning guest cycle counts into time.
+    pub tsc_khz: Option<u32>,
     pub kvm: KvmSystem,
 }
 
@@ -90,6 +92,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         .map(|index| Vcpu::new(&vm, index, &kvm.supported_cpuid))
         .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_pvh_entry(kernel.entry.0)?;
+    let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
 
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
     vm.fd
@@ -106,6 +109,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         vm,
         memory,
         first_output,
+        tsc_khz,
         kvm,
     })
 }

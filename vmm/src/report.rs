@@ -28,6 +28,8 @@ pub struct RunReport {
     pub backing: &'static str,
     pub records: u64,
     pub bad_records: u64,
+    /// Guest TSC frequency (KVM_GET_TSC_KHZ), for guest cycle counts.
+    pub tsc_khz: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selftest: Option<SelftestSummary>,
 }
@@ -73,6 +75,7 @@ impl RunReport {
             },
             records: outcome.records,
             bad_records: outcome.bad_records,
+            tsc_khz: outcome.tsc_khz,
             selftest: tally.map(|t| SelftestSummary {
                 planned: t.planned,
                 passed: t.passed(),

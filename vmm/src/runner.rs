@@ -48,6 +48,7 @@ pub struct RunOutcome {
     pub ready: Option<Instant>,
     pub records: u64,
     pub bad_records: u64,
+    pub tsc_khz: Option<u32>,
 }
 
 enum VcpuMessage {
@@ -82,6 +83,7 @@ pub fn run(
         vcpus,
         devices,
         first_output,
+        tsc_khz,
         memory: _memory,
         vm: _vm,
         ..
@@ -194,6 +196,7 @@ pub fn run(
         ready,
         records,
         bad_records,
+        tsc_khz,
     }
 }
 

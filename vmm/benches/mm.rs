@@ -1,0 +1,261 @@
+//! MM benchmark: the same memory-management operations in the writewatch
+//! guest (ring-3 processes over the guest MM core) and in a plain Linux
+//! process on the host, in one run, reported as per-operation times and the
+//! guest/host ratio. Absolute times move on a shared machine; the ratio of
+//! two measurements taken minutes apart on the same machine moves less.
+//!
+//! `cargo bench -p writewatch --bench mm` (add `-- --rounds 9` for more).
+//!
+//! Operations (64 MiB = 16384 pages of 4 KiB unless noted):
+//! - `anon_write_fault`: first write to each page of a fresh private anonymous mapping.
+//! - `zero_page_read_fault`: first read of each page (maps the shared zero page).
+//! - `cow_fault`: write to each page of a touched mapping after fork, while the child still maps it.
+//! - `fork_64m`: fork of a process with 64 MiB touched (one operation).
+//! - `munmap_64m`: munmap of 64 MiB touched (one operation).
+
+use std::process::Command;
+use std::time::Instant;
+
+const PAGE: usize = 4096;
+const PAGES: usize = 16384;
+
+/// One measured operation: how many operations, and how long all took.
+#[derive(Clone, Copy)]
+struct Sample {
+    ops: u64,
+    ns: f64,
+}
+
+impl Sample {
+    fn ns_per_op(self) -> f64 {
+        self.ns / self.ops as f64
+    }
+}
+
+const NAMES: [&str; 5] = [
+    "anon_write_fault",
+    "zero_page_read_fault",
+    "cow_fault",
+    "fork_64m",
+    "munmap_64m",
+];
+
+fn main() {
+    let rounds = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5usize);
+    let guest = guest_samples(rounds);
+    println!("mm: {rounds} rounds each, median ns per operation (64 MiB working sets)");
+    println!("  {:<22} {:>14} {:>14} {:>12}", "operation", "guest ns/op", "host ns/op", "guest/host");
+    for name in NAMES {
+        let host = median(&mut (0..rounds).map(|_| host_sample(name).ns_per_op()).collect::<Vec<_>>());
+        let guest = guest
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, s)| s.ns_per_op())
+            .collect::<Vec<_>>();
+        if guest.is_empty() {
+            println!("  {name:<22} {:>14} {host:>14.0} {:>12}", "missing", "-");
+        } else {
+            let guest = median(&mut guest.clone());
+            println!("  {name:<22} {guest:>14.0} {host:>14.0} {:>12.2}", guest / host);
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Boots the guest in benchmark mode `rounds` times and collects its
+/// `bench` records, converting guest TSC cycles with the reported TSC rate.
+fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
+    let dir = std::env::temp_dir().join(format!("writewatch-mm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let (records_path, report_path) = (dir.join("records.jsonl"), dir.join("report.json"));
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        let status = Command::new(env!("CARGO_BIN_EXE_writewatch"))
+            .args(["run", "--mem", "512M", "--timeout", "300", "--cmdline", "mode=bench", "--records"])
+            .arg(&records_path)
+            .arg("--report")
+            .arg(&report_path)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("running writewatch");
+        assert!(status.success(), "the guest benchmark failed: {status}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report")).expect("report JSON");
+        let khz = report["tsc_khz"].as_f64().expect("the report has no tsc_khz");
+        for line in std::fs::read_to_string(&records_path).expect("records").lines() {
+            let record: serde_json::Value = serde_json::from_str(line).expect("record JSON");
+            if record["type"] != "bench" {
+                continue;
+            }
+            let (Some(name), Some(ops), Some(cycles)) = (
+                record["name"].as_str(),
+                record["ops"].as_u64(),
+                record["cycles"].as_f64(),
+            ) else {
+                panic!("malformed bench record: {line}");
+            };
+            samples.push((name.to_string(), Sample { ops, ns: cycles * 1e6 / khz }));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    samples
+}
+
+fn host_sample(name: &str) -> Sample {
+    match name {
+        "anon_write_fault" => {
+            let region = Region::map(PAGES);
+            let start = Instant::now();
+            region.touch_write();
+            Sample { ops: PAGES as u64, ns: elapsed_ns(start) }
+        }
+        "zero_page_read_fault" => {
+            let region = Region::map(PAGES);
+            let start = Instant::now();
+            region.touch_read();
+            Sample { ops: PAGES as u64, ns: elapsed_ns(start) }
+        }
+        "cow_fault" => {
+            let region = Region::map(PAGES);
+            region.touch_write();
+            let child = ForkedChild::spawn_waiting();
+            let start = Instant::now();
+            region.touch_write();
+            let ns = elapsed_ns(start);
+            child.release();
+            Sample { ops: PAGES as u64, ns }
+        }
+        "fork_64m" => {
+            let region = Region::map(PAGES);
+            region.touch_write();
+            let start = Instant::now();
+            let child = ForkedChild::spawn_exiting();
+            let ns = elapsed_ns(start);
+            child.reap();
+            Sample { ops: 1, ns }
+        }
+        "munmap_64m" => {
+            let region = Region::map(PAGES);
+            region.touch_write();
+            let start = Instant::now();
+            drop(region);
+            Sample { ops: 1, ns: elapsed_ns(start) }
+        }
+        other => unreachable!("unknown operation {other}"),
+    }
+}
+
+fn elapsed_ns(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e9
+}
+
+/// A private anonymous mapping, unmapped on drop.
+struct Region {
+    base: *mut u8,
+    pages: usize,
+}
+
+impl Region {
+    fn map(pages: usize) -> Self {
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's
+        // choosing aliases nothing; failure is checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "mmap failed");
+        Region { base: base.cast(), pages }
+    }
+
+    fn touch_write(&self) {
+        for page in 0..self.pages {
+            // SAFETY: the byte lies inside this live read-write mapping.
+            unsafe { self.base.add(page * PAGE).write_volatile(page as u8) };
+        }
+    }
+
+    fn touch_read(&self) {
+        let mut sum = 0u8;
+        for page in 0..self.pages {
+            // SAFETY: the byte lies inside this live readable mapping.
+            sum = sum.wrapping_add(unsafe { self.base.add(page * PAGE).read_volatile() });
+        }
+        std::hint::black_box(sum);
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `map`, which nothing
+        // references any more.
+        unsafe { libc::munmap(self.base.cast(), self.pages * PAGE) };
+    }
+}
+
+/// A forked child that either exits at once or waits on a pipe.
+struct ForkedChild {
+    pid: libc::pid_t,
+    release_fd: Option<libc::c_int>,
+}
+
+impl ForkedChild {
+    fn spawn_exiting() -> Self {
+        // SAFETY: the benchmark is single-threaded here; the child calls only
+        // the async-signal-safe _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        ForkedChild { pid, release_fd: None }
+    }
+
+    fn spawn_waiting() -> Self {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid two-element array for pipe to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe failed");
+        // SAFETY: single-threaded; the child calls only read and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a live local; then ends the child.
+            unsafe {
+                libc::read(fds[0], (&mut byte as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the parent no longer needs the read end it owns.
+        unsafe { libc::close(fds[0]) };
+        ForkedChild { pid, release_fd: Some(fds[1]) }
+    }
+
+    fn release(self) {
+        if let Some(fd) = self.release_fd {
+            // SAFETY: `fd` is our open write end; closing it wakes the child.
+            unsafe { libc::close(fd) };
+        }
+        self.reap();
+    }
+
+    fn reap(self) {
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+    }
+}
