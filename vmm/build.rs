@@ -39,12 +39,6 @@ fn main() {
             guest_dir.join(watched).display()
         );
     }
-    println!("cargo:rerun-if-env-changed=TMP_PREBUILT_GUEST");
-    if let Some(p) = env::var_os("TMP_PREBUILT_GUEST") {
-        let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("guest-kernel.elf");
-        std::fs::copy(p, out).unwrap();
-        return;
-    }
     ensure_target_installed();
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
