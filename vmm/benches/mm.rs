@@ -48,9 +48,16 @@ fn main() {
         .unwrap_or(5usize);
     let guest = guest_samples(rounds);
     println!("mm: {rounds} rounds each, median ns per operation (64 MiB working sets)");
-    println!("  {:<22} {:>14} {:>14} {:>12}", "operation", "guest ns/op", "host ns/op", "guest/host");
+    println!(
+        "  {:<22} {:>14} {:>14} {:>12}",
+        "operation", "guest ns/op", "host ns/op", "guest/host"
+    );
     for name in NAMES {
-        let host = median(&mut (0..rounds).map(|_| host_sample(name).ns_per_op()).collect::<Vec<_>>());
+        let host = median(
+            &mut (0..rounds)
+                .map(|_| host_sample(name).ns_per_op())
+                .collect::<Vec<_>>(),
+        );
         let guest = guest
             .iter()
             .filter(|(n, _)| n == name)
@@ -60,7 +67,10 @@ fn main() {
             println!("  {name:<22} {:>14} {host:>14.0} {:>12}", "missing", "-");
         } else {
             let guest = median(&mut guest.clone());
-            println!("  {name:<22} {guest:>14.0} {host:>14.0} {:>12.2}", guest / host);
+            println!(
+                "  {name:<22} {guest:>14.0} {host:>14.0} {:>12.2}",
+                guest / host
+            );
         }
     }
 }
@@ -79,7 +89,16 @@ fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
     let mut samples = Vec::new();
     for _ in 0..rounds {
         let status = Command::new(env!("CARGO_BIN_EXE_writewatch"))
-            .args(["run", "--mem", "512M", "--timeout", "300", "--cmdline", "mode=bench", "--records"])
+            .args([
+                "run",
+                "--mem",
+                "512M",
+                "--timeout",
+                "300",
+                "--cmdline",
+                "mode=bench",
+                "--records",
+            ])
             .arg(&records_path)
             .arg("--report")
             .arg(&report_path)
@@ -88,9 +107,15 @@ fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
             .expect("running writewatch");
         assert!(status.success(), "the guest benchmark failed: {status}");
         let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report")).expect("report JSON");
-        let khz = report["tsc_khz"].as_f64().expect("the report has no tsc_khz");
-        for line in std::fs::read_to_string(&records_path).expect("records").lines() {
+            serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
+                .expect("report JSON");
+        let khz = report["tsc_khz"]
+            .as_f64()
+            .expect("the report has no tsc_khz");
+        for line in std::fs::read_to_string(&records_path)
+            .expect("records")
+            .lines()
+        {
             let record: serde_json::Value = serde_json::from_str(line).expect("record JSON");
             if record["type"] != "bench" {
                 continue;
@@ -102,7 +127,13 @@ fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
             ) else {
                 panic!("malformed bench record: {line}");
             };
-            samples.push((name.to_string(), Sample { ops, ns: cycles * 1e6 / khz }));
+            samples.push((
+                name.to_string(),
+                Sample {
+                    ops,
+                    ns: cycles * 1e6 / khz,
+                },
+            ));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -115,13 +146,19 @@ fn host_sample(name: &str) -> Sample {
             let region = Region::map(PAGES);
             let start = Instant::now();
             region.touch_write();
-            Sample { ops: PAGES as u64, ns: elapsed_ns(start) }
+            Sample {
+                ops: PAGES as u64,
+                ns: elapsed_ns(start),
+            }
         }
         "zero_page_read_fault" => {
             let region = Region::map(PAGES);
             let start = Instant::now();
             region.touch_read();
-            Sample { ops: PAGES as u64, ns: elapsed_ns(start) }
+            Sample {
+                ops: PAGES as u64,
+                ns: elapsed_ns(start),
+            }
         }
         "cow_fault" => {
             let region = Region::map(PAGES);
@@ -131,7 +168,10 @@ fn host_sample(name: &str) -> Sample {
             region.touch_write();
             let ns = elapsed_ns(start);
             child.release();
-            Sample { ops: PAGES as u64, ns }
+            Sample {
+                ops: PAGES as u64,
+                ns,
+            }
         }
         "fork_64m" => {
             let region = Region::map(PAGES);
@@ -147,7 +187,10 @@ fn host_sample(name: &str) -> Sample {
             region.touch_write();
             let start = Instant::now();
             drop(region);
-            Sample { ops: 1, ns: elapsed_ns(start) }
+            Sample {
+                ops: 1,
+                ns: elapsed_ns(start),
+            }
         }
         other => unreachable!("unknown operation {other}"),
     }
@@ -178,7 +221,10 @@ impl Region {
             )
         };
         assert_ne!(base, libc::MAP_FAILED, "mmap failed");
-        Region { base: base.cast(), pages }
+        Region {
+            base: base.cast(),
+            pages,
+        }
     }
 
     fn touch_write(&self) {
@@ -222,7 +268,10 @@ impl ForkedChild {
             // SAFETY: ends the child without running the parent's destructors.
             unsafe { libc::_exit(0) };
         }
-        ForkedChild { pid, release_fd: None }
+        ForkedChild {
+            pid,
+            release_fd: None,
+        }
     }
 
     fn spawn_waiting() -> Self {
@@ -242,7 +291,10 @@ impl ForkedChild {
         }
         // SAFETY: the parent no longer needs the read end it owns.
         unsafe { libc::close(fds[0]) };
-        ForkedChild { pid, release_fd: Some(fds[1]) }
+        ForkedChild {
+            pid,
+            release_fd: Some(fds[1]),
+        }
     }
 
     fn release(self) {

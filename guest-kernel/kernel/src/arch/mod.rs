@@ -1,0 +1,3 @@
+//! Architecture support (x86-64 only).
+
+pub mod x86_64;

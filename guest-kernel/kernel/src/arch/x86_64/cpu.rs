@@ -1,0 +1,77 @@
+//! Per-CPU bring-up shared by the boot CPU and the APs: IST stacks, GDT/TSS,
+//! per-CPU data, IDT, LAPIC and the timer tick.
+
+use super::gdt::{self, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
+use super::paging::{PAGE_SIZE, phys_to_virt};
+use super::{idt, lapic, traps};
+use crate::memory::frames;
+use crate::percpu;
+
+/// Pages per IST stack.
+const IST_PAGES: u64 = 4;
+
+/// Why a CPU could not be set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuInitError {
+    /// No frames for its stacks.
+    OutOfFrames,
+    /// Its APIC ID is not its CPU number (docs/GUEST_ABI.md requires it).
+    ApicIdMismatch {
+        /// The APIC ID read.
+        apic_id: u32,
+    },
+}
+
+/// Initialises the running CPU as CPU `index`.
+pub fn init(index: usize) -> Result<(), CpuInitError> {
+    let slot = percpu::cpu(index);
+    let tss = slot.tss.get();
+    for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
+        let stack = frames::alloc_contiguous(IST_PAGES).ok_or(CpuInitError::OutOfFrames)?;
+        // SAFETY: this CPU owns its TSS and has not loaded it yet.
+        unsafe { (*tss).set_ist(ist, phys_to_virt(stack) + IST_PAGES * PAGE_SIZE) };
+    }
+    // SAFETY: the GDT and TSS are this CPU's static per-CPU slots, and GS is
+    // installed after the selector reload that `gdt::load` does.
+    unsafe {
+        gdt::load(slot.gdt.get(), tss);
+        percpu::install(index);
+    }
+    idt::load();
+    lapic::enable(traps::VEC_SPURIOUS as u8);
+    let apic_id = lapic::id();
+    if apic_id as usize != index {
+        return Err(CpuInitError::ApicIdMismatch { apic_id });
+    }
+    crate::timer::start();
+    Ok(())
+}
+
+/// Enables interrupts on this CPU.
+pub fn enable_interrupts() {
+    // SAFETY: the IDT is loaded and every vector has a handler.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+}
+
+/// Disables interrupts on this CPU.
+pub fn disable_interrupts() {
+    // SAFETY: masking interrupts is always allowed in ring 0.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+}
+
+/// Whether interrupts are enabled on this CPU.
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; no other effect.
+    unsafe {
+        core::arch::asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags))
+    };
+    flags & (1 << 9) != 0
+}
+
+/// Enables interrupts and halts until one arrives (atomically: `sti` delays
+/// interrupts by one instruction, so none is lost between the two).
+pub fn enable_and_halt() {
+    // SAFETY: as for `enable_interrupts`; HLT resumes on the next interrupt.
+    unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+}

@@ -1,0 +1,15 @@
+//! x86-64 specifics: descriptor tables, traps, paging, the LAPIC and SMP.
+
+pub mod cpu;
+pub mod extable;
+pub mod gdt;
+pub mod idt;
+pub mod lapic;
+pub mod msr;
+pub mod paging;
+pub mod pic;
+pub mod port;
+pub mod smp;
+pub mod trampoline;
+pub mod trap_entry;
+pub mod traps;

@@ -1,0 +1,22 @@
+//! x86 port I/O (`in`/`out`): the serial console, the exit device and the
+//! record doorbell all live in I/O space (see docs/GUEST_ABI.md).
+
+use core::arch::asm;
+
+/// Writes one byte to an I/O port.
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port writes have no memory effects visible to Rust; the ports
+    // used by this kernel are the devices the VMM documents.
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// Writes one 32-bit value to an I/O port.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`. The record doorbell reads guest memory, which
+    // is why this one is not `nomem`: prior buffer writes must be visible.
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
+    };
+}

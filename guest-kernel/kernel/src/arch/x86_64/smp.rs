@@ -1,0 +1,204 @@
+//! Symmetric multiprocessing: starting the APs with INIT/SIPI/SIPI, running
+//! a function on another CPU, and TLB shootdown IPIs.
+//!
+//! APs are started all at once (each finds its stack by APIC ID in the
+//! trampoline); a second SIPI goes only to those that have not checked in
+//! after a short wait. After `cpu::init` an AP idles in `hlt` and runs
+//! cross-CPU calls in its idle loop (thread context, interrupts enabled);
+//! shootdowns run in the IPI handler itself so they never wait for a busy
+//! CPU to go idle.
+
+use super::lapic::{self, Ipi};
+use super::paging::{self, PAGE_SIZE, phys_to_virt};
+use super::trampoline::{self, TRAMPOLINE_PHYS};
+use super::{cpu, msr, traps};
+use crate::memory::{frames, kmap};
+use crate::percpu::{self, MAX_CPUS};
+use core::sync::atomic::{AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Pages per AP kernel stack.
+const AP_STACK_PAGES: u64 = 8;
+/// TSC cycles to wait for APs before the second SIPI (about 1-10 ms).
+const SECOND_SIPI_CYCLES: u64 = 10_000_000;
+/// TSC cycles to wait for all APs in total, or for a cross-CPU call (about
+/// one second at typical TSC rates; every AP is a host thread, so even 64
+/// APs on two host cores check in well within that).
+const WAIT_CYCLES: u64 = 3_000_000_000;
+
+/// Stack tops of the APs, indexed by APIC ID (read by the trampoline).
+static AP_STACKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Why SMP bring-up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmpError {
+    /// `cpus=N` asks for more CPUs than supported.
+    TooManyCpus(usize),
+    /// No frames for AP stacks.
+    OutOfFrames,
+    /// These APs (bit mask of CPU numbers) never checked in.
+    NoCheckIn(u64),
+}
+
+/// Why a cross-CPU operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError {
+    /// The target CPU is not online.
+    Offline(usize),
+    /// The target did not answer in time.
+    Timeout(usize),
+    /// The target still has an unfinished earlier call.
+    Busy(usize),
+}
+
+/// Starts CPUs `1..count` and waits for them to come online.
+pub fn start_aps(count: usize) -> Result<(), SmpError> {
+    if count > MAX_CPUS {
+        return Err(SmpError::TooManyCpus(count));
+    }
+    if count <= 1 {
+        return Ok(());
+    }
+    for slot in AP_STACKS.iter().take(count).skip(1) {
+        let stack = frames::alloc_contiguous(AP_STACK_PAGES).ok_or(SmpError::OutOfFrames)?;
+        slot.store(
+            phys_to_virt(stack) + AP_STACK_PAGES * PAGE_SIZE,
+            Ordering::Relaxed,
+        );
+    }
+    // SAFETY: no AP runs yet, and the page at 0x8000 is reserved for the
+    // trampoline (frames below 1 MiB are never allocated).
+    unsafe { trampoline::install(kmap::kernel_pml4(), ap_main, AP_STACKS.as_ptr().cast()) };
+    let sipi = Ipi::Startup((TRAMPOLINE_PHYS / PAGE_SIZE) as u8);
+    for cpu in 1..count {
+        lapic::send_ipi(cpu as u32, Ipi::Init);
+    }
+    for cpu in 1..count {
+        lapic::send_ipi(cpu as u32, sipi);
+    }
+    let missing = || {
+        (1..count)
+            .filter(|&c| !percpu::cpu(c).online.load(Ordering::Acquire))
+            .fold(0u64, |m, c| m | 1 << c)
+    };
+    let start = msr::rdtsc();
+    let mut resent = false;
+    loop {
+        let mask = missing();
+        if mask == 0 {
+            return Ok(());
+        }
+        let waited = msr::rdtsc().wrapping_sub(start);
+        if !resent && waited > SECOND_SIPI_CYCLES {
+            for cpu in (1..count).filter(|c| mask & (1 << c) != 0) {
+                lapic::send_ipi(cpu as u32, sipi);
+            }
+            resent = true;
+        }
+        if waited > WAIT_CYCLES {
+            return Err(SmpError::NoCheckIn(mask));
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// Entry of an AP, called by the trampoline on its own stack.
+extern "C" fn ap_main(apic_id: u64) -> ! {
+    let index = apic_id as usize;
+    if let Err(e) = cpu::init(index) {
+        panic!("cpu {index}: initialisation failed: {e:?}");
+    }
+    percpu::cpu(index).online.store(true, Ordering::Release);
+    idle_loop(index)
+}
+
+/// Runs cross-CPU calls addressed to this CPU; halts in between.
+fn idle_loop(index: usize) -> ! {
+    let me = percpu::cpu(index);
+    loop {
+        cpu::disable_interrupts();
+        let f = me.call_fn.load(Ordering::Acquire);
+        if f == 0 {
+            cpu::enable_and_halt();
+            continue;
+        }
+        cpu::enable_interrupts();
+        let arg = me.call_arg.load(Ordering::Relaxed);
+        // SAFETY: `call_fn` is only ever set by `call_on` from a `fn(usize)`.
+        let func: fn(usize) = unsafe { core::mem::transmute::<usize, fn(usize)>(f) };
+        func(arg);
+        me.call_fn.store(0, Ordering::Release);
+        me.calls_done.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Serialises cross-CPU calls (one mailbox per target CPU).
+static CALL_LOCK: Mutex<()> = Mutex::new(());
+
+/// Runs `func(arg)` on CPU `target` (not the calling one) and waits for it.
+pub fn call_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallError> {
+    if target >= MAX_CPUS
+        || !percpu::cpu(target).online.load(Ordering::Acquire)
+        || target == percpu::index()
+    {
+        return Err(CallError::Offline(target));
+    }
+    let _guard = CALL_LOCK.lock();
+    let slot = percpu::cpu(target);
+    if slot.call_fn.load(Ordering::Acquire) != 0 {
+        // An earlier call timed out and is still pending there.
+        return Err(CallError::Busy(target));
+    }
+    let before = slot.calls_done.load(Ordering::Acquire);
+    slot.call_arg.store(arg, Ordering::Relaxed);
+    slot.call_fn.store(func as usize, Ordering::Release);
+    lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_CALL as u8));
+    wait_for(|| slot.calls_done.load(Ordering::Acquire) != before)
+        .map_err(|_| CallError::Timeout(target))
+}
+
+/// Serialises shootdowns; holds the address being invalidated.
+static SHOOTDOWN: Mutex<()> = Mutex::new(());
+static SHOOTDOWN_ADDR: AtomicU64 = AtomicU64::new(0);
+
+/// Invalidates the kernel translation of `virt` on every online CPU and
+/// waits until all have done it.
+pub fn tlb_shootdown(virt: u64) -> Result<(), CallError> {
+    let _guard = SHOOTDOWN.lock();
+    SHOOTDOWN_ADDR.store(virt, Ordering::Release);
+    paging::invlpg(virt);
+    let me = percpu::index();
+    for target in
+        (0..MAX_CPUS).filter(|&c| c != me && percpu::cpu(c).online.load(Ordering::Acquire))
+    {
+        let slot = percpu::cpu(target);
+        let before = slot.shootdowns_done.load(Ordering::Acquire);
+        lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_SHOOTDOWN as u8));
+        wait_for(|| slot.shootdowns_done.load(Ordering::Acquire) != before)
+            .map_err(|_| CallError::Timeout(target))?;
+    }
+    Ok(())
+}
+
+/// Shootdown IPI handler body.
+pub fn handle_shootdown() {
+    paging::invlpg(SHOOTDOWN_ADDR.load(Ordering::Acquire));
+    percpu::current()
+        .shootdowns_done
+        .fetch_add(1, Ordering::AcqRel);
+}
+
+/// A wait that ran out of time.
+struct TimedOut;
+
+/// Spins until `done()` or about [`WAIT_CYCLES`] TSC cycles passed.
+fn wait_for(done: impl Fn() -> bool) -> Result<(), TimedOut> {
+    let start = msr::rdtsc();
+    while !done() {
+        if msr::rdtsc().wrapping_sub(start) > WAIT_CYCLES {
+            return Err(TimedOut);
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Low-level trap entry and exit, and the user-mode enter/leave switch.
+//!
+//! One 16-byte stub per vector (all 256 in one 4 KiB-aligned page, which
+//! `idt::init` relies on) pushes a dummy error code (when the CPU does
+//! not push one) and the vector number, then `trap_common` saves the general
+//! registers into a [`TrapFrame`], swaps GS when the trap came from ring 3,
+//! and calls `traps::dispatch`. `trap_return` undoes it all and `iretq`s.
+//!
+//! `enter_user` saves the kernel's callee-saved registers, records the
+//! stack pointer as the CPU's `TSS.rsp0` and in the per-CPU slot, and
+//! "returns" into user mode through `trap_return`. `leave_user` is its
+//! counterpart, called from a trap handler when the program exits or is
+//! killed: it drops the trap's stack frames and returns from `enter_user`.
+
+use core::arch::global_asm;
+
+/// Saved state of an interrupted context (layout fixed by `trap_common`).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    /// Vector number (pushed by the stub).
+    pub vector: u64,
+    /// Error code (pushed by the CPU, or 0).
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    /// Whether the trap came from ring 3.
+    pub fn came_from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+global_asm!(
+    r#"
+    .text
+    .balign 4096
+    .globl trap_stubs
+trap_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $vec
+    jmp trap_common
+    .set vec, vec + 1
+    .endr
+
+trap_common:
+    testb $3, 24(%rsp)
+    jz 1f
+    swapgs
+1:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, %rdi
+    cld
+    call {dispatch}
+
+    .globl trap_return
+trap_return:
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp
+    testb $3, 8(%rsp)
+    jz 2f
+    swapgs
+2:
+    iretq
+
+    /* enter_user(frame: *const TrapFrame, save: *mut u64, rsp0: *mut u64) -> u64 */
+    .globl enter_user
+enter_user:
+    cli
+    push %rbp
+    push %rbx
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %rsp, (%rsi)
+    mov %rsp, (%rdx)
+    mov %rdi, %rsp
+    jmp trap_return
+
+    /* leave_user(saved_rsp: u64, result: u64) -> ! */
+    .globl leave_user
+leave_user:
+    mov %rdi, %rsp
+    mov %rsi, %rax
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbx
+    pop %rbp
+    ret
+"#,
+    dispatch = sym super::traps::dispatch,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static trap_stubs: [u8; 256 * 16];
+    /// Enters ring 3 with the registers of `frame`; returns the value passed
+    /// to [`leave_user`] when the program exits or is killed.
+    pub fn enter_user(frame: *const TrapFrame, save_rsp: *mut u64, tss_rsp0: *mut u64) -> u64;
+    /// Abandons the current trap and returns `result` from the
+    /// [`enter_user`] call that saved `saved_rsp`.
+    pub fn leave_user(saved_rsp: u64, result: u64) -> !;
+}
+
+/// Address of the entry stub of `vector`.
+pub fn stub_address(vector: usize) -> u64 {
+    let base = &raw const trap_stubs as u64;
+    base + 16 * vector as u64
+}

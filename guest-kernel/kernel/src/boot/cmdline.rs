@@ -1,0 +1,70 @@
+//! The guest command line (docs/GUEST_ABI.md, "Guest command line"):
+//! space-separated `key=value` words and bare flags; unknown words are
+//! ignored.
+
+/// What the kernel does after booting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the `init` user program and exit with its status (default).
+    Run,
+    /// Run the in-kernel self-tests.
+    Selftest,
+    /// Panic (exit code 3).
+    Panic,
+    /// Take an unexpected kernel page fault (exit code 4).
+    Fault,
+    /// Spin forever with interrupts off.
+    Hang,
+    /// Triple-fault.
+    Triple,
+}
+
+/// A `mode=` value that is not one of the known modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownMode<'a>(pub &'a str);
+
+/// The parsed command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Cmdline {
+    /// The raw text.
+    pub raw: &'static str,
+    /// `cpus=N` (the number of vCPUs), if given and numeric.
+    pub cpus: Option<u32>,
+    /// `mode=`; `Err` holds an unrecognised value.
+    pub mode: Result<Mode, UnknownMode<'static>>,
+    /// `mm_check`: run the MM invariant checker after every MM operation.
+    pub mm_check: bool,
+}
+
+impl Cmdline {
+    /// Parses `raw`. Later words override earlier ones.
+    pub fn parse(raw: &'static str) -> Self {
+        let mut cmdline = Cmdline {
+            raw,
+            cpus: None,
+            mode: Ok(Mode::Run),
+            mm_check: false,
+        };
+        for word in raw.split_ascii_whitespace() {
+            match word.split_once('=') {
+                Some(("cpus", n)) => cmdline.cpus = n.parse().ok(),
+                Some(("mode", m)) => cmdline.mode = parse_mode(m),
+                None if word == "mm_check" => cmdline.mm_check = true,
+                _ => {}
+            }
+        }
+        cmdline
+    }
+}
+
+fn parse_mode(value: &'static str) -> Result<Mode, UnknownMode<'static>> {
+    Ok(match value {
+        "run" => Mode::Run,
+        "selftest" => Mode::Selftest,
+        "panic" => Mode::Panic,
+        "fault" => Mode::Fault,
+        "hang" => Mode::Hang,
+        "triple" => Mode::Triple,
+        other => return Err(UnknownMode(other)),
+    })
+}

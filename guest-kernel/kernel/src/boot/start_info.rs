@@ -1,0 +1,83 @@
+//! `hvm_start_info`: what the PVH loader tells the kernel (command line and
+//! memory map), as in Xen's `public/arch-x86/hvm/start_info.h`.
+
+use super::cmdline::Cmdline;
+use super::memmap::{MemMap, Region, RegionKind};
+use crate::arch::x86_64::paging::phys_to_virt;
+
+/// `hvm_start_info.magic`.
+const MAGIC: u32 = 0x336e_c578;
+/// Longest command line read (the VMM allows 4095 bytes).
+const CMDLINE_MAX: usize = 4096;
+
+/// Why the start info could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartInfoError {
+    /// The magic number was wrong (not a PVH boot).
+    BadMagic(u32),
+    /// Version 0 has no memory map.
+    NoMemoryMap,
+}
+
+/// Boot facts parsed from `hvm_start_info`.
+pub struct BootInfo {
+    /// The parsed command line.
+    pub cmdline: Cmdline,
+    /// The memory map.
+    pub memmap: MemMap,
+}
+
+/// Reads a `T` at physical `phys` through the direct map.
+fn read_phys<T: Copy>(phys: u64) -> T {
+    // SAFETY: the loader's structures lie in the first MiB, which the boot
+    // page tables direct-map; `read_unaligned` tolerates any alignment.
+    unsafe { core::ptr::read_unaligned(phys_to_virt(phys) as *const T) }
+}
+
+/// Parses the start info at physical address `phys`.
+pub fn parse(phys: u64) -> Result<BootInfo, StartInfoError> {
+    let magic: u32 = read_phys(phys);
+    if magic != MAGIC {
+        return Err(StartInfoError::BadMagic(magic));
+    }
+    let version: u32 = read_phys(phys + 4);
+    let cmdline_paddr: u64 = read_phys(phys + 24);
+    if version < 1 {
+        return Err(StartInfoError::NoMemoryMap);
+    }
+    let memmap_paddr: u64 = read_phys(phys + 40);
+    let memmap_entries: u32 = read_phys(phys + 48);
+
+    let mut memmap = MemMap::new();
+    for i in 0..u64::from(memmap_entries) {
+        let entry = memmap_paddr + i * 24;
+        let kind: u32 = read_phys(entry + 16);
+        memmap.push(Region {
+            start: read_phys(entry),
+            size: read_phys(entry + 8),
+            kind: RegionKind::from_raw(kind),
+        });
+    }
+    Ok(BootInfo {
+        cmdline: Cmdline::parse(read_cmdline(cmdline_paddr)),
+        memmap,
+    })
+}
+
+/// The NUL-terminated command line at `paddr` (empty when absent or not UTF-8).
+fn read_cmdline(paddr: u64) -> &'static str {
+    if paddr == 0 {
+        return "";
+    }
+    let base = phys_to_virt(paddr) as *const u8;
+    let mut len = 0;
+    // SAFETY: the command line lies in low memory (direct-mapped) and is
+    // NUL-terminated within CMDLINE_MAX bytes per the ABI; we stop at the cap.
+    while len < CMDLINE_MAX && unsafe { base.add(len).read() } != 0 {
+        len += 1;
+    }
+    // SAFETY: `len` bytes from `base` were just read; the first MiB is never
+    // reused by this kernel, so the slice lives forever.
+    let bytes = unsafe { core::slice::from_raw_parts(base, len) };
+    core::str::from_utf8(bytes).unwrap_or("")
+}

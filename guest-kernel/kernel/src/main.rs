@@ -1,0 +1,84 @@
+//! The writewatch guest kernel.
+//!
+//! Boots through PVH (`boot::entry`), sets up its own descriptor tables,
+//! per-CPU data, heap, LAPIC timer and APs, sends the `ready` record and then
+//! does what `mode=` on the command line asks (docs/GUEST_ABI.md): run the
+//! `init` user program, run the self-tests, or exercise one of the failure
+//! paths (panic, unexpected fault, hang, triple fault).
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod boot;
+mod console;
+mod exit;
+mod memory;
+mod modes;
+mod panic;
+mod percpu;
+mod process;
+mod records;
+mod selftest;
+mod timer;
+
+use arch::x86_64::paging::{KERNEL_VMA, virt_to_phys};
+use arch::x86_64::{cpu, idt, lapic, pic, smp};
+use boot::cmdline::Mode;
+use core::sync::atomic::Ordering;
+
+unsafe extern "C" {
+    static __kernel_phys_start: u8;
+    static __kernel_end: u8;
+}
+
+/// Called by `boot::entry` on the boot CPU, in long mode on the boot stack.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(start_info: u64) -> ! {
+    let info = match boot::start_info::parse(start_info) {
+        Ok(info) => boot::set_info(info),
+        Err(e) => panic!("bad PVH start info at {start_info:#x}: {e:?}"),
+    };
+    let kernel_start = &raw const __kernel_phys_start as u64;
+    let kernel_end = virt_to_phys(&raw const __kernel_end as u64);
+    debug_assert!(kernel_end < KERNEL_VMA);
+    memory::frames::init(&info.memmap, kernel_start, kernel_end);
+    if let Err(e) = memory::kmap::init(&info.memmap) {
+        panic!("mapping RAM: {e:?}");
+    }
+    if let Err(e) = memory::heap::init() {
+        panic!("heap: {e:?}");
+    }
+    idt::init();
+    pic::disable();
+    if let Err(e) = lapic::choose_mode() {
+        panic!("local APIC: {e:?}");
+    }
+    if let Err(e) = cpu::init(0) {
+        panic!("boot cpu: {e:?}");
+    }
+    percpu::cpu(0).online.store(true, Ordering::Release);
+    cpu::enable_interrupts();
+    let cpus = info.cmdline.cpus.unwrap_or(1) as usize;
+    if let Err(e) = smp::start_aps(cpus) {
+        panic!("starting {cpus} cpus: {e:?}");
+    }
+    println!(
+        "writewatch guest kernel: {} cpus, {} MiB RAM, cmdline \"{}\"",
+        percpu::online_count(),
+        info.memmap.ram_bytes() >> 20,
+        info.cmdline.raw
+    );
+    record!(r#"{{"type":"ready"}}"#);
+    match info.cmdline.mode {
+        Ok(Mode::Run) => modes::run_init(),
+        Ok(Mode::Selftest) => modes::selftest(),
+        Ok(Mode::Panic) => panic!("mode=panic requested"),
+        Ok(Mode::Fault) => modes::fault(),
+        Ok(Mode::Hang) => modes::hang(),
+        Ok(Mode::Triple) => modes::triple(),
+        Err(unknown) => panic!("unknown mode={}", unknown.0),
+    }
+}

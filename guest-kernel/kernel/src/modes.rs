@@ -1,0 +1,56 @@
+//! What the kernel does after boot, per `mode=` (docs/GUEST_ABI.md).
+
+use crate::arch::x86_64::{cpu, idt};
+use crate::exit::{ExitCode, exit, exit_raw};
+use crate::process::{Exit, Process, programs};
+
+/// `mode=run`: runs `init` and exits with its status.
+pub fn run_init() -> ! {
+    let mut init = match Process::spawn(&programs::INIT) {
+        Ok(p) => p,
+        Err(e) => panic!("loading init: {e:?}"),
+    };
+    let status = match init.run(0) {
+        Exit::Exited(status) => status,
+        killed => {
+            crate::println!("init was killed: {killed:?}");
+            killed.status()
+        }
+    };
+    exit_raw(status as u8)
+}
+
+/// `mode=selftest`: exit 0 when every self-test passes, 1 otherwise.
+pub fn selftest() -> ! {
+    if crate::selftest::run_all() {
+        exit(ExitCode::Success)
+    } else {
+        exit(ExitCode::TestsFailed)
+    }
+}
+
+/// `mode=fault`: an unexpected kernel page fault (reported, exit 4).
+pub fn fault() -> ! {
+    /// Not mapped by anything (below the direct map, above user space).
+    const UNMAPPED: u64 = 0xffff_8000_dead_0000;
+    // SAFETY: deliberately faults; the #PF handler ends the VM.
+    unsafe { core::ptr::write_volatile(UNMAPPED as *mut u64, 0xbad) };
+    panic!("write to unmapped {UNMAPPED:#x} did not fault");
+}
+
+/// `mode=hang`: spins with interrupts off until the VMM's timeout.
+pub fn hang() -> ! {
+    cpu::disable_interrupts();
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// `mode=triple`: an exception with an empty IDT escalates to a triple fault.
+pub fn triple() -> ! {
+    cpu::disable_interrupts();
+    idt::load_empty();
+    // SAFETY: deliberately raises #UD with no IDT: the CPU shuts down.
+    unsafe { core::arch::asm!("ud2", options(nomem, nostack)) };
+    panic!("ud2 with an empty IDT did not triple-fault");
+}

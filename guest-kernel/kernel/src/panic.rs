@@ -1,0 +1,17 @@
+//! Kernel panics: print the message and location, end the VM with exit
+//! code 3 (docs/GUEST_ABI.md).
+
+use crate::exit::{ExitCode, exit};
+use core::panic::PanicInfo;
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    // SAFETY: masking interrupts on this CPU so nothing runs after the panic.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    crate::console::print_fatal(format_args!(
+        "\nKERNEL PANIC on cpu {}: {}\n",
+        crate::percpu::cpu_index_or_boot(),
+        info
+    ));
+    exit(ExitCode::Panic)
+}

@@ -1,0 +1,32 @@
+//! The user programs built into the kernel image (the `guest-user` crate,
+//! compiled by `build.rs`).
+
+/// A built-in program.
+pub struct Program {
+    /// Its name (the `guest-user` binary name).
+    pub name: &'static str,
+    /// The ELF image.
+    pub image: &'static [u8],
+}
+
+macro_rules! program {
+    ($name:literal) => {
+        Program {
+            name: $name,
+            image: include_bytes!(concat!(env!("OUT_DIR"), "/user/", $name)),
+        }
+    };
+}
+
+/// Prints "hello from ring 3" and exits 0 (what `mode=run` runs).
+pub static INIT: Program = program!("init");
+/// Exits with status 42.
+pub static EXIT42: Program = program!("exit42");
+/// Exits with its own pid.
+pub static GETPID: Program = program!("getpid");
+/// Touches memory it may not (argument selects how) and gets killed.
+pub static BADACCESS: Program = program!("badaccess");
+/// Swaps its argument into a global and exits with the old value.
+pub static MEMSLOT: Program = program!("memslot");
+/// Checks the error returns of the user/kernel call ABI.
+pub static SYSABI: Program = program!("sysabi");

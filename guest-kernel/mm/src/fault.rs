@@ -1,0 +1,390 @@
+//! Page-fault handling.
+//!
+//! Mirrors `arch/x86/mm/fault.c` (`access_error`) and `mm/memory.c`
+//! (`sanitize_fault_flags`, `handle_pte_fault`, `do_anonymous_page`,
+//! `do_wp_page`, `wp_can_reuse_anon_folio`, `wp_page_copy`,
+//! `wp_page_shared`, `do_swap_page`, `do_pte_missing` for shmem via
+//! `shmem_fault`). The early checks come first: a write to a VMA without
+//! `VM_WRITE`, an unshare of a non-COW mapping, or an access to a
+//! `PROT_NONE` mapping is an error, never a silent mapping.
+
+use crate::errno::{Fault, SegvCode};
+use crate::frame::{FolioFlags, FrameUse, Mapping};
+use crate::hw::{FlushRange, Hw, PAGE_SIZE, Pfn};
+use crate::ids::MmId;
+use crate::pgtable::{self, USER_TOP};
+use crate::pte::{MarkerKind, Pte, PteFlags, SwapEntry};
+use crate::system::{MemSystem, ShmemPage};
+use crate::vma::{Backing, VmFlags, Vma};
+
+/// What kind of access faulted (`FAULT_FLAG_*`, x86 error code).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultFlags {
+    /// A write (`FAULT_FLAG_WRITE`).
+    pub write: bool,
+    /// An instruction fetch.
+    pub exec: bool,
+    /// From ring 3 (`FAULT_FLAG_USER`); false for kernel accesses to user
+    /// memory (copy_to/from_user).
+    pub user: bool,
+    /// `FAULT_FLAG_UNSHARE`: make an anonymous page exclusive without
+    /// making it writable (used for read-only pins).
+    pub unshare: bool,
+}
+
+const SEGV_MAP: Fault = Fault::Segv(SegvCode::MapErr);
+const SEGV_ACC: Fault = Fault::Segv(SegvCode::AccErr);
+
+impl<H: Hw> MemSystem<H> {
+    /// Resolves a fault at `va` in `mm` (`handle_mm_fault`).
+    pub(crate) fn handle_mm_fault(
+        &mut self,
+        mm: MmId,
+        va: u64,
+        ff: FaultFlags,
+    ) -> Result<(), Fault> {
+        if va >= USER_TOP {
+            return Err(SEGV_MAP);
+        }
+        let va = va & !(PAGE_SIZE - 1);
+        let vma = self.mm(mm).vmas.find(va).cloned().ok_or(SEGV_MAP)?;
+        // sanitize_fault_flags + access_error.
+        if ff.unshare && (ff.write || !vma.is_cow()) {
+            return Err(SEGV_ACC);
+        }
+        let f = vma.flags;
+        if (ff.write && !f.has(VmFlags::WRITE))
+            || (ff.exec && !f.has(VmFlags::EXEC))
+            || !f.has(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC)
+        {
+            return Err(SEGV_ACC);
+        }
+        let root = self.mm(mm).root;
+        let slot =
+            pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, va).ok_or(Fault::Oom)?;
+        self.counters.faults += 1;
+        match pgtable::read_pte(&self.hw, slot) {
+            Pte::None | Pte::Marker(MarkerKind::UffdWp) => {
+                if vma.is_shared() {
+                    self.shmem_fault(mm, &vma, va, slot, ff.write)
+                } else if ff.write || ff.unshare {
+                    self.do_anonymous_page(mm, &vma, va, slot, ff.unshare)
+                } else {
+                    let flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+                    pgtable::write_pte(
+                        &mut self.hw,
+                        slot,
+                        Pte::Mapped {
+                            pfn: self.zero,
+                            flags,
+                        },
+                    );
+                    self.counters.zero_maps += 1;
+                    Ok(())
+                }
+            }
+            Pte::Marker(MarkerKind::Poisoned) => Err(Fault::Bus),
+            Pte::Marker(MarkerKind::Guard) => Err(SEGV_ACC),
+            Pte::Swap(e) => self.do_swap_page(mm, &vma, va, slot, e, ff.write),
+            Pte::Mapped { pfn, flags } => {
+                if flags.contains(PteFlags::PROTNONE) {
+                    // The VMA is accessible now: rebuild from it and retry.
+                    let keep = flags
+                        .without(PteFlags::PROTNONE)
+                        .without(PteFlags::EXEC)
+                        .without(PteFlags::WRITE);
+                    let nf = vma.base_pte_flags().with(keep);
+                    pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                    return Err(Fault::Retry);
+                }
+                if (ff.write && !flags.contains(PteFlags::WRITE)) || ff.unshare {
+                    return self.do_wp_page(mm, &vma, va, slot, pfn, flags, ff.unshare);
+                }
+                // Spurious (stale TLB entry): mark young/dirty, flush locally.
+                let nf = flags
+                    .with(PteFlags::ACCESSED)
+                    .set(PteFlags::DIRTY, ff.write || flags.contains(PteFlags::DIRTY));
+                pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                self.flush_tlb(
+                    mm,
+                    FlushRange::Range {
+                        start: va,
+                        end: va + PAGE_SIZE,
+                    },
+                );
+                Ok(())
+            }
+            Pte::Table(_) => unreachable!("table at PTE level"),
+        }
+    }
+
+    /// Allocates and attaches a new exclusive anonymous folio
+    /// (`folio_add_new_anon_rmap`); returns its head with refcount 1.
+    fn new_anon_folio(&mut self, mm: MmId, va: u64, index: u64, order: u8) -> Result<Pfn, Fault> {
+        let head = self
+            .frames
+            .alloc(order, FrameUse::Folio)
+            .ok_or(Fault::Oom)?;
+        let av = self.anon_vma_prepare(mm, va);
+        let f = self.frames.get_mut(head);
+        f.mapping = Mapping::Anon {
+            anon_vma: av,
+            index,
+        };
+        f.flags.set(FolioFlags::ANON, true);
+        f.flags.set(FolioFlags::SWAPBACKED, true);
+        for i in 0..1u64 << order {
+            self.frames.get_mut(head.offset(i)).anon_exclusive = true;
+        }
+        Ok(head)
+    }
+
+    /// Order for a new anonymous folio at `va`: the configured order if its
+    /// aligned range fits the VMA and holds no entries, else 0.
+    fn anon_order(&self, root: Pfn, vma: &Vma, va: u64) -> u8 {
+        let o = self.cfg.anon_folio_order.min(9);
+        if o == 0 {
+            return 0;
+        }
+        let size = PAGE_SIZE << o;
+        let base = va & !(size - 1);
+        if base >= vma.start
+            && base + size <= vma.end
+            && pgtable::leaves(&self.hw, root, base, base + size).is_empty()
+        {
+            o
+        } else {
+            0
+        }
+    }
+
+    /// `do_anonymous_page` for a write (or unshare): a zeroed exclusive
+    /// folio, possibly large. Unshare maps it read-only.
+    fn do_anonymous_page(
+        &mut self,
+        mm: MmId,
+        vma: &Vma,
+        va: u64,
+        slot: u64,
+        unshare: bool,
+    ) -> Result<(), Fault> {
+        let root = self.mm(mm).root;
+        let order = if unshare {
+            0
+        } else {
+            self.anon_order(root, vma, va)
+        };
+        let nr = 1u64 << order;
+        let base = va & !((PAGE_SIZE << order) - 1);
+        let head = self.new_anon_folio(mm, va, vma.page_index(base), order)?;
+        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        if !unshare {
+            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+        }
+        for i in 0..nr {
+            self.hw.zero_frame(head.offset(i));
+            let s = if order == 0 {
+                slot
+            } else {
+                pgtable::pte_slot(&self.hw, root, base + i * PAGE_SIZE).expect("same table")
+            };
+            pgtable::write_pte(
+                &mut self.hw,
+                s,
+                Pte::Mapped {
+                    pfn: head.offset(i),
+                    flags,
+                },
+            );
+        }
+        self.map_ptes(head, nr as u32);
+        self.frames.put_folio(&mut self.hw, head, 1);
+        self.counters.anon_allocs += 1;
+        Ok(())
+    }
+
+    /// `do_wp_page`: write (or unshare) fault on a present read-only PTE.
+    #[allow(clippy::too_many_arguments)]
+    fn do_wp_page(
+        &mut self,
+        mm: MmId,
+        vma: &Vma,
+        va: u64,
+        slot: u64,
+        pfn: Pfn,
+        flags: PteFlags,
+        unshare: bool,
+    ) -> Result<(), Fault> {
+        if vma.is_shared() {
+            // wp_page_shared -> wp_page_reuse: shmem needs no writenotify.
+            let head = self.frames.folio_of(pfn);
+            self.frames.get_mut(head).flags.set(FolioFlags::DIRTY, true);
+            let nf = flags
+                .with(PteFlags::WRITE)
+                .with(PteFlags::DIRTY)
+                .with(PteFlags::ACCESSED);
+            pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+            return Ok(());
+        }
+        if pfn != self.zero {
+            let head = self.frames.folio_of(pfn);
+            let exclusive = self.frames.at(pfn).anon_exclusive;
+            // wp_can_reuse_anon_folio: our PTE holds the only reference.
+            let reusable = exclusive || self.frames.at(head).refcount == 1;
+            if reusable {
+                if !exclusive {
+                    // folio_move_anon_rmap: the folio now belongs to this VMA.
+                    let av = self.anon_vma_prepare(mm, va);
+                    if let Mapping::Anon { anon_vma, .. } = &mut self.frames.get_mut(head).mapping {
+                        *anon_vma = av;
+                    }
+                    self.frames.get_mut(pfn).anon_exclusive = true;
+                }
+                if unshare {
+                    self.counters.unshares += u64::from(!exclusive);
+                    return Ok(());
+                }
+                let nf = flags
+                    .with(PteFlags::WRITE)
+                    .with(PteFlags::DIRTY)
+                    .with(PteFlags::ACCESSED);
+                pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                self.counters.cow_reuses += 1;
+                return Ok(());
+            }
+        }
+        // wp_page_copy.
+        let new = self.new_anon_folio(mm, va, vma.page_index(va), 0)?;
+        if pfn == self.zero {
+            self.hw.zero_frame(new);
+        } else {
+            self.hw.copy_frame(new, pfn);
+        }
+        let mut nf = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        if !unshare {
+            nf = nf.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+        }
+        // ptep_clear_flush, then set the new PTE, then drop the old rmap.
+        pgtable::write_pte(&mut self.hw, slot, Pte::None);
+        let flushed = self.flush_tlb(
+            mm,
+            FlushRange::Range {
+                start: va,
+                end: va + PAGE_SIZE,
+            },
+        );
+        pgtable::write_pte(
+            &mut self.hw,
+            slot,
+            Pte::Mapped {
+                pfn: new,
+                flags: nf,
+            },
+        );
+        self.map_ptes(new, 1);
+        self.frames.put_folio(&mut self.hw, new, 1);
+        if pfn != self.zero {
+            self.unmap_ptes(&flushed, pfn, 1);
+        }
+        if unshare {
+            self.counters.unshares += 1;
+        } else {
+            self.counters.cow_copies += 1;
+        }
+        Ok(())
+    }
+
+    /// `do_swap_page`: read the page back into a new exclusive folio. On an
+    /// I/O error the entry becomes a poisoned marker, so the loss of the page
+    /// stays recorded (SIGBUS now and on every later access).
+    fn do_swap_page(
+        &mut self,
+        mm: MmId,
+        vma: &Vma,
+        va: u64,
+        slot: u64,
+        e: SwapEntry,
+        write: bool,
+    ) -> Result<(), Fault> {
+        let new = self.new_anon_folio(mm, va, vma.page_index(va), 0)?;
+        if self.swap_read(e, new).is_err() {
+            self.frames.get_mut(new).anon_exclusive = false;
+            self.frames.put_folio(&mut self.hw, new, 1);
+            pgtable::write_pte(&mut self.hw, slot, Pte::Marker(MarkerKind::Poisoned));
+            self.swap_free(e);
+            self.counters.swap_errors += 1;
+            return Err(Fault::Bus);
+        }
+        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        if write {
+            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+        }
+        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: new, flags });
+        self.map_ptes(new, 1);
+        self.frames.put_folio(&mut self.hw, new, 1);
+        self.swap_free(e);
+        Ok(())
+    }
+
+    /// `shmem_fault` + `finish_fault`: find or create the object's page,
+    /// swapping it in if needed, and map it.
+    fn shmem_fault(
+        &mut self,
+        _mm: MmId,
+        vma: &Vma,
+        va: u64,
+        slot: u64,
+        write: bool,
+    ) -> Result<(), Fault> {
+        let Backing::Shmem(obj) = vma.backing else {
+            unreachable!("shared VMA without object")
+        };
+        let idx = vma.page_index(va);
+        let s = self.shmems.get(&obj).expect("live shmem");
+        if idx >= s.pages_len {
+            return Err(Fault::Bus);
+        }
+        let page = match s.pages.get(&idx).copied() {
+            Some(ShmemPage::Folio(h)) => h,
+            Some(ShmemPage::Poisoned) => return Err(Fault::Bus),
+            found => {
+                let new = self.frames.alloc(0, FrameUse::Folio).ok_or(Fault::Oom)?;
+                let f = self.frames.get_mut(new);
+                f.mapping = Mapping::Shmem { obj, index: idx };
+                f.flags.set(FolioFlags::SWAPBACKED, true);
+                let entry = match found {
+                    Some(ShmemPage::Swap(e)) => {
+                        let r = self.swap_read(e, new);
+                        self.swap_free(e);
+                        if r.is_err() {
+                            self.frames.put_folio(&mut self.hw, new, 1);
+                            self.counters.swap_errors += 1;
+                            let s = self.shmems.get_mut(&obj).expect("live shmem");
+                            s.pages.insert(idx, ShmemPage::Poisoned);
+                            return Err(Fault::Bus);
+                        }
+                        ShmemPage::Folio(new)
+                    }
+                    _ => {
+                        self.hw.zero_frame(new);
+                        ShmemPage::Folio(new)
+                    }
+                };
+                self.shmems
+                    .get_mut(&obj)
+                    .expect("live shmem")
+                    .pages
+                    .insert(idx, entry);
+                new
+            }
+        };
+        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        if write {
+            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            self.frames.get_mut(page).flags.set(FolioFlags::DIRTY, true);
+        }
+        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });
+        self.map_ptes(page, 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Small identifiers for objects the MM core keeps in maps: address spaces,
+//! anon_vmas, shmem objects and processes. Ids are never reused.
+
+/// An address space (`struct mm_struct`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MmId(pub u64);
+
+/// An anonymous-memory reverse-map root (`struct anon_vma`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AnonVmaId(pub u64);
+
+/// A shared-memory object (`shmem` inode / `struct address_space`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShmemId(pub u64);
+
+/// A process id.
+pub type Pid = u32;

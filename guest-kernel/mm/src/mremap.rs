@@ -1,0 +1,164 @@
+//! `mremap`: shrink, grow in place, or move (and grow) a mapping.
+//!
+//! Mirrors `mm/mremap.c` (`SYSCALL_DEFINE5(mremap)`, `vma_to_resize`,
+//! `move_vma`, `move_page_tables`). Moving keeps `vm_pgoff`, so anonymous
+//! folios keep their rmap index and only the PTEs move; the old range is
+//! flushed before its page tables are freed. `MREMAP_DONTUNMAP` and
+//! `old_len == 0` (duplicating a shared mapping) are not supported and
+//! return `EINVAL`.
+
+use alloc::vec::Vec;
+
+use crate::errno::Errno;
+use crate::gather::MmuGather;
+use crate::hw::{Hw, PAGE_SIZE};
+use crate::ids::MmId;
+use crate::mmap::page_align;
+use crate::pgtable::{self, USER_TOP};
+use crate::pte::Pte;
+use crate::system::MemSystem;
+use crate::vma::{MMAP_MIN_ADDR, Vma};
+
+/// `MREMAP_MAYMOVE`.
+pub const MREMAP_MAYMOVE: u32 = 1;
+/// `MREMAP_FIXED`.
+pub const MREMAP_FIXED: u32 = 2;
+/// `MREMAP_DONTUNMAP` (not supported: `EINVAL`).
+pub const MREMAP_DONTUNMAP: u32 = 4;
+
+impl<H: Hw> MemSystem<H> {
+    /// `mremap`.
+    pub(crate) fn do_mremap(
+        &mut self,
+        mm: MmId,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    ) -> Result<u64, Errno> {
+        if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED) != 0
+            || (flags & MREMAP_FIXED != 0 && flags & MREMAP_MAYMOVE == 0)
+            || old & (PAGE_SIZE - 1) != 0
+        {
+            return Err(Errno::EINVAL);
+        }
+        let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
+        let new_len = page_align(new_len).ok_or(Errno::EINVAL)?;
+        if new_len == 0 || old_len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let old_end = old.checked_add(old_len).ok_or(Errno::EFAULT)?;
+        let check_vma = |s: &Self| -> Result<Vma, Errno> {
+            let v = s.mm(mm).vmas.find(old).cloned().ok_or(Errno::EFAULT)?;
+            if old_end > v.end {
+                Err(Errno::EFAULT)
+            } else {
+                Ok(v)
+            }
+        };
+        if flags & MREMAP_FIXED != 0 {
+            if new_addr & (PAGE_SIZE - 1) != 0
+                || new_len > USER_TOP
+                || new_addr > USER_TOP - new_len
+            {
+                return Err(Errno::EINVAL);
+            }
+            if new_addr < MMAP_MIN_ADDR {
+                return Err(Errno::EPERM);
+            }
+            if new_addr < old_end && old < new_addr + new_len {
+                return Err(Errno::EINVAL);
+            }
+            check_vma(self)?;
+            self.unmap_region(mm, new_addr, new_addr + new_len);
+            let mut len = old_len;
+            if old_len > new_len {
+                self.unmap_region(mm, old + new_len, old_end);
+                len = new_len;
+            }
+            return self.move_vma(mm, old, len, new_len, new_addr);
+        }
+        let v = check_vma(self)?;
+        if new_len <= old_len {
+            if new_len < old_len {
+                self.unmap_region(mm, old + new_len, old_end);
+            }
+            return Ok(old);
+        }
+        let grow_end = old.checked_add(new_len).filter(|&e| e <= USER_TOP);
+        if let Some(e) = grow_end {
+            if old_end == v.end && !self.mm(mm).vmas.any_overlap(v.end, e) {
+                if let Some(vm) = self.mm_mut(mm).vmas.get_mut(v.start) {
+                    vm.end = e;
+                }
+                self.merge_vma_at(mm, e);
+                return Ok(old);
+            }
+        }
+        if flags & MREMAP_MAYMOVE == 0 {
+            return Err(Errno::ENOMEM);
+        }
+        let dst = self
+            .mm(mm)
+            .vmas
+            .find_gap(new_len, 0, USER_TOP)
+            .ok_or(Errno::ENOMEM)?;
+        self.move_vma(mm, old, old_len, new_len, dst)
+    }
+
+    /// `move_vma`: `[old, old+old_len)` (inside one VMA) moves to `new`,
+    /// growing to `new_len`.
+    fn move_vma(
+        &mut self,
+        mm: MmId,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        new: u64,
+    ) -> Result<u64, Errno> {
+        let root = self.mm(mm).root;
+        let leaves = pgtable::leaves(&self.hw, root, old, old + old_len);
+        let mut dst = Vec::with_capacity(leaves.len());
+        for &(va, _, _) in &leaves {
+            let s = pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, new + (va - old))
+                .ok_or(Errno::ENOMEM)?;
+            dst.push(s);
+        }
+        self.split_vma_at(mm, old);
+        self.split_vma_at(mm, old + old_len);
+        let v = self.mm(mm).vmas.find(old).cloned().expect("vma");
+        let nv = Vma {
+            start: new,
+            end: new + new_len,
+            flags: v.flags,
+            pgoff: v.pgoff,
+            backing: v.backing.clone(),
+        };
+        for (&(_, slot, pte), &d) in leaves.iter().zip(&dst) {
+            pgtable::write_pte(&mut self.hw, d, pte);
+            pgtable::write_pte(&mut self.hw, slot, Pte::None);
+        }
+        self.vma_link(mm, &nv);
+        self.mm_mut(mm).vmas.insert(nv);
+        if let Some(gone) = self.mm_mut(mm).vmas.remove(old) {
+            self.vma_unlink(mm, &gone);
+        }
+        // Flush the old translations, then free the old range's tables.
+        let mut g = MmuGather::new(mm);
+        self.zap_range(&mut g, old, old + old_len, true);
+        if !leaves.is_empty() {
+            self.flush_tlb(
+                mm,
+                crate::hw::FlushRange::Range {
+                    start: old,
+                    end: old + old_len,
+                },
+            );
+        }
+        self.tlb_finish(g);
+        self.merge_vma_at(mm, new + new_len);
+        self.merge_vma_at(mm, new);
+        Ok(new)
+    }
+}

@@ -1,0 +1,445 @@
+//! The syscall-facing facade: processes, their address spaces, and the MM
+//! system calls with Linux semantics and errno results.
+//!
+//! Mirrors the entry points of `mm/mmap.c`, `mm/mprotect.c`,
+//! `mm/madvise.c`, `mm/mremap.c`, `kernel/fork.c`, `kernel/exit.c`
+//! (`do_exit`, `do_wait`) and `arch/x86/mm/fault.c`
+//! (`do_user_addr_fault`: a bad user access becomes a signal report, a
+//! bad kernel access to user memory becomes `EFAULT`; neither panics).
+//! The kernel owns scheduling: `wait` never blocks here, it says
+//! "nothing yet" and the kernel sleeps.
+
+use crate::errno::{Errno, Fault, SegvCode};
+use crate::fault::FaultFlags;
+use crate::hw::{CpuId, Hw, PAGE_SIZE, Pfn};
+use crate::ids::{MmId, Pid};
+use crate::pgtable;
+use crate::pte::{Pte, PteFlags};
+use crate::system::{Counters, MemSystem, ProcState, Process};
+
+/// `SIGBUS`.
+pub const SIGBUS: i32 = 7;
+/// `SIGKILL` (the OOM killer's signal).
+pub const SIGKILL: i32 = 9;
+/// `SIGSEGV`.
+pub const SIGSEGV: i32 = 11;
+
+/// What a fatal user fault reports (the `siginfo` of the kill).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigReport {
+    /// The killed process.
+    pub pid: Pid,
+    /// `SIGSEGV`, `SIGBUS`, or `SIGKILL` (out of memory).
+    pub signal: i32,
+    /// Faulting address (`si_addr`).
+    pub addr: u64,
+    /// `si_code` for SIGSEGV.
+    pub code: Option<SegvCode>,
+}
+
+/// A snapshot for the MM-statistics syscall.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MmStats {
+    /// Managed frames.
+    pub total_frames: u64,
+    /// Free frames.
+    pub free_frames: u64,
+    /// Frames holding page tables.
+    pub pagetable_frames: u64,
+    /// Frames of anonymous folios.
+    pub anon_frames: u64,
+    /// Frames of shmem folios.
+    pub shmem_frames: u64,
+    /// Swap slots in total.
+    pub swap_total: u64,
+    /// Swap slots in use.
+    pub swap_used: u64,
+    /// Live processes (including zombies).
+    pub processes: u64,
+    /// VMAs of the calling process.
+    pub vmas: u64,
+    /// Resident (mapped) pages of the calling process.
+    pub rss_pages: u64,
+    /// Event counters.
+    pub counters: Counters,
+}
+
+impl MmStats {
+    /// Number of words in [`MmStats::to_words`].
+    pub const WORDS: usize = 20;
+
+    /// The stable user-visible layout of the statistics: little-endian
+    /// `u64`s in this order: total_frames, free_frames, pagetable_frames,
+    /// anon_frames, shmem_frames, swap_total, swap_used, processes, vmas,
+    /// rss_pages, then the counters faults, zero_maps, anon_allocs,
+    /// cow_copies, cow_reuses, unshares, swap_outs, swap_ins, swap_errors,
+    /// tlb_flushes.
+    pub fn to_words(&self) -> [u64; Self::WORDS] {
+        let c = &self.counters;
+        [
+            self.total_frames,
+            self.free_frames,
+            self.pagetable_frames,
+            self.anon_frames,
+            self.shmem_frames,
+            self.swap_total,
+            self.swap_used,
+            self.processes,
+            self.vmas,
+            self.rss_pages,
+            c.faults,
+            c.zero_maps,
+            c.anon_allocs,
+            c.cow_copies,
+            c.cow_reuses,
+            c.unshares,
+            c.swap_outs,
+            c.swap_ins,
+            c.swap_errors,
+            c.tlb_flushes,
+        ]
+    }
+}
+
+impl<H: Hw> MemSystem<H> {
+    fn proc_mm(&self, pid: Pid) -> Result<MmId, Errno> {
+        match self.procs.get(&pid) {
+            Some(Process {
+                mm: Some(mm),
+                state: ProcState::Running,
+                ..
+            }) => Ok(*mm),
+            _ => Err(Errno::ESRCH),
+        }
+    }
+
+    /// Creates a process with an empty address space whose parent is
+    /// `parent` (0 for the first process).
+    pub fn spawn(&mut self, parent: Pid) -> Result<Pid, Errno> {
+        let mm = self.mm_create().ok_or(Errno::ENOMEM)?;
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.procs.insert(
+            pid,
+            Process {
+                parent,
+                mm: Some(mm),
+                state: ProcState::Running,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Records that `pid` runs on `cpu` (`switch_mm`: adds the CPU to the
+    /// shootdown set) and returns the root table to load into CR3.
+    pub fn activate(&mut self, pid: Pid, cpu: CpuId) -> Result<Pfn, Errno> {
+        let mm = self.proc_mm(pid)?;
+        let a = self.mm_mut(mm);
+        a.cpus.insert(cpu);
+        Ok(a.root)
+    }
+
+    /// `getpid`.
+    pub fn getpid(&self, pid: Pid) -> Result<Pid, Errno> {
+        self.proc_mm(pid).map(|_| pid)
+    }
+
+    /// `mmap` (anonymous only; `fd` must be -1 unless `MAP_ANONYMOUS` is
+    /// given, `off` must be page aligned).
+    pub fn mmap(
+        &mut self,
+        pid: Pid,
+        addr: u64,
+        len: u64,
+        prot: u32,
+        flags: u32,
+        off: u64,
+    ) -> Result<u64, Errno> {
+        let mm = self.proc_mm(pid)?;
+        if off & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.do_mmap(mm, addr, len, prot, flags)?)
+    }
+
+    /// `munmap`.
+    pub fn munmap(&mut self, pid: Pid, addr: u64, len: u64) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_munmap(mm, addr, len)
+    }
+
+    /// `mprotect`.
+    pub fn mprotect(&mut self, pid: Pid, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_mprotect(mm, addr, len, prot)
+    }
+
+    /// `madvise`.
+    pub fn madvise(&mut self, pid: Pid, addr: u64, len: u64, advice: u32) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_madvise(mm, addr, len, advice)
+    }
+
+    /// `mremap`.
+    pub fn mremap(
+        &mut self,
+        pid: Pid,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u32,
+        new_addr: u64,
+    ) -> Result<u64, Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_mremap(mm, old, old_len, new_len, flags, new_addr)
+    }
+
+    /// `fork`: returns the child's pid. The kernel copies the registers.
+    pub fn fork(&mut self, pid: Pid) -> Result<Pid, Errno> {
+        let mm = self.proc_mm(pid)?;
+        let child_mm = self.dup_mmap(mm)?;
+        let child = self.next_pid;
+        self.next_pid += 1;
+        self.procs.insert(
+            child,
+            Process {
+                parent: pid,
+                mm: Some(child_mm),
+                state: ProcState::Running,
+            },
+        );
+        Ok(child)
+    }
+
+    /// `exit`: tears down the address space and leaves a zombie holding
+    /// `wait_status` (Linux encoding: `(code & 0xff) << 8`, or the signal
+    /// number). Children are reparented to pid 1.
+    pub fn exit(&mut self, pid: Pid, wait_status: i32) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.exit_mmap(mm);
+        let p = self.procs.get_mut(&pid).ok_or(Errno::ESRCH)?;
+        p.mm = None;
+        p.state = ProcState::Zombie(wait_status);
+        for (&c, q) in self.procs.iter_mut() {
+            if q.parent == pid && c != pid {
+                q.parent = 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// `wait4` without blocking: `target` -1 for any child, else a pid.
+    /// `Ok(Some((child, status)))` reaps a zombie; `Ok(None)` means children
+    /// exist but none has exited (the caller sleeps); `ECHILD` if no child
+    /// matches.
+    pub fn wait(&mut self, pid: Pid, target: i64) -> Result<Option<(Pid, i32)>, Errno> {
+        let mut any = false;
+        let mut found = None;
+        for (&c, q) in &self.procs {
+            if q.parent == pid && (target == -1 || target == c as i64) {
+                any = true;
+                if let ProcState::Zombie(s) = q.state {
+                    found = Some((c, s));
+                    break;
+                }
+            }
+        }
+        if let Some((c, _)) = found {
+            self.procs.remove(&c);
+        }
+        if any { Ok(found) } else { Err(Errno::ECHILD) }
+    }
+
+    /// State of a process.
+    pub fn proc_state(&self, pid: Pid) -> Option<ProcState> {
+        self.procs.get(&pid).map(|p| p.state)
+    }
+
+    /// Handles a page fault taken in ring 3 at `va` by `pid`. On failure the
+    /// process is killed (exit with the signal as wait status) and the
+    /// report says why; the kernel must not resume it.
+    pub fn handle_user_fault(
+        &mut self,
+        pid: Pid,
+        va: u64,
+        mut ff: FaultFlags,
+    ) -> Result<(), SigReport> {
+        ff.user = true;
+        let Ok(mm) = self.proc_mm(pid) else {
+            return Err(SigReport {
+                pid,
+                signal: SIGSEGV,
+                addr: va,
+                code: None,
+            });
+        };
+        let r = match self.handle_mm_fault(mm, va, ff) {
+            Err(Fault::Retry) => self.handle_mm_fault(mm, va, ff),
+            r => r,
+        };
+        let report = match r {
+            Ok(()) | Err(Fault::Retry) => return Ok(()),
+            Err(Fault::Segv(code)) => SigReport {
+                pid,
+                signal: SIGSEGV,
+                addr: va,
+                code: Some(code),
+            },
+            Err(Fault::Bus) => SigReport {
+                pid,
+                signal: SIGBUS,
+                addr: va,
+                code: None,
+            },
+            // pagefault_out_of_memory: the OOM killer picks the faulting task.
+            Err(Fault::Oom) => SigReport {
+                pid,
+                signal: SIGKILL,
+                addr: va,
+                code: None,
+            },
+        };
+        let _ = self.exit(pid, report.signal);
+        Err(report)
+    }
+
+    /// Resolves `va` for a kernel access (`get_user_pages`-like): faults the
+    /// page in as needed and returns the physical address.
+    fn user_pa(&mut self, mm: MmId, va: u64, write: bool) -> Result<u64, Errno> {
+        if va >= pgtable::USER_TOP {
+            return Err(Errno::EFAULT);
+        }
+        for _ in 0..3 {
+            let root = self.mm(mm).root;
+            if let Some(slot) = pgtable::pte_slot(&self.hw, root, va) {
+                if let Pte::Mapped { pfn, flags } = pgtable::read_pte(&self.hw, slot) {
+                    let ok = !flags.contains(PteFlags::PROTNONE)
+                        && flags.contains(PteFlags::USER)
+                        && (!write || flags.contains(PteFlags::WRITE));
+                    if ok {
+                        let nf = flags
+                            .with(PteFlags::ACCESSED)
+                            .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY));
+                        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                        return Ok(pfn.addr() + va % PAGE_SIZE);
+                    }
+                }
+            }
+            match self.handle_mm_fault(
+                mm,
+                va,
+                FaultFlags {
+                    write,
+                    ..FaultFlags::default()
+                },
+            ) {
+                Ok(()) | Err(Fault::Retry) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Errno::EFAULT)
+    }
+
+    /// Resolves a fault the kernel itself took on user address `va` (for a
+    /// kernel that touches user memory directly, with an exception-table
+    /// fixup): `EFAULT` instead of a signal, the process is not killed.
+    pub fn fault_in_user(&mut self, pid: Pid, va: u64, write: bool) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.user_pa(mm, va, write).map(|_| ())
+    }
+
+    /// Copies user memory at `va` into `buf` (`copy_from_user`); `EFAULT`
+    /// on a bad address. The process is not killed.
+    pub fn copy_from_user(&mut self, pid: Pid, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(buf.len() - done);
+            let pa = self.user_pa(mm, a, false)?;
+            self.hw.read_bytes(pa, &mut buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` to user memory at `va` (`copy_to_user`), breaking COW
+    /// as a user write would; `EFAULT` on a bad address.
+    pub fn copy_to_user(&mut self, pid: Pid, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        let mut done = 0;
+        while done < data.len() {
+            let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(data.len() - done);
+            let pa = self.user_pa(mm, a, true)?;
+            self.hw.write_bytes(pa, &data[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `write(fd, buf, len)` for the console (fd 1 and 2): hands the user
+    /// bytes to `sink` in page-sized pieces. Returns bytes written.
+    pub fn write(
+        &mut self,
+        pid: Pid,
+        fd: i32,
+        va: u64,
+        len: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<u64, Errno> {
+        if fd != 1 && fd != 2 {
+            return Err(Errno::EBADF);
+        }
+        let mut buf = [0u8; 256];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            self.copy_from_user(
+                pid,
+                va.checked_add(done).ok_or(Errno::EFAULT)?,
+                &mut buf[..n],
+            )?;
+            sink(&buf[..n]);
+            done += n as u64;
+        }
+        Ok(done)
+    }
+
+    /// MM statistics, as seen by `pid`.
+    pub fn mm_stats(&self, pid: Pid) -> Result<MmStats, Errno> {
+        let mm = self.proc_mm(pid)?;
+        let mut s = MmStats {
+            total_frames: self.frames.nr_total(),
+            free_frames: self.frames.nr_free(),
+            processes: self.procs.len() as u64,
+            counters: self.counters,
+            vmas: self.mm(mm).vmas.len() as u64,
+            ..MmStats::default()
+        };
+        for (_, f) in self.frames.iter() {
+            match f.use_ {
+                crate::frame::FrameUse::PageTable => s.pagetable_frames += 1,
+                crate::frame::FrameUse::Folio => {
+                    let n = 1u64 << f.order;
+                    if f.flags.contains(crate::frame::FolioFlags::ANON) {
+                        s.anon_frames += n;
+                    } else {
+                        s.shmem_frames += n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(d) = &self.swap {
+            s.swap_total = d.total();
+            s.swap_used = d.used();
+        }
+        let root = self.mm(mm).root;
+        s.rss_pages = pgtable::leaves(&self.hw, root, 0, pgtable::USER_TOP)
+            .iter()
+            .filter(|(_, _, p)| matches!(p, Pte::Mapped { .. }))
+            .count() as u64;
+        Ok(s)
+    }
+}

@@ -1,0 +1,286 @@
+//! The page-table entry: one arch-neutral enum and its x86-64 encoding.
+//!
+//! Mirrors `include/linux/swapops.h` (swap entries, PTE markers as a special
+//! swap type `SWP_PTE_MARKER`) and `arch/x86/include/asm/pgtable_types.h`
+//! (`_PAGE_PROTNONE` sharing the bit of `_PAGE_GLOBAL`).
+//!
+//! # x86-64 encoding
+//! ```text
+//! present (P=1):  63 NX | 51..12 PFN | 6 D | 5 A | 2 U/S | 1 R/W | 0 P=1
+//! PROT_NONE map:  same as present but P=0 and bit 8 (_PAGE_PROTNONE) = 1;
+//!                 the CPU faults on it, the MM still sees the mapping
+//! software entry: P=0, bit 8 = 0, bit 9 (SWP_VALID) = 1,
+//!                 bits 5..1 = type, bits 57..12 = offset
+//!                   type 0..=30 : swap entry (device index, slot offset)
+//!                   type 31     : PTE marker, offset = marker kind code
+//! none:           all zero
+//! ```
+//! Bit 9 keeps `type 0, offset 0` distinct from none. Offsets are not
+//! inverted (L1TF mitigation); the guest relies on the host for that.
+
+/// Flags of a mapped (leaf) PTE, arch-neutral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PteFlags(u8);
+
+impl PteFlags {
+    /// Writable.
+    pub const WRITE: PteFlags = PteFlags(1 << 0);
+    /// Accessible from ring 3.
+    pub const USER: PteFlags = PteFlags(1 << 1);
+    /// Executable (x86: NX clear).
+    pub const EXEC: PteFlags = PteFlags(1 << 2);
+    /// Accessed (hardware-set, "young").
+    pub const ACCESSED: PteFlags = PteFlags(1 << 3);
+    /// Dirty (hardware-set on write).
+    pub const DIRTY: PteFlags = PteFlags(1 << 4);
+    /// PROT_NONE: mapped for the MM, inaccessible to the CPU.
+    pub const PROTNONE: PteFlags = PteFlags(1 << 5);
+
+    /// No flags.
+    pub const fn empty() -> Self {
+        PteFlags(0)
+    }
+    /// Whether all of `other` is set.
+    pub const fn contains(self, other: PteFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// `self` with `other` added.
+    #[must_use]
+    pub const fn with(self, other: PteFlags) -> Self {
+        PteFlags(self.0 | other.0)
+    }
+    /// `self` with `other` removed.
+    #[must_use]
+    pub const fn without(self, other: PteFlags) -> Self {
+        PteFlags(self.0 & !other.0)
+    }
+    /// `self` with `other` set or cleared.
+    #[must_use]
+    pub const fn set(self, other: PteFlags, on: bool) -> Self {
+        if on {
+            self.with(other)
+        } else {
+            self.without(other)
+        }
+    }
+}
+
+/// A swap entry: device (swap type) and slot offset (`swp_entry_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SwapEntry {
+    /// Swap device index (`swp_type`), `0..MAX_SWAP_TYPES`.
+    pub dev: u8,
+    /// Slot on the device (`swp_offset`).
+    pub offset: u64,
+}
+
+/// Number of swap device types the encoding leaves room for.
+pub const MAX_SWAP_TYPES: u8 = 31;
+const MARKER_TYPE: u64 = 31;
+const OFFSET_BITS: u32 = 46;
+
+/// What a PTE marker says about the missing page (`PTE_MARKER_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerKind {
+    /// The page is gone (swap-in I/O error, memory failure): access is SIGBUS.
+    Poisoned,
+    /// A guard region (`MADV_GUARD_INSTALL`): access is SIGSEGV. Reserved.
+    Guard,
+    /// userfaultfd write-protect on a none PTE. Reserved.
+    UffdWp,
+}
+
+impl MarkerKind {
+    fn code(self) -> u64 {
+        match self {
+            MarkerKind::Poisoned => 1,
+            MarkerKind::Guard => 2,
+            MarkerKind::UffdWp => 3,
+        }
+    }
+    fn from_code(c: u64) -> Option<Self> {
+        match c {
+            1 => Some(MarkerKind::Poisoned),
+            2 => Some(MarkerKind::Guard),
+            3 => Some(MarkerKind::UffdWp),
+            _ => None,
+        }
+    }
+}
+
+/// A page-table entry, arch-neutral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pte {
+    /// Nothing mapped.
+    None,
+    /// A non-present marker (see [`MarkerKind`]).
+    Marker(MarkerKind),
+    /// The page lives in swap.
+    Swap(SwapEntry),
+    /// Next-level table (upper levels only).
+    Table(crate::hw::Pfn),
+    /// A mapped page.
+    Mapped {
+        /// The frame.
+        pfn: crate::hw::Pfn,
+        /// Permission and status bits.
+        flags: PteFlags,
+    },
+}
+
+const P: u64 = 1 << 0;
+const RW: u64 = 1 << 1;
+const US: u64 = 1 << 2;
+const A: u64 = 1 << 5;
+const D: u64 = 1 << 6;
+const PROTNONE: u64 = 1 << 8;
+const SWP_VALID: u64 = 1 << 9;
+const NX: u64 = 1 << 63;
+/// Physical-address bits of an entry (51..12).
+pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+
+/// Why a raw value is not a valid entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPte(pub u64);
+
+impl Pte {
+    /// Encodes for x86-64. `leaf` is true at level 1 (PTE level).
+    pub fn encode(self) -> u64 {
+        match self {
+            Pte::None => 0,
+            Pte::Table(pfn) => pfn.addr() | P | RW | US | A,
+            Pte::Mapped { pfn, flags } => {
+                let mut v = pfn.addr() & ADDR_MASK;
+                v |= if flags.contains(PteFlags::PROTNONE) {
+                    PROTNONE
+                } else {
+                    P
+                };
+                if flags.contains(PteFlags::WRITE) {
+                    v |= RW;
+                }
+                if flags.contains(PteFlags::USER) {
+                    v |= US;
+                }
+                if flags.contains(PteFlags::ACCESSED) {
+                    v |= A;
+                }
+                if flags.contains(PteFlags::DIRTY) {
+                    v |= D;
+                }
+                if !flags.contains(PteFlags::EXEC) {
+                    v |= NX;
+                }
+                v
+            }
+            Pte::Swap(e) => {
+                debug_assert!(e.dev < MAX_SWAP_TYPES && e.offset < (1 << OFFSET_BITS));
+                SWP_VALID | ((e.dev as u64) << 1) | (e.offset << 12)
+            }
+            Pte::Marker(k) => SWP_VALID | (MARKER_TYPE << 1) | (k.code() << 12),
+        }
+    }
+
+    /// Decodes an x86-64 entry found at page-table `level` (1 = PTE, 4 = PML4).
+    pub fn decode(raw: u64, level: u8) -> Result<Pte, BadPte> {
+        if raw == 0 {
+            return Ok(Pte::None);
+        }
+        let pfn = crate::hw::Pfn((raw & ADDR_MASK) >> 12);
+        if raw & P != 0 && level > 1 {
+            return Ok(Pte::Table(pfn));
+        }
+        if raw & (P | PROTNONE) != 0 {
+            if level > 1 {
+                return Err(BadPte(raw));
+            }
+            let mut f = PteFlags::empty()
+                .set(PteFlags::PROTNONE, raw & P == 0)
+                .set(PteFlags::WRITE, raw & RW != 0)
+                .set(PteFlags::USER, raw & US != 0)
+                .set(PteFlags::ACCESSED, raw & A != 0)
+                .set(PteFlags::DIRTY, raw & D != 0);
+            if raw & NX == 0 {
+                f = f.with(PteFlags::EXEC);
+            }
+            return Ok(Pte::Mapped { pfn, flags: f });
+        }
+        if raw & SWP_VALID == 0 || level > 1 {
+            return Err(BadPte(raw));
+        }
+        let ty = (raw >> 1) & 0x1f;
+        let off = (raw >> 12) & ((1 << OFFSET_BITS) - 1);
+        if ty == MARKER_TYPE {
+            MarkerKind::from_code(off)
+                .map(Pte::Marker)
+                .ok_or(BadPte(raw))
+        } else {
+            Ok(Pte::Swap(SwapEntry {
+                dev: ty as u8,
+                offset: off,
+            }))
+        }
+    }
+
+    /// Whether the CPU can use the entry (present, not PROT_NONE).
+    pub fn is_present(self) -> bool {
+        matches!(self, Pte::Table(_))
+            || matches!(self, Pte::Mapped { flags, .. } if !flags.contains(PteFlags::PROTNONE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hw::Pfn;
+
+    #[test]
+    fn roundtrip_all_variants() {
+        let mut cases = alloc::vec![
+            Pte::None,
+            Pte::Marker(MarkerKind::Poisoned),
+            Pte::Marker(MarkerKind::Guard),
+            Pte::Marker(MarkerKind::UffdWp),
+            Pte::Swap(SwapEntry { dev: 0, offset: 0 }),
+            Pte::Swap(SwapEntry {
+                dev: 30,
+                offset: (1 << 46) - 1
+            }),
+        ];
+        for bits in 0..64u8 {
+            cases.push(Pte::Mapped {
+                pfn: Pfn(0x12345),
+                flags: PteFlags(bits),
+            });
+        }
+        for c in cases {
+            assert_eq!(Pte::decode(c.encode(), 1), Ok(c), "{c:?}");
+        }
+        let t = Pte::Table(Pfn(77));
+        assert_eq!(Pte::decode(t.encode(), 3), Ok(t));
+    }
+
+    #[test]
+    fn hardware_bits() {
+        let raw = Pte::Mapped {
+            pfn: Pfn(5),
+            flags: PteFlags::WRITE.with(PteFlags::USER),
+        }
+        .encode();
+        assert_eq!(raw, 0x5000 | P | RW | US | NX);
+        let none = Pte::Mapped {
+            pfn: Pfn(5),
+            flags: PteFlags::PROTNONE.with(PteFlags::USER),
+        };
+        assert_eq!(
+            none.encode() & P,
+            0,
+            "PROT_NONE must not be present to the CPU"
+        );
+        assert!(!none.is_present());
+        // Swap entries and markers are never present and never zero.
+        let s = Pte::Swap(SwapEntry { dev: 0, offset: 0 }).encode();
+        assert!(s != 0 && s & P == 0);
+        assert_eq!(Pte::decode(0x80, 1), Err(BadPte(0x80)));
+    }
+}

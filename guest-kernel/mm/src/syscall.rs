@@ -1,0 +1,126 @@
+//! System-call numbers and a dispatcher for the MM-related calls.
+//!
+//! Numbers are Linux x86-64's (`arch/x86/entry/syscalls/syscall_64.tbl`),
+//! plus one writewatch call, [`SYS_MM_STATS`]. Arguments arrive as the
+//! kernel's trap frame has them (`rdi, rsi, rdx, r10, r8, r9`); results are
+//! Linux-style (`-errno` on failure). Calls that need the scheduler
+//! (`fork`'s child registers, `exit`, a blocking `wait`) report that in
+//! [`Outcome`] instead of doing it here.
+
+use crate::errno::Errno;
+use crate::hw::Hw;
+use crate::ids::Pid;
+use crate::system::MemSystem;
+
+/// `write`.
+pub const SYS_WRITE: u64 = 1;
+/// `mmap`.
+pub const SYS_MMAP: u64 = 9;
+/// `mprotect`.
+pub const SYS_MPROTECT: u64 = 10;
+/// `munmap`.
+pub const SYS_MUNMAP: u64 = 11;
+/// `mremap`.
+pub const SYS_MREMAP: u64 = 25;
+/// `madvise`.
+pub const SYS_MADVISE: u64 = 28;
+/// `getpid`.
+pub const SYS_GETPID: u64 = 39;
+/// `fork`.
+pub const SYS_FORK: u64 = 57;
+/// `exit`.
+pub const SYS_EXIT: u64 = 60;
+/// `wait4(pid, *status, options, rusage)`; only `options == 0`.
+pub const SYS_WAIT4: u64 = 61;
+/// writewatch: `mm_stats(*buf, len)` copies [`crate::MmStats::to_words`]
+/// (at most `len` bytes) and returns the number of bytes written.
+pub const SYS_MM_STATS: u64 = 1000;
+
+/// What the kernel must do after a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Return this value in `rax`.
+    Return(i64),
+    /// `fork` succeeded: return `child` to the parent, 0 to the child (whose
+    /// registers the kernel copies).
+    Forked {
+        /// The new process.
+        child: Pid,
+    },
+    /// The process exited; never resume it.
+    Exited,
+    /// `wait` must sleep until a child exits, then retry the call.
+    Block,
+}
+
+fn ret(r: Result<u64, Errno>) -> Outcome {
+    Outcome::Return(match r {
+        Ok(v) => v as i64,
+        Err(e) => e.to_ret(),
+    })
+}
+
+impl<H: Hw> MemSystem<H> {
+    /// Runs syscall `nr` for `pid` with `args`. Console output of `write`
+    /// goes to `console`. With [`crate::Config::check_every_op`], the
+    /// invariant checker runs afterwards and a violation panics.
+    pub fn syscall(
+        &mut self,
+        pid: Pid,
+        nr: u64,
+        args: [u64; 6],
+        console: &mut dyn FnMut(&[u8]),
+    ) -> Outcome {
+        let [a0, a1, a2, a3, a4, a5] = args;
+        let out = match nr {
+            SYS_WRITE => ret(self.write(pid, a0 as i32, a1, a2, &mut *console)),
+            SYS_MMAP => {
+                // fd (a4) is ignored for MAP_ANONYMOUS, like Linux.
+                let _ = a4;
+                ret(self.mmap(pid, a0, a1, a2 as u32, a3 as u32, a5))
+            }
+            SYS_MPROTECT => ret(self.mprotect(pid, a0, a1, a2 as u32).map(|()| 0)),
+            SYS_MUNMAP => ret(self.munmap(pid, a0, a1).map(|()| 0)),
+            SYS_MREMAP => ret(self.mremap(pid, a0, a1, a2, a3 as u32, a4)),
+            SYS_MADVISE => ret(self.madvise(pid, a0, a1, a2 as u32).map(|()| 0)),
+            SYS_GETPID => ret(self.getpid(pid).map(u64::from)),
+            SYS_FORK => match self.fork(pid) {
+                Ok(child) => Outcome::Forked { child },
+                Err(e) => Outcome::Return(e.to_ret()),
+            },
+            SYS_EXIT => match self.exit(pid, ((a0 & 0xff) << 8) as i32) {
+                Ok(()) => Outcome::Exited,
+                Err(e) => Outcome::Return(e.to_ret()),
+            },
+            SYS_WAIT4 if a2 != 0 => Outcome::Return(Errno::EINVAL.to_ret()),
+            SYS_WAIT4 => match self.wait(pid, a0 as i64) {
+                Ok(Some((child, status))) => {
+                    if a1 != 0 {
+                        if let Err(e) = self.copy_to_user(pid, a1, &status.to_le_bytes()) {
+                            return Outcome::Return(e.to_ret());
+                        }
+                    }
+                    Outcome::Return(i64::from(child))
+                }
+                Ok(None) => Outcome::Block,
+                Err(e) => Outcome::Return(e.to_ret()),
+            },
+            SYS_MM_STATS => {
+                let r = self.mm_stats(pid).and_then(|s| {
+                    let bytes: alloc::vec::Vec<u8> =
+                        s.to_words().iter().flat_map(|w| w.to_le_bytes()).collect();
+                    let n = bytes.len().min(a1 as usize);
+                    self.copy_to_user(pid, a0, &bytes[..n]).map(|()| n as u64)
+                });
+                ret(r)
+            }
+            _ => Outcome::Return(Errno::ENOSYS.to_ret()),
+        };
+        if self.cfg.check_every_op {
+            if let Err(e) = self.check() {
+                panic!("mm_check after syscall {nr}: {:?}", e.violations);
+            }
+        }
+        out
+    }
+}

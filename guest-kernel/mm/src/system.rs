@@ -1,0 +1,323 @@
+//! The MM core's global state: frames, address spaces, anon_vmas, shmem
+//! objects, the swap device and the process table.
+//!
+//! Linux spreads this over `mm_struct`, `anon_vma`, `address_space` and the
+//! task list; here it is one owner, [`MemSystem`], so that reverse-map walks
+//! (which go from a folio to every address space mapping it) are plain
+//! lookups without shared mutable pointers. The kernel wraps it in one lock.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+
+use crate::frame::{FrameTable, FrameUse};
+use crate::hw::{CpuSet, Hw, Pfn};
+use crate::ids::{AnonVmaId, MmId, Pid, ShmemId};
+use crate::pte::SwapEntry;
+use crate::swap::SwapDevice;
+use crate::vma::{Backing, Vma, VmaTree};
+
+/// Boot-time configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Frames carved from the top of RAM for the swap device (0: no swap).
+    pub swap_frames: u64,
+    /// Order of anonymous folios allocated on write faults when the aligned
+    /// range is empty (0: always single pages; like mTHP sizes).
+    pub anon_folio_order: u8,
+    /// `vm.max_map_count`.
+    pub max_map_count: usize,
+    /// Kernel PML4 whose upper half every new address space copies.
+    pub kernel_root: Option<Pfn>,
+    /// Run the invariant checker after every syscall (the `mm_check`
+    /// command-line flag); a violation panics.
+    pub check_every_op: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            swap_frames: 0,
+            anon_folio_order: 0,
+            max_map_count: 65530,
+            kernel_root: None,
+            check_every_op: false,
+        }
+    }
+}
+
+/// One address space (`struct mm_struct`).
+#[derive(Debug)]
+pub struct AddressSpace {
+    /// PML4 frame.
+    pub root: Pfn,
+    /// The VMAs.
+    pub vmas: VmaTree,
+    /// CPUs that have run this address space (`mm_cpumask`): where
+    /// shootdowns go.
+    pub cpus: CpuSet,
+}
+
+/// A VMA's identity across the system: its address space and start.
+/// Starts change only through split (new upper VMA), merge (absorbed VMA
+/// removed), and move (new VMA) — all of which relink.
+pub(crate) type VmaKey = (MmId, u64);
+
+/// An anon_vma: the reverse-map root for anonymous folios. `vmas` is every
+/// VMA whose chain contains it (Linux's `rb_root` of `anon_vma_chain`s);
+/// it dies with its last VMA, when no folio can be mapped through it.
+#[derive(Debug, Default)]
+pub(crate) struct AnonVma {
+    pub vmas: BTreeSet<VmaKey>,
+}
+
+/// One page slot of a shmem object (`shmem` page cache / xarray entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShmemPage {
+    /// In memory; the object holds one reference.
+    Folio(Pfn),
+    /// Swapped out; the object holds one swap reference.
+    Swap(SwapEntry),
+    /// Lost (swap-in error): reads raise SIGBUS.
+    Poisoned,
+}
+
+/// A shared anonymous memory object (shmem inode + `address_space`).
+#[derive(Debug)]
+pub(crate) struct Shmem {
+    /// Size in pages (`i_size`); faults beyond it are SIGBUS.
+    pub pages_len: u64,
+    pub pages: BTreeMap<u64, ShmemPage>,
+    /// Every VMA mapping the object (`i_mmap`); the object dies with the
+    /// last one.
+    pub i_mmap: BTreeSet<VmaKey>,
+}
+
+/// State of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    /// Runnable.
+    Running,
+    /// Exited, waiting to be reaped, with its wait status.
+    Zombie(i32),
+}
+
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub parent: Pid,
+    pub mm: Option<MmId>,
+    pub state: ProcState,
+}
+
+/// Event counters (`vm_event_item`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Faults resolved.
+    pub faults: u64,
+    /// Zero-page mappings installed.
+    pub zero_maps: u64,
+    /// Anonymous folios allocated by faults.
+    pub anon_allocs: u64,
+    /// COW faults that copied.
+    pub cow_copies: u64,
+    /// COW faults that reused the page.
+    pub cow_reuses: u64,
+    /// Unshare faults that did something.
+    pub unshares: u64,
+    /// Pages written to swap.
+    pub swap_outs: u64,
+    /// Pages read from swap.
+    pub swap_ins: u64,
+    /// Swap-in I/O errors.
+    pub swap_errors: u64,
+    /// TLB flush requests.
+    pub tlb_flushes: u64,
+}
+
+/// The MM core.
+pub struct MemSystem<H: Hw> {
+    /// The hardware.
+    pub hw: H,
+    pub(crate) frames: FrameTable,
+    pub(crate) zero: Pfn,
+    pub(crate) mms: BTreeMap<MmId, AddressSpace>,
+    pub(crate) anon_vmas: BTreeMap<AnonVmaId, AnonVma>,
+    pub(crate) shmems: BTreeMap<ShmemId, Shmem>,
+    pub(crate) swap: Option<SwapDevice>,
+    pub(crate) procs: BTreeMap<Pid, Process>,
+    pub(crate) counters: Counters,
+    pub(crate) cfg: Config,
+    next_id: u64,
+    pub(crate) next_pid: Pid,
+    /// Test-only fault injection: drop rmaps in `tlb_finish` *before* the
+    /// flush (the pre-fix `zap_pte_range` order), to prove the tests see it.
+    #[cfg(test)]
+    pub(crate) bug_early_rmap: bool,
+}
+
+/// Why [`MemSystem::new`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitError {
+    /// Not enough RAM for the zero page and the swap region.
+    NoMemory,
+}
+
+impl<H: Hw> MemSystem<H> {
+    /// Builds the MM core over the usable RAM `ranges` (bytes, `[start,
+    /// end)`), as read from the PVH memory map minus what the kernel uses.
+    pub fn new(mut hw: H, ranges: &[(u64, u64)], cfg: Config) -> Result<Self, InitError> {
+        let mut frames = FrameTable::new(ranges);
+        let zero = frames.alloc(0, FrameUse::Zero).ok_or(InitError::NoMemory)?;
+        hw.zero_frame(zero);
+        let swap = if cfg.swap_frames > 0 {
+            // Carve the highest free frames for the swap region.
+            let top: alloc::vec::Vec<Pfn> = frames
+                .iter()
+                .filter(|(_, f)| f.use_ == FrameUse::Free)
+                .map(|(p, _)| p)
+                .collect::<alloc::vec::Vec<_>>()
+                .into_iter()
+                .rev()
+                .take(cfg.swap_frames as usize)
+                .collect();
+            if (top.len() as u64) < cfg.swap_frames {
+                return Err(InitError::NoMemory);
+            }
+            for &p in &top {
+                frames.reserve(p);
+            }
+            Some(SwapDevice::new(top.into_iter().rev().collect()))
+        } else {
+            None
+        };
+        Ok(MemSystem {
+            hw,
+            frames,
+            zero,
+            mms: BTreeMap::new(),
+            anon_vmas: BTreeMap::new(),
+            shmems: BTreeMap::new(),
+            swap,
+            procs: BTreeMap::new(),
+            counters: Counters::default(),
+            cfg,
+            next_id: 1,
+            next_pid: 1,
+            #[cfg(test)]
+            bug_early_rmap: false,
+        })
+    }
+
+    pub(crate) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Creates an empty address space (`mm_alloc`).
+    pub(crate) fn mm_create(&mut self) -> Option<MmId> {
+        let root = crate::pgtable::new_root(&mut self.hw, &mut self.frames, self.cfg.kernel_root)?;
+        let id = MmId(self.new_id());
+        self.mms.insert(
+            id,
+            AddressSpace {
+                root,
+                vmas: VmaTree::default(),
+                cpus: CpuSet::default(),
+            },
+        );
+        Some(id)
+    }
+
+    pub(crate) fn mm(&self, id: MmId) -> &AddressSpace {
+        self.mms.get(&id).expect("live mm")
+    }
+
+    pub(crate) fn mm_mut(&mut self, id: MmId) -> &mut AddressSpace {
+        self.mms.get_mut(&id).expect("live mm")
+    }
+
+    /// Registers a VMA that was just inserted (or created by a split) in the
+    /// reverse maps: every anon_vma of its chain, or its object's `i_mmap`
+    /// (`anon_vma_chain_link`, `vma_interval_tree_insert`).
+    pub(crate) fn vma_link(&mut self, mm: MmId, v: &Vma) {
+        match &v.backing {
+            Backing::Anon { chain } => {
+                for a in chain {
+                    self.anon_vmas
+                        .entry(*a)
+                        .or_default()
+                        .vmas
+                        .insert((mm, v.start));
+                }
+            }
+            Backing::Shmem(obj) => {
+                let s = self.shmems.get_mut(obj).expect("live shmem");
+                s.i_mmap.insert((mm, v.start));
+            }
+        }
+    }
+
+    /// Undoes [`Self::vma_link`] for a VMA leaving the tree; frees an
+    /// anon_vma or shmem object that no VMA refers to any more
+    /// (`unlink_anon_vmas`, `vma_interval_tree_remove`).
+    pub(crate) fn vma_unlink(&mut self, mm: MmId, v: &Vma) {
+        match &v.backing {
+            Backing::Anon { chain } => {
+                for a in chain {
+                    let av = self.anon_vmas.get_mut(a).expect("live anon_vma");
+                    av.vmas.remove(&(mm, v.start));
+                    if av.vmas.is_empty() {
+                        self.anon_vmas.remove(a);
+                    }
+                }
+            }
+            Backing::Shmem(obj) => {
+                let s = self.shmems.get_mut(obj).expect("live shmem");
+                s.i_mmap.remove(&(mm, v.start));
+                if s.i_mmap.is_empty() {
+                    let s = self.shmems.remove(obj).expect("live shmem");
+                    for (_, p) in s.pages {
+                        match p {
+                            ShmemPage::Folio(h) => {
+                                self.frames.put_folio(&mut self.hw, h, 1);
+                            }
+                            ShmemPage::Swap(e) => self.swap_free(e),
+                            ShmemPage::Poisoned => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `anon_vma_prepare`: gives the VMA at `va` its own anon_vma if it has
+    /// none yet; returns it.
+    pub(crate) fn anon_vma_prepare(&mut self, mm: MmId, va: u64) -> AnonVmaId {
+        let start = self.mm(mm).vmas.find(va).expect("vma").start;
+        if let Some(a) = self.mm(mm).vmas.find(va).and_then(Vma::own_anon_vma) {
+            return a;
+        }
+        let a = AnonVmaId(self.new_id());
+        self.anon_vmas
+            .entry(a)
+            .or_default()
+            .vmas
+            .insert((mm, start));
+        if let Some(Vma {
+            backing: Backing::Anon { chain },
+            ..
+        }) = self.mm_mut(mm).vmas.get_mut(start)
+        {
+            chain.push(a);
+        }
+        a
+    }
+
+    /// Number of free frames.
+    pub fn free_frames(&self) -> u64 {
+        self.frames.nr_free()
+    }
+
+    /// The event counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+}

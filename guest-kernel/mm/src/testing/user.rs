@@ -1,0 +1,95 @@
+//! Ring-3 accesses for tests: go through the simulated MMU and TLB, and on
+//! a page fault call the MM core exactly as the kernel's trap handler does.
+
+use crate::fault::FaultFlags;
+use crate::hw::{CpuId, PAGE_SIZE, PhysMem};
+use crate::ids::Pid;
+use crate::process::{SIGSEGV, SigReport};
+use crate::system::{Config, MemSystem};
+
+use super::{Access, SimMachine};
+
+/// A simulated system with `mib` MiB of RAM at 0 and `ncpus` CPUs. The
+/// first MiB is left out, like the PVH layout.
+pub fn sim_system(mib: usize, ncpus: usize, cfg: Config) -> MemSystem<SimMachine> {
+    let bytes = mib << 20;
+    let hw = SimMachine::new(bytes, ncpus);
+    MemSystem::new(hw, &[(0x10_0000, bytes as u64)], cfg).expect("enough memory")
+}
+
+fn access(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    kind: Access,
+) -> Result<u64, SigReport> {
+    sys.hw.set_cpu(cpu);
+    let root = sys.activate(pid, cpu).map_err(|_| SigReport {
+        pid,
+        signal: SIGSEGV,
+        addr: va,
+        code: None,
+    })?;
+    for _ in 0..4 {
+        if let Ok(pa) = sys.hw.translate(root, va, kind) {
+            return Ok(pa);
+        }
+        let ff = FaultFlags {
+            write: kind == Access::Write,
+            exec: kind == Access::Exec,
+            user: true,
+            unshare: false,
+        };
+        sys.handle_user_fault(pid, va, ff)?;
+    }
+    panic!("fault at {va:#x} resolved but the access keeps faulting");
+}
+
+/// Ring-3 write of `data` at `va` by `pid` on `cpu`.
+pub fn user_write(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    data: &[u8],
+) -> Result<(), SigReport> {
+    let mut done = 0;
+    while done < data.len() {
+        let a = va + done as u64;
+        let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(data.len() - done);
+        let pa = access(sys, pid, cpu, a, Access::Write)?;
+        sys.hw.write_bytes(pa, &data[done..done + n]);
+        done += n;
+    }
+    Ok(())
+}
+
+/// Ring-3 read into `buf` from `va` by `pid` on `cpu`.
+pub fn user_read(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    buf: &mut [u8],
+) -> Result<(), SigReport> {
+    let mut done = 0;
+    while done < buf.len() {
+        let a = va + done as u64;
+        let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(buf.len() - done);
+        let pa = access(sys, pid, cpu, a, Access::Read)?;
+        sys.hw.read_bytes(pa, &mut buf[done..done + n]);
+        done += n;
+    }
+    Ok(())
+}
+
+/// Ring-3 instruction fetch at `va`.
+pub fn user_exec(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+) -> Result<(), SigReport> {
+    access(sys, pid, cpu, va, Access::Exec).map(|_| ())
+}

@@ -1,0 +1,312 @@
+//! Virtual memory areas and the ordered tree that holds them.
+//!
+//! Mirrors `include/linux/mm_types.h` (`struct vm_area_struct`, `VM_*` flag
+//! values), `mm/vma.c` (`__split_vma`, `is_mergeable_vma`,
+//! `is_mergeable_anon_vma`) and `mm/mmap.c` (`unmapped_area_topdown`). The
+//! tree is a `BTreeMap` keyed by start address (Linux uses a maple tree);
+//! VMAs never overlap and are page aligned and non-empty.
+//!
+//! Reverse-map bookkeeping (anon_vma and shmem `i_mmap` membership) is done by
+//! the callers (`vma_link`/`vma_unlink` in `system.rs`); this file is pure
+//! data-structure code.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use crate::hw::PAGE_SIZE;
+use crate::ids::{AnonVmaId, ShmemId};
+use crate::pte::PteFlags;
+
+/// Lowest mappable address (`vm.mmap_min_addr` default).
+pub const MMAP_MIN_ADDR: u64 = 0x1_0000;
+/// Where top-down placement starts (no ASLR: deterministic).
+pub const MMAP_BASE: u64 = 0x7f00_0000_0000;
+
+/// `VM_*` flags with Linux's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VmFlags(pub u32);
+
+impl VmFlags {
+    /// `VM_READ`.
+    pub const READ: u32 = 0x1;
+    /// `VM_WRITE`.
+    pub const WRITE: u32 = 0x2;
+    /// `VM_EXEC`.
+    pub const EXEC: u32 = 0x4;
+    /// `VM_SHARED`.
+    pub const SHARED: u32 = 0x8;
+    /// `VM_MAYREAD`.
+    pub const MAYREAD: u32 = 0x10;
+    /// `VM_MAYWRITE`.
+    pub const MAYWRITE: u32 = 0x20;
+    /// `VM_MAYEXEC`.
+    pub const MAYEXEC: u32 = 0x40;
+    /// `VM_MAYSHARE`.
+    pub const MAYSHARE: u32 = 0x80;
+
+    /// Whether any of `bits` is set.
+    pub fn has(self, bits: u32) -> bool {
+        self.0 & bits != 0
+    }
+}
+
+/// What backs a VMA's pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backing {
+    /// Private anonymous memory. `chain` lists the anon_vmas whose folios may
+    /// be mapped here, oldest (fork ancestors) first; the last one is this
+    /// VMA's own, used for new folios (`anon_vma_chain`). Empty until the
+    /// first fault (`anon_vma_prepare`).
+    Anon {
+        /// The anon_vma chain.
+        chain: Vec<AnonVmaId>,
+    },
+    /// Shared anonymous memory: pages of a shmem object.
+    Shmem(ShmemId),
+}
+
+/// One mapping (`struct vm_area_struct`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vma {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `VM_*` flags.
+    pub flags: VmFlags,
+    /// Page index of `start` (`vm_pgoff`): `start >> 12` at creation for
+    /// private anon memory, the object offset for shmem.
+    pub pgoff: u64,
+    /// Backing.
+    pub backing: Backing,
+}
+
+impl Vma {
+    /// `is_cow_mapping`: private and may become writable.
+    pub fn is_cow(&self) -> bool {
+        !self.flags.has(VmFlags::SHARED) && self.flags.has(VmFlags::MAYWRITE)
+    }
+    /// Whether the mapping is shared.
+    pub fn is_shared(&self) -> bool {
+        self.flags.has(VmFlags::SHARED)
+    }
+    /// `linear_page_index`.
+    pub fn page_index(&self, va: u64) -> u64 {
+        self.pgoff + (va - self.start) / PAGE_SIZE
+    }
+    /// The address mapping page index `idx`, if inside this VMA
+    /// (`vma_address`).
+    pub fn address_of(&self, idx: u64) -> Option<u64> {
+        let pages = (self.end - self.start) / PAGE_SIZE;
+        (idx >= self.pgoff && idx - self.pgoff < pages)
+            .then(|| self.start + (idx - self.pgoff) * PAGE_SIZE)
+    }
+    /// PTE flags every mapping in this VMA gets (`vm_get_page_prot`),
+    /// without WRITE: writability is decided per page.
+    pub fn base_pte_flags(&self) -> PteFlags {
+        let f = self.flags;
+        let mut p = PteFlags::USER;
+        if f.has(VmFlags::EXEC) {
+            p = p.with(PteFlags::EXEC);
+        }
+        if !f.has(VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC) {
+            p = p.with(PteFlags::PROTNONE);
+        }
+        p
+    }
+    /// The anon_vma new folios go to, if prepared.
+    pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
+        match &self.backing {
+            Backing::Anon { chain } => chain.last().copied(),
+            Backing::Shmem(_) => None,
+        }
+    }
+}
+
+/// Whether `a` (ending where `b` starts) can merge with `b`
+/// (`can_vma_merge_after`): same flags, same or absent anon_vma, contiguous
+/// page offsets, same object.
+pub fn mergeable(a: &Vma, b: &Vma) -> bool {
+    if a.end != b.start || a.flags != b.flags || a.pgoff + (a.end - a.start) / PAGE_SIZE != b.pgoff
+    {
+        return false;
+    }
+    match (&a.backing, &b.backing) {
+        (Backing::Anon { chain: x }, Backing::Anon { chain: y }) => {
+            x == y || x.is_empty() || y.is_empty()
+        }
+        (Backing::Shmem(x), Backing::Shmem(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The ordered set of VMAs of one address space.
+#[derive(Debug, Default, Clone)]
+pub struct VmaTree {
+    map: BTreeMap<u64, Vma>,
+}
+
+impl VmaTree {
+    /// The VMA containing `va` (`vma_lookup`).
+    pub fn find(&self, va: u64) -> Option<&Vma> {
+        self.map
+            .range(..=va)
+            .next_back()
+            .map(|(_, v)| v)
+            .filter(|v| va < v.end)
+    }
+    /// The VMA starting exactly at `start`.
+    pub fn get(&self, start: u64) -> Option<&Vma> {
+        self.map.get(&start)
+    }
+    /// Mutable VMA starting exactly at `start`.
+    pub fn get_mut(&mut self, start: u64) -> Option<&mut Vma> {
+        self.map.get_mut(&start)
+    }
+    /// Starts of the VMAs overlapping `[start, end)`, ascending.
+    pub fn overlapping(&self, start: u64, end: u64) -> Vec<u64> {
+        let first = self.find(start).map_or(start, |v| v.start);
+        self.map.range(first..end).map(|(&s, _)| s).collect()
+    }
+    /// Whether anything overlaps `[start, end)`.
+    pub fn any_overlap(&self, start: u64, end: u64) -> bool {
+        !self.overlapping(start, end).is_empty()
+    }
+    /// Inserts a VMA; it must not overlap.
+    pub fn insert(&mut self, v: Vma) {
+        debug_assert!(!self.any_overlap(v.start, v.end), "overlapping VMA insert");
+        self.map.insert(v.start, v);
+    }
+    /// Removes the VMA starting at `start`.
+    pub fn remove(&mut self, start: u64) -> Option<Vma> {
+        self.map.remove(&start)
+    }
+    /// Splits the VMA strictly containing `addr` into `[start, addr)` and
+    /// `[addr, end)` (`__split_vma`). Returns the new upper half if a split
+    /// happened.
+    pub fn split_at(&mut self, addr: u64) -> Option<&Vma> {
+        let v = self.find(addr)?;
+        if v.start == addr {
+            return None;
+        }
+        let lo_start = v.start;
+        let mut hi = v.clone();
+        hi.pgoff = v.page_index(addr);
+        hi.start = addr;
+        if let Some(lo) = self.map.get_mut(&lo_start) {
+            lo.end = addr;
+        }
+        let s = hi.start;
+        self.map.insert(s, hi);
+        self.map.get(&s)
+    }
+    /// Merges the VMA ending at `addr` with the one starting there if they
+    /// are compatible. Returns the absorbed (removed) VMA.
+    pub fn merge_at(&mut self, addr: u64) -> Option<Vma> {
+        let prev = self.find(addr.checked_sub(1)?)?.clone();
+        let next = self.map.get(&addr)?;
+        if prev.end != addr || !mergeable(&prev, next) {
+            return None;
+        }
+        let next = self.map.remove(&addr)?;
+        let p = self.map.get_mut(&prev.start)?;
+        p.end = next.end;
+        if let (Backing::Anon { chain }, Backing::Anon { chain: nc }) =
+            (&mut p.backing, &next.backing)
+        {
+            if chain.is_empty() {
+                chain.clone_from(nc);
+            }
+        }
+        Some(next)
+    }
+    /// All VMAs, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = &Vma> + '_ {
+        self.map.values()
+    }
+    /// Number of VMAs.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// Whether there are no VMAs.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// A free range of `len` bytes: the hint if it fits, else the highest gap
+    /// below [`MMAP_BASE`] (`unmapped_area_topdown`).
+    pub fn find_gap(&self, len: u64, hint: u64, top: u64) -> Option<u64> {
+        let hint = hint & !(PAGE_SIZE - 1);
+        if hint >= MMAP_MIN_ADDR
+            && hint.checked_add(len).is_some_and(|e| e <= top)
+            && !self.any_overlap(hint, hint + len)
+        {
+            return Some(hint);
+        }
+        let mut hi = MMAP_BASE.min(top);
+        for (&s, v) in self.map.range(..hi).rev() {
+            if v.end <= hi && hi - v.end >= len {
+                return Some(hi - len);
+            }
+            hi = hi.min(s);
+        }
+        (MMAP_MIN_ADDR.checked_add(len).is_some_and(|m| hi >= m)).then(|| hi - len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anon(start: u64, end: u64) -> Vma {
+        Vma {
+            start,
+            end,
+            flags: VmFlags(VmFlags::READ | VmFlags::WRITE | VmFlags::MAYREAD | VmFlags::MAYWRITE),
+            pgoff: start / PAGE_SIZE,
+            backing: Backing::Anon { chain: Vec::new() },
+        }
+    }
+
+    #[test]
+    fn split_merge_roundtrip() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000));
+        assert!(t.split_at(0x14000).is_some());
+        assert!(t.split_at(0x14000).is_none(), "already a boundary");
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.find(0x14000).unwrap().pgoff, 0x14);
+        assert_eq!(t.find(0x13fff).unwrap().end, 0x14000);
+        assert!(t.merge_at(0x14000).is_some());
+        assert_eq!(
+            t.iter().cloned().collect::<Vec<_>>(),
+            [anon(0x10000, 0x20000)]
+        );
+    }
+
+    #[test]
+    fn no_merge_across_flags_or_pgoff() {
+        let mut t = VmaTree::default();
+        t.insert(anon(0x10000, 0x20000));
+        let mut b = anon(0x20000, 0x30000);
+        b.flags.0 &= !VmFlags::WRITE;
+        t.insert(b);
+        assert!(t.merge_at(0x20000).is_none());
+        let mut c = anon(0x30000, 0x40000);
+        c.pgoff = 7;
+        assert!(!mergeable(&anon(0x20000, 0x30000), &c));
+    }
+
+    #[test]
+    fn gaps_top_down_and_hint() {
+        let mut t = VmaTree::default();
+        assert_eq!(t.find_gap(0x2000, 0, u64::MAX), Some(MMAP_BASE - 0x2000));
+        t.insert(anon(MMAP_BASE - 0x2000, MMAP_BASE));
+        assert_eq!(t.find_gap(0x1000, 0, u64::MAX), Some(MMAP_BASE - 0x3000));
+        assert_eq!(t.find_gap(0x1000, 0x40_0123, u64::MAX), Some(0x40_0000));
+        assert_eq!(
+            t.find_gap(0x1000, MMAP_BASE - 0x1000, u64::MAX),
+            Some(MMAP_BASE - 0x3000)
+        );
+        assert!(t.overlapping(0, u64::MAX).len() == 1);
+    }
+}

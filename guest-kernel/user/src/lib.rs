@@ -1,0 +1,66 @@
+//! Runtime of the writewatch guest's ring-3 programs: the `int3` user/kernel
+//! call (docs/GUEST_ABI.md), wrappers for the calls the kernel offers, the
+//! `_start` glue and a panic handler.
+//!
+//! Call numbers and error values are Linux x86-64's.
+
+#![no_std]
+
+use core::arch::asm;
+
+/// `write(fd, buf, len)`.
+pub const SYS_WRITE: u64 = 1;
+/// `getpid()`.
+pub const SYS_GETPID: u64 = 39;
+/// `exit(status)`.
+pub const SYS_EXIT: u64 = 60;
+
+/// Makes user/kernel call `nr` with three arguments; returns `rax`
+/// (a negative errno on failure).
+pub fn call3(nr: u64, a: u64, b: u64, c: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: `int3` traps to the kernel, which reads the arguments and only
+    // changes `rax`; the kernel never writes user memory for these calls.
+    unsafe {
+        asm!("int3", inlateout("rax") nr as i64 => ret, in("rdi") a, in("rsi") b, in("rdx") c, options(nostack))
+    };
+    ret
+}
+
+/// Writes `bytes` to file descriptor `fd` (1 and 2 are the console).
+pub fn write(fd: u64, bytes: &[u8]) -> i64 {
+    call3(SYS_WRITE, fd, bytes.as_ptr() as u64, bytes.len() as u64)
+}
+
+/// This process's id.
+pub fn getpid() -> i64 {
+    call3(SYS_GETPID, 0, 0, 0)
+}
+
+/// Ends the process with `status`.
+pub fn exit(status: i32) -> ! {
+    call3(SYS_EXIT, status as u64, 0, 0);
+    // The kernel never returns from exit; trap if it did.
+    loop {
+        // SAFETY: `ud2` only raises #UD, which kills the process.
+        unsafe { asm!("ud2", options(nomem, nostack)) };
+    }
+}
+
+/// Defines `_start`, which calls `$main(arg)` (`arg` from the kernel, in
+/// `rdi`) and exits with its result.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[unsafe(no_mangle)]
+        extern "C" fn _start(arg: u64) -> ! {
+            $crate::exit($main(arg))
+        }
+    };
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    write(2, b"user program panicked\n");
+    exit(101)
+}
