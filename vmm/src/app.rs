@@ -107,6 +107,8 @@ fn run_vm(
             eprintln!("writewatch: warning: could not write the run report");
         }
     }
+    drop(report_out);
+    drop(outcome);
     Ok(exit_code)
 }
 

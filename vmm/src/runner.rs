@@ -49,6 +49,16 @@ pub struct RunOutcome {
     pub records: u64,
     pub bad_records: u64,
     pub tsc_khz: Option<u32>,
+    /// The VM and its memory, still alive: the host kernel takes ~16 ms to
+    /// destroy a VM on kvm_pvm, so the caller drops this after its output.
+    pub remains: Remains,
+}
+
+/// What is left of a machine after its vCPUs have stopped.
+pub struct Remains {
+    _devices: Arc<PortDevices>,
+    _vm: crate::vstate::vm::Vm,
+    _memory: crate::memory::GuestMemoryMmap,
 }
 
 enum VcpuMessage {
@@ -84,8 +94,8 @@ pub fn run(
         devices,
         first_output,
         tsc_khz,
-        memory: _memory,
-        vm: _vm,
+        memory,
+        vm,
         ..
     } = machine;
 
@@ -197,6 +207,11 @@ pub fn run(
         records,
         bad_records,
         tsc_khz,
+        remains: Remains {
+            _devices: devices,
+            _vm: vm,
+            _memory: memory,
+        },
     }
 }
 
