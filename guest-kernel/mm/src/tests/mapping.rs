@@ -336,3 +336,47 @@ fn merge_adopts_the_neighbours_anon_vma() {
     assert_eq!(read(&mut s, p, A, 3), b"new");
     assert_eq!(read(&mut s, p, A + PG, 3), b"old");
 }
+
+#[test]
+fn mremap_dontunmap_and_shared_duplicate() {
+    use crate::mremap::MREMAP_DONTUNMAP;
+    let (mut s, p) = setup();
+    mmap(&mut s, p, A, 2 * PG, RW, PRIV | MAP_FIXED).unwrap();
+    write(&mut s, p, A, b"moving");
+    let f = MREMAP_MAYMOVE | MREMAP_DONTUNMAP;
+    assert_eq!(
+        s.mremap(p, A, 2 * PG, 3 * PG, f, 0),
+        Err(Errno::EINVAL),
+        "sizes must match"
+    );
+    assert_eq!(
+        s.mremap(p, A, 2 * PG, 2 * PG, MREMAP_DONTUNMAP, 0),
+        Err(Errno::EINVAL),
+        "needs MAYMOVE"
+    );
+    let b = s.mremap(p, A, 2 * PG, 2 * PG, f, 0).unwrap();
+    ok(&s);
+    assert_eq!(read(&mut s, p, b, 6), b"moving");
+    assert_eq!(
+        read(&mut s, p, A, 6),
+        [0; 6],
+        "old range still mapped, now empty"
+    );
+    assert_eq!(s.mm_stats(p).unwrap().vmas, 2);
+    // old_len == 0: a second view of a shared mapping; private is EINVAL.
+    assert_eq!(s.mremap(p, A, 0, PG, MREMAP_MAYMOVE, 0), Err(Errno::EINVAL));
+    mmap(&mut s, p, A + 16 * PG, 2 * PG, RW, SHARED | MAP_FIXED).unwrap();
+    write(&mut s, p, A + 17 * PG, b"one");
+    let d = s.mremap(p, A + 17 * PG, 0, PG, MREMAP_MAYMOVE, 0).unwrap();
+    ok(&s);
+    assert_eq!(read(&mut s, p, d, 3), b"one");
+    write(&mut s, p, d, b"two");
+    assert_eq!(read(&mut s, p, A + 17 * PG, 3), b"two");
+    s.munmap(p, A + 16 * PG, 2 * PG).unwrap();
+    ok(&s);
+    assert_eq!(
+        read(&mut s, p, d, 3),
+        b"two",
+        "the object lives while a VMA maps it"
+    );
+}

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::madvise::{MADV_DONTNEED, MADV_PAGEOUT};
 use crate::mmap::MAP_FIXED;
-use crate::mremap::{MREMAP_FIXED, MREMAP_MAYMOVE};
+use crate::mremap::{MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE};
 use crate::testing::user::{user_read, user_write};
 
 const BASE: u64 = 0x4000_0000;
@@ -51,11 +51,14 @@ enum Op {
     PageOut {
         slot: u64,
     },
+    /// Move `[from/off, +pages)` to slot `to`: growing by a page, or with
+    /// `MREMAP_DONTUNMAP` at the same size.
     Mremap {
         from: u64,
         off: u64,
         pages: u64,
         to: u64,
+        dontunmap: bool,
     },
     /// `wild`: any address of the arena; otherwise one of the pages the
     /// model has mapped (so that processes live long enough to matter).
@@ -100,8 +103,8 @@ fn op() -> impl Strategy<Value = (usize, Op)> {
             .prop_map(|(slot, off, pages, prot)| Op::Mprotect { slot, off, pages, prot }),
         1 => (slot.clone(), off.clone(), pages.clone()).prop_map(|(slot, off, pages)| Op::DontNeed { slot, off, pages }),
         1 => slot.clone().prop_map(|slot| Op::PageOut { slot }),
-        1 => (slot.clone(), off.clone(), pages.clone(), slot.clone())
-            .prop_map(|(from, off, pages, to)| Op::Mremap { from, off, pages, to }),
+        1 => (slot.clone(), off.clone(), pages.clone(), slot.clone(), any::<bool>())
+            .prop_map(|(from, off, pages, to, dontunmap)| Op::Mremap { from, off, pages, to, dontunmap }),
         8 => (0..SLOTS * SLOT_PAGES, 0..POS, any::<u8>(), 0..2u32, proptest::bool::weighted(0.05))
             .prop_map(|(page, pos, val, cpu, wild)| Op::Write { page, pos, val, cpu, wild }),
         5 => (0..SLOTS * SLOT_PAGES, 0..2u32, proptest::bool::weighted(0.05))
@@ -292,6 +295,38 @@ fn run(ops: Vec<(usize, Op)>, folio_order: u8) -> Result<(), TestCaseError> {
                 off,
                 pages,
                 to,
+                dontunmap: true,
+            } => {
+                let (a, b) = (addr(from, off), addr(to, 0));
+                let f = MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP;
+                match s.mremap(pid, a, pages * PG, pages * PG, f, b) {
+                    Ok(n) => {
+                        prop_assert_eq!(n, b, "{}", step);
+                        let p = m.procs.get_mut(&pid).unwrap();
+                        let moved: Vec<_> = (0..pages).map(|k| p.pages[&(a + k * PG)]).collect();
+                        for k in 0..pages {
+                            p.pages.remove(&(b + k * PG));
+                        }
+                        for (k, (prot, c)) in moved.into_iter().enumerate() {
+                            p.pages.insert(b + k as u64 * PG, (prot, c));
+                            // The old range stays mapped: private pages are
+                            // gone, shared ones refault from the object.
+                            if let Content::Private(_) = c {
+                                p.pages
+                                    .insert(a + k as u64 * PG, (prot, Content::Private([0; POS])));
+                            }
+                        }
+                    }
+                    Err(Errno::EFAULT) | Err(Errno::EINVAL) | Err(Errno::ENOMEM) => {}
+                    Err(e) => prop_assert!(false, "{}: {:?}", step, e),
+                }
+            }
+            Op::Mremap {
+                from,
+                off,
+                pages,
+                to,
+                dontunmap: false,
             } => {
                 let (a, b) = (addr(from, off), addr(to, 0));
                 let r = s.mremap(

@@ -1,0 +1,44 @@
+//! The built-in kernel is a plain PVH ELF, so a second, independent VMM boots
+//! it too: QEMU (`-kernel`, TCG) runs the same self-tests and ends through
+//! `isa-debug-exit` at the same port. Under CI=true QEMU must be installed
+//! (.ci/run installs it); elsewhere the test skips when it is missing.
+
+use std::process::Command;
+
+use writewatch::guest_image::GUEST_KERNEL;
+
+const QEMU: &str = "qemu-system-x86_64";
+
+fn qemu_available() -> bool {
+    let found = Command::new(QEMU).arg("--version").output().is_ok();
+    if !found && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{QEMU} is missing, and CI=true requires the QEMU boot test to run");
+    }
+    if !found {
+        eprintln!("skipping: {QEMU} is not installed");
+    }
+    found
+}
+
+#[test]
+fn qemu_boots_the_built_in_kernel_and_its_selftests_pass() {
+    if !qemu_available() {
+        return;
+    }
+    let mut kernel = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut kernel, GUEST_KERNEL).unwrap();
+    let out = Command::new("timeout")
+        .args(["300", QEMU, "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "256M"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .args(["-append", "cpus=2 mode=selftest", "-kernel"])
+        .arg(kernel.path())
+        .output()
+        .expect("running qemu");
+    let console = String::from_utf8_lossy(&out.stdout);
+    // isa-debug-exit turns the guest's code v into (v << 1) | 1.
+    assert_eq!(out.status.code(), Some(1), "guest did not exit 0 under QEMU:\n{console}");
+    assert!(console.contains("ok 1 - "), "no TAP:\n{console}");
+    assert!(!console.contains("not ok"), "a test failed under QEMU:\n{console}");
+    assert!(console.contains("passed, 0 failed"), "no summary:\n{console}");
+}
