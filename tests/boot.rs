@@ -50,6 +50,28 @@ fn selftest_passes_on_four_vcpus() {
 }
 
 #[test]
+fn ram_split_around_the_mmio_hole_is_all_seen() {
+    if !kvm_available() {
+        return;
+    }
+    assert_selftest_passes(&["--mem", "5G", "--vcpus", "2"]);
+    // The banner counts the RAM the guest found in its PVH memory map: all of
+    // 5 GiB but the legacy hole below 1 MiB, so RAM above 4 GiB was seen.
+    let out = run(&["run", "--mem", "5G", "--timeout", "60"]);
+    let console = stdout(&out);
+    let mib: u64 = console
+        .split(" MiB RAM")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no RAM size in the banner: {console}"));
+    assert!(
+        (5119..=5120).contains(&mib),
+        "guest saw {mib} MiB: {console}"
+    );
+}
+
+#[test]
 fn selftest_passes_on_hugetlb_backed_ram() {
     if !kvm_available() {
         return;
