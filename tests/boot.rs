@@ -50,6 +50,13 @@ fn selftest_passes_on_four_vcpus() {
 }
 
 #[test]
+fn selftest_passes_with_the_invariant_checker_after_every_mm_operation() {
+    if kvm_available() {
+        assert_selftest_passes(&["--vcpus", "2", "--cmdline", "mm_check"]);
+    }
+}
+
+#[test]
 fn ram_split_around_the_mmio_hole_is_all_seen() {
     if !kvm_available() {
         return;

@@ -28,8 +28,17 @@ fn qemu_boots_the_built_in_kernel_and_its_selftests_pass() {
     let mut kernel = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut kernel, GUEST_KERNEL).unwrap();
     let out = Command::new("timeout")
-        .args(["300", QEMU, "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "256M"])
-        .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "300", QEMU, "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "256M",
+        ])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
         .args(["-append", "cpus=2 mode=selftest", "-kernel"])
         .arg(kernel.path())
@@ -37,8 +46,18 @@ fn qemu_boots_the_built_in_kernel_and_its_selftests_pass() {
         .expect("running qemu");
     let console = String::from_utf8_lossy(&out.stdout);
     // isa-debug-exit turns the guest's code v into (v << 1) | 1.
-    assert_eq!(out.status.code(), Some(1), "guest did not exit 0 under QEMU:\n{console}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "guest did not exit 0 under QEMU:\n{console}"
+    );
     assert!(console.contains("ok 1 - "), "no TAP:\n{console}");
-    assert!(!console.contains("not ok"), "a test failed under QEMU:\n{console}");
-    assert!(console.contains("passed, 0 failed"), "no summary:\n{console}");
+    assert!(
+        !console.contains("not ok"),
+        "a test failed under QEMU:\n{console}"
+    );
+    assert!(
+        console.contains("passed, 0 failed"),
+        "no summary:\n{console}"
+    );
 }

@@ -15,7 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The user programs the kernel embeds (binaries of the `guest-user` package).
-const USER_PROGRAMS: &[&str] = &["init", "exit42", "getpid", "badaccess", "memslot", "sysabi"];
+const USER_PROGRAMS: &[&str] = &[
+    "init",
+    "exit42",
+    "getpid",
+    "badaccess",
+    "memslot",
+    "sysabi",
+    "cowfork",
+    "mmtest",
+    "mmbench",
+];
 
 /// Environment variables of the outer cargo that must not leak into the nested
 /// one: they would redirect its output, change its flags or wrap its compiler.

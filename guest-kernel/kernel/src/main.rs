@@ -1,10 +1,11 @@
 //! The writewatch guest kernel.
 //!
 //! Boots through PVH (`boot::entry`), sets up its own descriptor tables,
-//! per-CPU data, heap, LAPIC timer and APs, sends the `ready` record and then
-//! does what `mode=` on the command line asks (docs/GUEST_ABI.md): run the
-//! `init` user program, run the self-tests, or exercise one of the failure
-//! paths (panic, unexpected fault, hang, triple fault).
+//! per-CPU data, heap, LAPIC timer and APs, sends the `ready` record, builds
+//! the MM core, and then does what `mode=` on the command line asks
+//! (docs/GUEST_ABI.md): run the `init` user program, run the self-tests or
+//! the MM benchmarks, or exercise one of the failure paths (panic,
+//! unexpected fault, hang, triple fault).
 
 #![no_std]
 #![no_main]
@@ -48,7 +49,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if let Err(e) = memory::kmap::init(&info.memmap) {
         panic!("mapping RAM: {e:?}");
     }
-    if let Err(e) = memory::heap::init() {
+    if let Err(e) = memory::heap::init(info.memmap.ram_bytes()) {
         panic!("heap: {e:?}");
     }
     idt::init();
@@ -72,9 +73,15 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         info.cmdline.raw
     );
     record!(r#"{{"type":"ready"}}"#);
+    // After `ready`: building the MM core costs milliseconds of emulated
+    // ring 0 (see `memory::mm`), and only the workload needs it.
+    if let Err(e) = memory::mm::init(info.cmdline.mm_check) {
+        panic!("MM core: {e:?}");
+    }
     match info.cmdline.mode {
         Ok(Mode::Run) => modes::run_init(),
         Ok(Mode::Selftest) => modes::selftest(),
+        Ok(Mode::Bench) => modes::bench(),
         Ok(Mode::Panic) => panic!("mode=panic requested"),
         Ok(Mode::Fault) => modes::fault(),
         Ok(Mode::Hang) => modes::hang(),

@@ -29,6 +29,16 @@ pub fn selftest() -> ! {
     }
 }
 
+/// `mode=bench`: the MM benchmarks (`selftest::bench`), exit 0 when all
+/// ran.
+pub fn bench() -> ! {
+    if crate::selftest::bench::run_all() {
+        exit(ExitCode::Success)
+    } else {
+        exit(ExitCode::TestsFailed)
+    }
+}
+
 /// `mode=fault`: an unexpected kernel page fault (reported, exit 4).
 pub fn fault() -> ! {
     /// Not mapped by anything (below the direct map, above user space).

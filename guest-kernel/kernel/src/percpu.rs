@@ -8,7 +8,7 @@
 use crate::arch::x86_64::gdt::{Gdt, Tss};
 use crate::arch::x86_64::msr::{self, IA32_GS_BASE, IA32_KERNEL_GS_BASE};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Most CPUs supported (`--vcpus` allows up to 64).
 pub const MAX_CPUS: usize = 64;
@@ -26,8 +26,8 @@ pub struct PerCpu {
     pub tss: UnsafeCell<Tss>,
     /// Kernel stack pointer saved while a user program runs on this CPU.
     pub user_return_rsp: UnsafeCell<u64>,
-    /// The user process running on this CPU, if any.
-    pub current: AtomicPtr<crate::process::Process>,
+    /// Pid of the user task running on this CPU (0: none).
+    pub current: AtomicU32,
     /// LAPIC timer interrupts taken.
     pub ticks: AtomicU64,
     /// Cross-CPU call: function to run (0 = none), see `arch::x86_64::smp`.
@@ -38,6 +38,8 @@ pub struct PerCpu {
     pub calls_done: AtomicU64,
     /// TLB shootdown requests handled.
     pub shootdowns_done: AtomicU64,
+    /// User-TLB flush requests handled.
+    pub user_flushes_done: AtomicU64,
 }
 
 // SAFETY: the `UnsafeCell` fields are only touched by the owning CPU (GDT,
@@ -52,12 +54,13 @@ impl PerCpu {
             gdt: UnsafeCell::new(Gdt::new()),
             tss: UnsafeCell::new(Tss::new()),
             user_return_rsp: UnsafeCell::new(0),
-            current: AtomicPtr::new(core::ptr::null_mut()),
+            current: AtomicU32::new(0),
             ticks: AtomicU64::new(0),
             call_fn: AtomicUsize::new(0),
             call_arg: AtomicUsize::new(0),
             calls_done: AtomicU64::new(0),
             shootdowns_done: AtomicU64::new(0),
+            user_flushes_done: AtomicU64::new(0),
         }
     }
 }

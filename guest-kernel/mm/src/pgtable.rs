@@ -124,10 +124,11 @@ fn collect(
     out: &mut Vec<(u64, u64, Pte)>,
 ) {
     let sp = span(level);
-    for i in 0..ENTRIES {
+    let first = start.saturating_sub(base) / sp;
+    let last = (end.saturating_sub(base).div_ceil(sp)).min(ENTRIES);
+    for i in first..last {
         let lo = base + i * sp;
-        let hi = lo + sp;
-        if hi <= start || lo >= end || lo >= USER_TOP {
+        if lo >= USER_TOP {
             continue;
         }
         let e = entry(hw, table, i, level);

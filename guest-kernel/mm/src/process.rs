@@ -348,6 +348,23 @@ impl<H: Hw> MemSystem<H> {
         self.user_pa(mm, va, write).map(|_| ())
     }
 
+    /// Makes the page at user address `va` exclusive to `pid` without
+    /// making it writable, as a read-only long-term pin does in Linux
+    /// (`FOLL_PIN | FOLL_LONGTERM` -> `FAULT_FLAG_UNSHARE`): a COW-shared
+    /// anonymous page is copied (or reused), a missing one is allocated.
+    /// `EFAULT` on a bad address; the process is not killed.
+    pub fn unshare_user(&mut self, pid: Pid, va: u64) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        let ff = FaultFlags {
+            unshare: true,
+            ..FaultFlags::default()
+        };
+        match self.handle_mm_fault(mm, va, ff) {
+            Ok(()) | Err(Fault::Retry) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Copies user memory at `va` into `buf` (`copy_from_user`); `EFAULT`
     /// on a bad address. The process is not killed.
     pub fn copy_from_user(&mut self, pid: Pid, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
@@ -441,5 +458,60 @@ impl<H: Hw> MemSystem<H> {
             .filter(|(_, _, p)| matches!(p, Pte::Mapped { .. }))
             .count() as u64;
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+    use crate::testing::SimMachine;
+    use crate::testing::user::{user_read, user_write};
+    use crate::{Config, Errno, MemSystem};
+
+    const A: u64 = 0x4000_0000;
+    const RW: u32 = PROT_READ | PROT_WRITE;
+
+    #[test]
+    fn add_ram_extends_a_small_system() {
+        let hw = SimMachine::new(8 << 20, 1);
+        let mut s = MemSystem::new(hw, &[(0x10_0000, 0x20_0000)], Config::default()).unwrap();
+        let p = s.spawn(0).unwrap();
+        let free = s.free_frames();
+        assert_eq!(s.add_ram(&[(0x20_0000, 0x80_0000)]), 0x600);
+        assert_eq!(s.free_frames(), free + 0x600);
+        assert_eq!(s.add_ram(&[(0x40_0000, 0x50_0000)]), 0, "overlap ignored");
+        // More pages than the first range had, all usable.
+        let len = 0x400_000;
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+        s.mmap(p, A, len, RW, flags, 0).unwrap();
+        for va in (A..A + len).step_by(4096) {
+            user_write(&mut s, p, 0, va, &[1]).unwrap();
+        }
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn unshare_user_copies_a_cow_page_and_keeps_it_read_only() {
+        let hw = SimMachine::new(16 << 20, 1);
+        let mut s = MemSystem::new(hw, &[(0x10_0000, 16 << 20)], Config::default()).unwrap();
+        let p = s.spawn(0).unwrap();
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+        s.mmap(p, A, 4096, RW, flags, 0).unwrap();
+        user_write(&mut s, p, 0, A, b"data").unwrap();
+        let c = s.fork(p).unwrap();
+        let before = s.counters();
+        s.unshare_user(c, A).unwrap();
+        assert_eq!(s.counters().unshares, before.unshares + 1);
+        s.check().unwrap();
+        let mut b = [0; 4];
+        user_read(&mut s, c, 0, A, &mut b).unwrap();
+        assert_eq!(&b, b"data");
+        // Exclusive now: the child's write reuses the page.
+        user_write(&mut s, c, 0, A, b"kid!").unwrap();
+        assert_eq!(s.counters().cow_copies, before.cow_copies);
+        user_read(&mut s, p, 0, A, &mut b).unwrap();
+        assert_eq!(&b, b"data");
+        assert_eq!(s.unshare_user(c, 0x10), Err(Errno::EFAULT));
+        s.check().unwrap();
     }
 }

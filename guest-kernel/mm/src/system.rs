@@ -311,6 +311,18 @@ impl<H: Hw> MemSystem<H> {
         a
     }
 
+    /// Hands more usable RAM `[start, end)` (bytes) to the allocator after
+    /// [`MemSystem::new`] (deferred memory initialisation: the kernel builds
+    /// the system over a small part of RAM at boot and adds the rest as it
+    /// is needed). Ranges must not overlap managed RAM; overlapping or
+    /// empty ranges are ignored. Returns the number of frames added.
+    pub fn add_ram(&mut self, ranges: &[(u64, u64)]) -> u64 {
+        ranges
+            .iter()
+            .map(|&(s, e)| self.frames.add_range(s, e))
+            .sum()
+    }
+
     /// Number of free frames.
     pub fn free_frames(&self) -> u64 {
         self.frames.nr_free()

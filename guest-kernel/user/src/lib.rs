@@ -2,11 +2,17 @@
 //! call (docs/GUEST_ABI.md), wrappers for the calls the kernel offers, the
 //! `_start` glue and a panic handler.
 //!
-//! Call numbers and error values are Linux x86-64's.
+//! Call numbers and error values are Linux x86-64's, plus the writewatch
+//! calls from 1000 up.
 
 #![no_std]
 
+pub mod fmt;
+pub mod mm;
+
 use core::arch::asm;
+
+pub use mm::*;
 
 /// `write(fd, buf, len)`.
 pub const SYS_WRITE: u64 = 1;
@@ -18,11 +24,29 @@ pub const SYS_EXIT: u64 = 60;
 /// Makes user/kernel call `nr` with three arguments; returns `rax`
 /// (a negative errno on failure).
 pub fn call3(nr: u64, a: u64, b: u64, c: u64) -> i64 {
+    call6(nr, [a, b, c, 0, 0, 0])
+}
+
+/// Makes user/kernel call `nr` with six arguments (`rdi, rsi, rdx, r10,
+/// r8, r9`); returns `rax` (a negative errno on failure).
+pub fn call6(nr: u64, args: [u64; 6]) -> i64 {
     let ret: i64;
-    // SAFETY: `int3` traps to the kernel, which reads the arguments and only
-    // changes `rax`; the kernel never writes user memory for these calls.
+    // SAFETY: `int3` traps to the kernel, which reads the arguments and
+    // changes only `rax` and, for calls that return data, the user memory
+    // the arguments point at (the asm block is not `nomem`, so the compiler
+    // assumes memory may change).
     unsafe {
-        asm!("int3", inlateout("rax") nr as i64 => ret, in("rdi") a, in("rsi") b, in("rdx") c, options(nostack))
+        asm!(
+            "int3",
+            inlateout("rax") nr as i64 => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            options(nostack)
+        )
     };
     ret
 }

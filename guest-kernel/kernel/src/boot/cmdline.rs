@@ -9,6 +9,8 @@ pub enum Mode {
     Run,
     /// Run the in-kernel self-tests.
     Selftest,
+    /// Run the MM benchmarks and send `bench` records.
+    Bench,
     /// Panic (exit code 3).
     Panic,
     /// Take an unexpected kernel page fault (exit code 4).
@@ -61,6 +63,7 @@ fn parse_mode(value: &'static str) -> Result<Mode, UnknownMode<'static>> {
     Ok(match value {
         "run" => Mode::Run,
         "selftest" => Mode::Selftest,
+        "bench" => Mode::Bench,
         "panic" => Mode::Panic,
         "fault" => Mode::Fault,
         "hang" => Mode::Hang,

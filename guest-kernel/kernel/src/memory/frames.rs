@@ -1,9 +1,12 @@
-//! Physical frame allocator: a bump pointer over the RAM of the memory map
-//! plus a free list threaded through freed frames.
+//! The boot frame allocator (Linux's `memblock`): a bump pointer over the
+//! RAM of the memory map plus a free list threaded through freed frames.
 //!
-//! Deliberately minimal (the `guest-mm` buddy allocator replaces it): it never
-//! touches a frame until it is handed out, so boot time does not depend on the
-//! memory size. The first MiB and the kernel image are never handed out.
+//! It serves the kernel's own memory (heap, stacks, kernel page tables)
+//! before and after the `guest-mm` core exists. [`hand_off`] gives all RAM
+//! beyond a small kernel reserve to the MM core, which manages user memory.
+//! It never touches a frame until it is handed out, so boot time does not
+//! depend on the memory size. The first MiB and the kernel image are never
+//! handed out.
 
 use crate::arch::x86_64::paging::{PAGE_SIZE, phys_to_virt};
 use crate::boot::memmap::{MAX_REGIONS, MemMap};
@@ -85,6 +88,28 @@ pub fn alloc_contiguous(count: u64) -> Option<u64> {
         }
     }
     None
+}
+
+/// Keeps `reserve` bytes after the bump pointer for later kernel allocations
+/// and returns every RAM range beyond them as `[start, end)`; the allocator
+/// never hands those out again (they belong to the MM core from now on).
+pub fn hand_off(reserve: u64) -> alloc::vec::Vec<(u64, u64)> {
+    let mut f = FRAMES.lock();
+    let mut out = alloc::vec::Vec::new();
+    if f.current >= f.nranges {
+        return out;
+    }
+    let cur = f.current;
+    let keep_end = f.next.saturating_add(reserve).min(f.ranges[cur].end);
+    if keep_end < f.ranges[cur].end {
+        out.push((keep_end, f.ranges[cur].end));
+    }
+    f.ranges[cur].end = keep_end;
+    for i in cur + 1..f.nranges {
+        out.push((f.ranges[i].start, f.ranges[i].end));
+    }
+    f.nranges = cur + 1;
+    out
 }
 
 /// Allocates one frame; its contents are undefined.

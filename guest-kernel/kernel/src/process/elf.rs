@@ -1,14 +1,21 @@
 //! Loading a user program: an ELF64 x86-64 executable (`ET_EXEC`) whose
-//! `PT_LOAD` segments are copied into private frames of an address space.
+//! `PT_LOAD` segments become private anonymous mappings of the MM core,
+//! filled with `copy_to_user` and then given the segment's protection
+//! (`fs/binfmt_elf.c` in miniature: `elf_map` + `padzero`).
 //!
 //! The images are built into the kernel, but they are parsed defensively
 //! anyway: every offset and size is checked before use.
 
-use super::addr_space::{AddressSpace, MapError};
-use crate::arch::x86_64::paging::{PAGE_SIZE, USER_END, phys_to_virt};
+use crate::arch::x86_64::paging::{PAGE_SIZE, USER_END};
+use crate::memory::mm;
+use alloc::vec::Vec;
+use guest_mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use guest_mm::{Errno, Pid};
 
 const PT_LOAD: u32 = 1;
+const PF_X: u32 = 1;
 const PF_W: u32 = 2;
+const PF_R: u32 = 4;
 const ET_EXEC: u16 = 2;
 const EM_X86_64: u16 = 62;
 /// Lowest address a segment may use (keeps page 0 unmapped).
@@ -26,13 +33,30 @@ pub enum ElfError {
         /// Its virtual address.
         vaddr: u64,
     },
-    /// Mapping the segment failed.
-    Map(MapError),
+    /// Mapping or filling the segment failed.
+    Map(Errno),
 }
 
-impl From<MapError> for ElfError {
-    fn from(e: MapError) -> Self {
+impl From<Errno> for ElfError {
+    fn from(e: Errno) -> Self {
         ElfError::Map(e)
+    }
+}
+
+/// One loadable segment.
+struct Segment<'a> {
+    vaddr: u64,
+    end: u64,
+    data: &'a [u8],
+    prot: u32,
+}
+
+impl Segment<'_> {
+    fn first_page(&self) -> u64 {
+        self.vaddr & !(PAGE_SIZE - 1)
+    }
+    fn end_page(&self) -> u64 {
+        self.end.next_multiple_of(PAGE_SIZE)
     }
 }
 
@@ -54,8 +78,8 @@ fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
         .ok_or(ElfError::Truncated)
 }
 
-/// Maps the segments of `image` into `space`; returns the entry point.
-pub fn load(space: &mut AddressSpace, image: &[u8]) -> Result<u64, ElfError> {
+/// Maps the segments of `image` into process `pid`; returns the entry point.
+pub fn load(pid: Pid, image: &[u8]) -> Result<u64, ElfError> {
     if image.get(0..4) != Some(b"\x7fELF".as_slice())
         || image.get(4) != Some(&2)
         || image.get(5) != Some(&1)
@@ -71,6 +95,7 @@ pub fn load(space: &mut AddressSpace, image: &[u8]) -> Result<u64, ElfError> {
     if phentsize < 56 {
         return Err(ElfError::NotExecutable);
     }
+    let mut segments = Vec::new();
     for i in 0..phnum {
         let ph = phoff
             .checked_add(i * phentsize)
@@ -92,41 +117,59 @@ pub fn load(space: &mut AddressSpace, image: &[u8]) -> Result<u64, ElfError> {
         let data = image
             .get(offset..offset.checked_add(filesz).ok_or(ElfError::Truncated)?)
             .ok_or(ElfError::Truncated)?;
-        load_segment(space, vaddr, end, data, flags & PF_W != 0)?;
+        let prot = [(PF_R, PROT_READ), (PF_W, PROT_WRITE), (PF_X, PROT_EXEC)]
+            .iter()
+            .filter(|(pf, _)| flags & pf != 0)
+            .fold(0, |p, (_, prot)| p | prot);
+        segments.push(Segment {
+            vaddr,
+            end,
+            data,
+            prot,
+        });
     }
     if !(USER_MIN..USER_END).contains(&entry) {
         return Err(ElfError::NotExecutable);
     }
+    load_segments(pid, &segments)?;
     Ok(entry)
 }
 
-/// Maps `[vaddr, end)` and copies `data` to its start (the rest stays zero).
-fn load_segment(
-    space: &mut AddressSpace,
-    vaddr: u64,
-    end: u64,
-    data: &[u8],
-    writable: bool,
-) -> Result<(), ElfError> {
-    let mut page = vaddr & !(PAGE_SIZE - 1);
-    while page < end {
-        let frame = space.map_or_get(page, writable)?;
-        // Bytes of `data` that land in this page.
-        let lo = page.max(vaddr);
-        let hi = (page + PAGE_SIZE).min(vaddr + data.len() as u64);
-        if lo < hi {
-            let src = &data[(lo - vaddr) as usize..(hi - vaddr) as usize];
-            // SAFETY: `frame` is a private, direct-mapped frame of this
-            // address space; the copy stays within it (lo..hi is in the page).
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    src.as_ptr(),
-                    (phys_to_virt(frame) + (lo - page)) as *mut u8,
-                    src.len(),
-                )
-            };
+/// Maps every segment writable, copies the file bytes (the rest reads as
+/// zero), then applies the final protections; a page shared by two
+/// segments gets both protections.
+fn load_segments(pid: Pid, segments: &[Segment]) -> Result<(), ElfError> {
+    mm::with(|s| {
+        for seg in segments {
+            s.mmap(
+                pid,
+                seg.first_page(),
+                seg.end_page() - seg.first_page(),
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                0,
+            )?;
         }
-        page += PAGE_SIZE;
-    }
-    Ok(())
+        for seg in segments.iter().filter(|seg| !seg.data.is_empty()) {
+            s.copy_to_user(pid, seg.vaddr, seg.data)?;
+        }
+        for (i, seg) in segments.iter().enumerate() {
+            s.mprotect(
+                pid,
+                seg.first_page(),
+                seg.end_page() - seg.first_page(),
+                seg.prot,
+            )?;
+            for other in &segments[..i] {
+                let (lo, hi) = (
+                    seg.first_page().max(other.first_page()),
+                    seg.end_page().min(other.end_page()),
+                );
+                if lo < hi {
+                    s.mprotect(pid, lo, hi - lo, seg.prot | other.prot)?;
+                }
+            }
+        }
+        Ok(())
+    })
 }

@@ -1,39 +1,41 @@
-//! Ring-3 user processes: load a built-in program into its own address space,
-//! run it on the current CPU until it exits or is killed.
+//! Ring-3 user processes over the `guest-mm` core: loading a built-in
+//! program into a new address space, running it, and the traps it takes.
 //!
-//! There is no scheduler: [`Process::run`] enters user mode and returns when
-//! the program calls `exit` or takes a fatal exception. The user/kernel call
-//! is `int3` (docs/GUEST_ABI.md), because `syscall` and `int N` do not reach
-//! the kernel on kvm_pvm while exceptions do on every KVM.
+//! A [`Process`] is the kernel's handle on a spawned program (the MM core
+//! holds its address space). [`Process::run`] enters user mode on the
+//! current CPU and returns when the program exits or is killed; memory
+//! persists between runs until the handle is dropped. Children it forks are
+//! ordinary tasks: `exit` tears their address space down and the parent
+//! reaps them with `wait4` (`sched` runs them, possibly on other CPUs). The
+//! user/kernel call is `int3` (docs/GUEST_ABI.md), because `syscall` and
+//! `int N` do not reach the kernel on kvm_pvm while exceptions do on every
+//! KVM.
 
-pub mod addr_space;
 pub mod elf;
-pub mod errno;
 pub mod programs;
+pub mod sched;
 pub mod syscall;
+pub mod task;
+pub mod trap;
 
 use crate::arch::x86_64::gdt::{USER_CS, USER_DS};
-use crate::arch::x86_64::paging::{self, PAGE_SIZE};
 use crate::arch::x86_64::trap_entry::{self, TrapFrame};
-use crate::arch::x86_64::{cpu, traps};
-use crate::memory::kmap;
+use crate::memory::{kmap, mm};
 use crate::percpu;
-use crate::records::JsonStr;
-use addr_space::{AddressSpace, MapError};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, Ordering};
 use elf::ElfError;
+use guest_mm::Errno;
+use guest_mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use guest_mm::{Pid, ProcState};
 use programs::Program;
+use task::{TASKS, Task, TaskState};
 
 /// Top of the user stack (exclusive).
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
-/// Pages of user stack (mapped and zeroed at spawn: keep it small, every
-/// zeroed page costs real time on kvm_pvm).
-const USER_STACK_PAGES: u64 = 4;
+/// Bytes of user stack (demand-faulted: unused pages cost nothing).
+const USER_STACK_BYTES: u64 = 64 << 10;
 /// RFLAGS for user mode: IF set (and the always-one bit 1).
 const USER_RFLAGS: u64 = 0x202;
-
-static NEXT_PID: AtomicU32 = AtomicU32::new(1);
 
 /// Signals a program can be killed with (Linux numbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,10 +43,27 @@ static NEXT_PID: AtomicU32 = AtomicU32::new(1);
 pub enum Signal {
     /// Illegal instruction (#UD).
     Sigill = 4,
+    /// Bus error (a lost page, e.g. a swap-in error).
+    Sigbus = 7,
     /// Arithmetic error (#DE).
     Sigfpe = 8,
+    /// Killed (out of memory while resolving a fault).
+    Sigkill = 9,
     /// Bad memory access (#PF, #GP and everything else).
     Sigsegv = 11,
+}
+
+impl Signal {
+    /// The signal with Linux number `n` (SIGSEGV for unknown numbers).
+    pub fn from_number(n: i32) -> Self {
+        match n {
+            4 => Signal::Sigill,
+            7 => Signal::Sigbus,
+            8 => Signal::Sigfpe,
+            9 => Signal::Sigkill,
+            _ => Signal::Sigsegv,
+        }
+    }
 }
 
 /// How a run of a program ended.
@@ -80,150 +99,156 @@ impl Exit {
 pub enum SpawnError {
     /// The image is bad.
     Elf(ElfError),
-    /// Mapping the stack failed.
-    Map(MapError),
+    /// The MM core refused (no memory for the address space or stack).
+    Mm(Errno),
 }
 
-/// A user process.
+/// A spawned user program (owns its MM-core process until dropped).
 pub struct Process {
-    pid: u32,
-    name: &'static str,
-    space: AddressSpace,
+    pid: Pid,
     entry: u64,
-    /// Bytes the program wrote to fds 1 and 2.
-    output: Vec<u8>,
-    /// How the last run ended (set by the trap handler before leaving).
-    exit: Option<Exit>,
 }
 
 impl Process {
     /// Loads `program` into a new address space.
     pub fn spawn(program: &Program) -> Result<Self, SpawnError> {
-        let mut space = AddressSpace::new().map_err(SpawnError::Map)?;
-        let entry = elf::load(&mut space, program.image).map_err(SpawnError::Elf)?;
-        for page in 1..=USER_STACK_PAGES {
-            space
-                .map_or_get(USER_STACK_TOP - page * PAGE_SIZE, true)
-                .map_err(SpawnError::Map)?;
-        }
-        let pid = NEXT_PID.fetch_add(1, Ordering::Relaxed);
-        Ok(Process {
+        let pid = mm::with(|s| s.spawn(0)).map_err(SpawnError::Mm)?;
+        // From here on, dropping `p` releases the MM-core process.
+        let mut p = Process { pid, entry: 0 };
+        TASKS.lock().insert(
             pid,
-            name: program.name,
-            space,
-            entry,
-            output: Vec::new(),
-            exit: None,
+            Task {
+                name: program.name,
+                frame: TrapFrame::default(),
+                state: TaskState::Stopped(None),
+                cpu: percpu::index(),
+                owned: true,
+                parent: 0,
+                child_exits: 0,
+                output: Vec::new(),
+            },
+        );
+        p.entry = elf::load(pid, program.image).map_err(SpawnError::Elf)?;
+        mm::with(|s| {
+            s.mmap(
+                pid,
+                USER_STACK_TOP - USER_STACK_BYTES,
+                USER_STACK_BYTES,
+                PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                0,
+            )
         })
+        .map_err(SpawnError::Mm)?;
+        Ok(p)
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub fn pid(&self) -> Pid {
         self.pid
     }
 
     /// Everything the program wrote to stdout/stderr so far.
-    pub fn output(&self) -> &[u8] {
-        &self.output
+    pub fn output(&self) -> Vec<u8> {
+        TASKS
+            .lock()
+            .get(&self.pid)
+            .map(|t| t.output.clone())
+            .unwrap_or_default()
     }
 
-    /// The address space (for tests that inspect it).
-    pub fn space(&self) -> &AddressSpace {
-        &self.space
+    /// Physical address of its PML4 (for tests that compare address spaces).
+    pub fn root(&self) -> Option<u64> {
+        mm::with(|s| s.activate(self.pid, percpu::index() as u32))
+            .ok()
+            .map(|r| r.addr())
     }
 
     /// Runs the program from its entry point with `arg` in `rdi` and a fresh
-    /// stack, on this CPU, until it exits or is killed. Memory persists
+    /// stack, on this CPU, until it exits or is killed (running any of its
+    /// children that `sched` placed on this CPU meanwhile). Memory persists
     /// between runs.
     pub fn run(&mut self, arg: u64) -> Exit {
-        let frame = TrapFrame {
-            rip: self.entry,
-            cs: u64::from(USER_CS),
-            rflags: USER_RFLAGS,
-            rsp: USER_STACK_TOP - 8,
-            ss: u64::from(USER_DS),
-            rdi: arg,
-            ..TrapFrame::default()
-        };
-        let cpu = percpu::current();
-        let interrupts = cpu::interrupts_enabled();
-        self.exit = None;
-        cpu.current.store(self, Ordering::Relaxed);
-        // SAFETY: the address space copies the kernel half of the kernel
-        // page table, so the kernel keeps running after the switch. The
-        // saved-rsp slot and TSS.rsp0 belong to this CPU; `enter_user`
-        // returns only through `leave_user` from `finish` below.
-        unsafe {
-            paging::write_cr3(self.space.root());
-            let rsp0 = core::ptr::addr_of_mut!((*cpu.tss.get()).rsp).cast::<u64>();
-            trap_entry::enter_user(&frame, cpu.user_return_rsp.get(), rsp0);
-            paging::write_cr3(kmap::kernel_pml4());
+        let me = percpu::index();
+        {
+            let mut tasks = TASKS.lock();
+            let Some(t) = tasks.get_mut(&self.pid) else {
+                return Exit::Exited(-1);
+            };
+            t.frame = TrapFrame {
+                rip: self.entry,
+                cs: u64::from(USER_CS),
+                rflags: USER_RFLAGS,
+                rsp: USER_STACK_TOP - 8,
+                ss: u64::from(USER_DS),
+                rdi: arg,
+                ..TrapFrame::default()
+            };
+            t.cpu = me;
+            sched::make_runnable(t);
         }
-        cpu.current.store(core::ptr::null_mut(), Ordering::Relaxed);
-        if interrupts {
-            cpu::enable_interrupts();
+        let pid = self.pid;
+        sched::run_until(&|tasks| {
+            tasks
+                .get(&pid)
+                .is_none_or(|t| matches!(t.state, TaskState::Stopped(_)))
+        });
+        match TASKS.lock().get(&pid).map(|t| t.state) {
+            Some(TaskState::Stopped(Some(exit))) => exit,
+            _ => Exit::Exited(-1),
         }
-        self.exit.unwrap_or(Exit::Exited(-1))
-    }
-
-    /// Ends the current run with `exit` (called from trap context).
-    fn finish(&mut self, exit: Exit) -> ! {
-        self.exit = Some(exit);
-        // SAFETY: we are in a trap taken from this process's user mode on this
-        // CPU, so the saved stack pointer is that of the pending `enter_user`;
-        // no locks are held here.
-        unsafe { trap_entry::leave_user(*percpu::current().user_return_rsp.get(), 0) }
     }
 }
 
-/// Handles a trap from ring 3: `int3` is a user/kernel call; any other
-/// exception kills the program.
-pub fn user_trap(frame: &mut TrapFrame) {
-    let cpu = percpu::current();
-    // SAFETY: a trap from ring 3 only happens while `Process::run` on this
-    // CPU has set `current` to its (exclusively borrowed) process.
-    let process = unsafe { &mut *cpu.current.load(Ordering::Relaxed) };
-    if frame.vector == traps::VEC_BREAKPOINT {
-        if let Some(status) = syscall::dispatch(process, frame) {
-            process.finish(Exit::Exited(status));
-        }
-        return;
+impl Drop for Process {
+    fn drop(&mut self) {
+        TASKS.lock().remove(&self.pid);
+        mm::with(|s| {
+            if s.proc_state(self.pid) == Some(ProcState::Running) {
+                // Never the current CR3: `run` switched back already.
+                let _ = s.exit(self.pid, 0);
+            }
+            let _ = s.wait(0, i64::from(self.pid));
+        });
     }
-    let signal = match frame.vector {
-        0 => Signal::Sigfpe,
-        6 => Signal::Sigill,
-        _ => Signal::Sigsegv,
-    };
-    let addr = if frame.vector == traps::VEC_PAGE_FAULT {
-        traps::read_cr2()
-    } else {
-        0
-    };
-    crate::println!(
-        "[pid {} {}] killed by signal {} ({:?}): {} at rip {:#x}, address {:#x}, error {:#x}",
-        process.pid,
-        process.name,
-        signal as u8,
-        signal,
-        traps::vector_name(frame.vector),
-        frame.rip,
-        addr,
-        frame.error_code
-    );
-    crate::record!(
-        r#"{{"type":"user_fault","pid":{},"program":{},"signal":{},"vector":{},"rip":{},"addr":{},"error":{}}}"#,
-        process.pid,
-        JsonStr(process.name),
-        signal as u8,
-        frame.vector,
-        frame.rip,
-        addr,
-        frame.error_code
-    );
-    process.finish(Exit::Killed {
-        signal,
-        vector: frame.vector,
-        rip: frame.rip,
-        addr,
-    });
+}
+
+/// Ends the current task's run on this CPU: saves `frame` and `state` in
+/// the task table (or removes the task when `state` is `None`) and returns
+/// to the scheduler. Called from trap context with no lock held.
+pub fn stop(frame: &TrapFrame, state: Option<TaskState>) -> ! {
+    let pid = task::current_pid();
+    {
+        let mut tasks = TASKS.lock();
+        match state {
+            Some(state) => {
+                if let Some(t) = tasks.get_mut(&pid) {
+                    t.frame = *frame;
+                    t.state = state;
+                }
+            }
+            None => {
+                if let Some(t) = tasks.remove(&pid) {
+                    task::child_exited(&mut tasks, t.parent);
+                }
+            }
+        }
+    }
+    leave()
+}
+
+/// Abandons the current trap and returns to the scheduler (the task's
+/// state must already be saved). No lock may be held.
+fn leave() -> ! {
+    // SAFETY: we are in a trap taken from this task's user mode on this
+    // CPU, so the saved stack pointer is that of the pending `enter_user`
+    // in `sched::run_one`; no locks are held here.
+    unsafe { trap_entry::leave_user(*percpu::current().user_return_rsp.get(), 0) }
+}
+
+/// Switches this CPU to the kernel page table (before the current task's
+/// page tables are freed).
+pub fn leave_address_space() {
+    // SAFETY: the kernel PML4 maps the kernel half like every address space.
+    unsafe { crate::arch::x86_64::paging::write_cr3(kmap::kernel_pml4()) };
 }

@@ -30,3 +30,9 @@ pub static BADACCESS: Program = program!("badaccess");
 pub static MEMSLOT: Program = program!("memslot");
 /// Checks the error returns of the user/kernel call ABI.
 pub static SYSABI: Program = program!("sysabi");
+/// Copy-on-write after fork with children on several CPUs.
+pub static COWFORK: Program = program!("cowfork");
+/// Checks of the MM calls (argument: the group).
+pub static MMTEST: Program = program!("mmtest");
+/// The MM benchmarks of `mode=bench`.
+pub static MMBENCH: Program = program!("mmbench");

@@ -3,6 +3,8 @@
 //! pass.
 
 mod basic;
+pub mod bench;
+mod mm;
 mod smp;
 mod timer;
 mod traps;
@@ -118,6 +120,34 @@ const TESTS: &[Test] = &[
     Test {
         name: "user: frames returned after exit",
         run: user::no_frame_leak,
+    },
+    Test {
+        name: "mm: COW after fork, parent and children on every cpu",
+        run: mm::cow_after_fork,
+    },
+    Test {
+        name: "mm: MAP_FIXED_NOREPLACE fails with EEXIST on overlap",
+        run: mm::fixed_noreplace,
+    },
+    Test {
+        name: "mm: zero page on read, own page on write",
+        run: mm::zero_page,
+    },
+    Test {
+        name: "mm: swap round trip (MADV_PAGEOUT, read back, stats)",
+        run: mm::swap_round_trip,
+    },
+    Test {
+        name: "mm: unshare of a COW page by a read pin",
+        run: mm::unshare,
+    },
+    Test {
+        name: "mm: mprotect, munmap, mremap, madvise results and errors",
+        run: mm::call_basics,
+    },
+    Test {
+        name: "mm: invariant checker passes after the MM tests",
+        run: mm::invariants,
     },
 ];
 

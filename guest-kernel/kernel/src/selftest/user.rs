@@ -1,7 +1,7 @@
 //! Self-tests of ring-3 processes and the `int3` user/kernel call.
 
 use super::{Failure, TestResult, ensure};
-use crate::memory::frames;
+use crate::memory::mm;
 use crate::process::programs::{self, Program};
 use crate::process::{Exit, Process, Signal};
 use alloc::format;
@@ -17,7 +17,7 @@ pub fn init_hello() -> TestResult {
     ensure!(
         p.output() == b"hello from ring 3\n",
         "init wrote {:?}",
-        core::str::from_utf8(p.output())
+        core::str::from_utf8(&p.output())
     );
     Ok(())
 }
@@ -49,7 +49,7 @@ pub fn call_errors() -> TestResult {
     ensure!(
         p.output() == b"sysabi: checks done\n",
         "sysabi wrote {:?}",
-        core::str::from_utf8(p.output())
+        core::str::from_utf8(&p.output())
     );
     Ok(())
 }
@@ -95,7 +95,7 @@ pub fn ud2_killed() -> TestResult {
 pub fn separate_spaces() -> TestResult {
     let mut a = spawn(&programs::MEMSLOT)?;
     let mut b = spawn(&programs::MEMSLOT)?;
-    ensure!(a.space().root() != b.space().root(), "same page table");
+    ensure!(a.root() != b.root(), "same page table");
     let first = a.run(111);
     ensure!(
         first == Exit::Exited(0),
@@ -120,13 +120,13 @@ pub fn separate_spaces() -> TestResult {
 }
 
 pub fn no_frame_leak() -> TestResult {
-    let before = frames::in_use();
+    let before = mm::used_frames();
     for _ in 0..3 {
         let mut p = spawn(&programs::INIT)?;
-        ensure!(frames::in_use() > before, "spawn used no frames");
+        ensure!(mm::used_frames() > before, "spawn used no frames");
         let _ = p.run(0);
     }
-    let after = frames::in_use();
+    let after = mm::used_frames();
     ensure!(
         after == before,
         "{} frames leaked by three processes",

@@ -57,6 +57,34 @@ impl FrameTable {
         }
     }
 
+    /// Adds the usable RAM range `[start, end)` (bytes) to a built table,
+    /// as [`FrameTable::new`] does for each of its ranges: the kernel's
+    /// deferred `struct page` initialisation (Linux:
+    /// `CONFIG_DEFERRED_STRUCT_PAGE_INIT`), so boot need not fill metadata
+    /// for all of RAM. Partial frames are dropped; the range must not
+    /// overlap managed frames. Returns the number of frames added.
+    pub fn add_range(&mut self, start: u64, end: u64) -> u64 {
+        let s = start.div_ceil(crate::hw::PAGE_SIZE);
+        let e = end / crate::hw::PAGE_SIZE;
+        if e <= s || self.overlaps(s, e) {
+            return 0;
+        }
+        self.zones.push(Zone {
+            base: s,
+            frames: alloc::vec![Frame::new(FrameUse::Free); (e - s) as usize],
+        });
+        self.zones.sort_by_key(|z| z.base);
+        self.buddy.add_range(s, e);
+        self.total += e - s;
+        e - s
+    }
+
+    fn overlaps(&self, s: u64, e: u64) -> bool {
+        self.zones
+            .iter()
+            .any(|z| z.base < e && s < z.base + z.frames.len() as u64)
+    }
+
     /// Removes frame `pfn` from the allocator for good (boot reservations,
     /// the swap region). Returns false if it is not free.
     pub fn reserve(&mut self, pfn: Pfn) -> bool {

@@ -3,7 +3,7 @@
 
 use super::gdt::{self, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 use super::paging::{PAGE_SIZE, phys_to_virt};
-use super::{idt, lapic, traps};
+use super::{idt, lapic, msr, traps};
 use crate::memory::frames;
 use crate::percpu;
 
@@ -38,6 +38,7 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
         percpu::install(index);
     }
     idt::load();
+    enable_no_execute();
     lapic::enable(traps::VEC_SPURIOUS as u8);
     let apic_id = lapic::id();
     if apic_id as usize != index {
@@ -45,6 +46,19 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
     }
     crate::timer::start();
     Ok(())
+}
+
+/// CPUID.80000001H:EDX bit for the NX bit.
+const CPUID_NX: u32 = 1 << 20;
+
+/// Sets `EFER.NXE` when the CPU has it: user page tables built by the MM
+/// core mark non-executable pages with bit 63, which is reserved (a #PF
+/// with the RSVD bit) while NXE is off.
+fn enable_no_execute() {
+    if msr::cpuid(0x8000_0001, 0).edx & CPUID_NX != 0 {
+        // SAFETY: EFER exists in long mode and NXE is supported (checked).
+        unsafe { msr::wrmsr(msr::IA32_EFER, msr::rdmsr(msr::IA32_EFER) | msr::EFER_NXE) };
+    }
 }
 
 /// Enables interrupts on this CPU.

@@ -6,7 +6,7 @@
 
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI, KERNEL_CS};
 use super::trap_entry;
-use super::traps::{VEC_CALL, VEC_SHOOTDOWN, VEC_SPURIOUS, VEC_TIMER};
+use super::traps::{VEC_CALL, VEC_SHOOTDOWN, VEC_SPURIOUS, VEC_TIMER, VEC_USER_FLUSH};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 
@@ -33,7 +33,13 @@ unsafe impl Sync for Idt {}
 static IDT: Idt = Idt(UnsafeCell::new([[0; 2]; 256]));
 
 /// Device vectors with handlers (exceptions 0..32 always have one).
-const DEVICE_VECTORS: [u64; 4] = [VEC_TIMER, VEC_CALL, VEC_SHOOTDOWN, VEC_SPURIOUS];
+const DEVICE_VECTORS: [u64; 5] = [
+    VEC_TIMER,
+    VEC_CALL,
+    VEC_SHOOTDOWN,
+    VEC_USER_FLUSH,
+    VEC_SPURIOUS,
+];
 
 /// Fills the IDT. Called once on the boot CPU before [`load`].
 ///

@@ -5,6 +5,10 @@ use core::arch::asm;
 
 /// `IA32_APIC_BASE`.
 pub const IA32_APIC_BASE: u32 = 0x1b;
+/// `IA32_EFER`.
+pub const IA32_EFER: u32 = 0xc000_0080;
+/// `EFER.NXE`: the no-execute bit (63) of page-table entries is honoured.
+pub const EFER_NXE: u64 = 1 << 11;
 /// `IA32_GS_BASE`: the active GS base (per-CPU data in the kernel).
 pub const IA32_GS_BASE: u32 = 0xc000_0101;
 /// `IA32_KERNEL_GS_BASE`: the GS base `swapgs` exchanges with.

@@ -1,6 +1,6 @@
 //! x86-64 4-level page tables: the hardware entry format, the fixed kernel
-//! address-space layout, and a small table walker shared by the kernel's own
-//! mappings (`memory::kmap`) and user address spaces (`process::addr_space`).
+//! address-space layout, and a small table walker for the kernel's own
+//! mappings (`memory::kmap`; user page tables belong to the MM core).
 //!
 //! Layout (PML4 index in brackets):
 //! * `[0, 0x0000_8000_0000_0000)`: user space (in the boot page table: the
@@ -18,8 +18,6 @@ pub const DIRECT_MAP: u64 = 0xffff_8880_0000_0000;
 pub const VMAP_BASE: u64 = 0xffff_c900_0000_0000;
 /// Where the kernel image is linked: virtual = `KERNEL_VMA` + physical.
 pub const KERNEL_VMA: u64 = 0xffff_ffff_8000_0000;
-/// First PML4 index of the kernel half, shared by every address space.
-pub const KERNEL_PML4_FIRST: usize = 256;
 /// End of the user half (exclusive).
 pub const USER_END: u64 = 0x0000_8000_0000_0000;
 /// Size of a base page.
@@ -29,8 +27,6 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PTE_PRESENT: u64 = 1 << 0;
 /// Entry bit: writable.
 pub const PTE_WRITABLE: u64 = 1 << 1;
-/// Entry bit: reachable from ring 3.
-pub const PTE_USER: u64 = 1 << 2;
 /// Entry bit: write-through caching.
 pub const PTE_WRITE_THROUGH: u64 = 1 << 3;
 /// Entry bit: caching disabled.
@@ -97,8 +93,8 @@ pub fn index(virt: u64, level: u32) -> usize {
 
 /// Finds the level-1 entry for `virt` under `pml4`, creating missing tables
 /// with `alloc` (which must return zeroed frames). Intermediate entries get
-/// `table_flags` (add `PTE_USER` for user mappings). Returns `None` when
-/// `alloc` fails or a huge page is in the way.
+/// `table_flags`. Returns `None` when `alloc` fails or a huge page is in the
+/// way.
 ///
 /// # Safety
 /// `pml4` must be a page table owned by the caller (no concurrent walkers).
@@ -126,25 +122,4 @@ pub unsafe fn walk_create(
     // SAFETY: as above, `table` is now the level-1 table.
     let entries = unsafe { table_mut(table) };
     Some(&mut entries[index(virt, 1)])
-}
-
-/// The leaf entry mapping `virt` under `pml4` and the size of the page it
-/// maps, or `None` when unmapped.
-///
-/// # Safety
-/// `pml4` must be a page table that is not being modified concurrently.
-pub unsafe fn translate(pml4: u64, virt: u64) -> Option<(u64, u64)> {
-    let mut table = pml4;
-    for level in (1..=4).rev() {
-        // SAFETY: `table` is the caller's PML4 or a table reached from it.
-        let entry = unsafe { table_mut(table) }[index(virt, level)];
-        if entry & PTE_PRESENT == 0 {
-            return None;
-        }
-        if level == 1 || entry & PTE_HUGE != 0 {
-            return Some((entry, 1 << (12 + 9 * (level - 1))));
-        }
-        table = entry & PTE_ADDR_MASK;
-    }
-    None
 }

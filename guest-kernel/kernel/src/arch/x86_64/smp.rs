@@ -4,7 +4,8 @@
 //! APs are started all at once (each finds its stack by APIC ID in the
 //! trampoline); a second SIPI goes only to those that have not checked in
 //! after a short wait. After `cpu::init` an AP idles in `hlt` and runs
-//! cross-CPU calls in its idle loop (thread context, interrupts enabled);
+//! cross-CPU calls and the user tasks queued for it (`process::sched`) in its
+//! idle loop (thread context, interrupts enabled);
 //! shootdowns run in the IPI handler itself so they never wait for a busy
 //! CPU to go idle.
 
@@ -119,7 +120,12 @@ fn idle_loop(index: usize) -> ! {
         cpu::disable_interrupts();
         let f = me.call_fn.load(Ordering::Acquire);
         if f == 0 {
-            cpu::enable_and_halt();
+            if crate::process::sched::has_work(index) {
+                cpu::enable_interrupts();
+                crate::process::sched::run_queued();
+            } else {
+                cpu::enable_and_halt();
+            }
             continue;
         }
         cpu::enable_interrupts();
@@ -186,6 +192,80 @@ pub fn handle_shootdown() {
     percpu::current()
         .shootdowns_done
         .fetch_add(1, Ordering::AcqRel);
+}
+
+/// Serialises user-TLB flushes; the request is in the atomics below.
+static USER_FLUSH: Mutex<()> = Mutex::new(());
+static USER_FLUSH_ROOT: AtomicU64 = AtomicU64::new(0);
+static USER_FLUSH_START: AtomicU64 = AtomicU64::new(0);
+static USER_FLUSH_END: AtomicU64 = AtomicU64::new(0);
+
+/// Pages up to which a range flush uses `invlpg`; larger ranges reload CR3.
+const INVLPG_MAX_PAGES: u64 = 32;
+
+/// Invalidates user translations `[start, end)` (`end == 0`: all of them)
+/// of the address space whose PML4 is at `root`, on every CPU in the bit
+/// mask `cpus`, and waits until all have done it (`flush_tlb_mm_range`).
+/// Only CPUs whose CR3 is `root` can hold such translations (no PCIDs, user
+/// pages are not global), so each CPU checks that itself.
+///
+/// Callers must keep interrupts enabled while they wait for locks that a
+/// flushing CPU may hold, or the flush IPI cannot be taken.
+pub fn flush_user_tlb(root: u64, cpus: u64, start: u64, end: u64) -> Result<(), CallError> {
+    let _guard = USER_FLUSH.lock();
+    USER_FLUSH_ROOT.store(root, Ordering::Relaxed);
+    USER_FLUSH_START.store(start, Ordering::Relaxed);
+    USER_FLUSH_END.store(end, Ordering::Release);
+    let me = percpu::index();
+    if cpus & (1 << me) != 0 {
+        flush_user_local(root, start, end);
+    }
+    for target in (0..MAX_CPUS).filter(|&c| {
+        c != me && cpus & (1 << c) != 0 && percpu::cpu(c).online.load(Ordering::Acquire)
+    }) {
+        let slot = percpu::cpu(target);
+        let before = slot.user_flushes_done.load(Ordering::Acquire);
+        lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_USER_FLUSH as u8));
+        wait_for(|| slot.user_flushes_done.load(Ordering::Acquire) != before)
+            .map_err(|_| CallError::Timeout(target))?;
+    }
+    Ok(())
+}
+
+/// User-TLB flush IPI handler body.
+pub fn handle_user_flush() {
+    flush_user_local(
+        USER_FLUSH_ROOT.load(Ordering::Relaxed),
+        USER_FLUSH_START.load(Ordering::Relaxed),
+        USER_FLUSH_END.load(Ordering::Acquire),
+    );
+    percpu::current()
+        .user_flushes_done
+        .fetch_add(1, Ordering::AcqRel);
+}
+
+fn flush_user_local(root: u64, start: u64, end: u64) {
+    let cr3 = paging::read_cr3();
+    if cr3 != root {
+        return;
+    }
+    if end > start && (end - start) / PAGE_SIZE <= INVLPG_MAX_PAGES {
+        for page in (start..end).step_by(PAGE_SIZE as usize) {
+            paging::invlpg(page);
+        }
+    } else {
+        // SAFETY: reloading the active CR3 only drops non-global
+        // translations.
+        unsafe { paging::write_cr3(cr3) };
+    }
+}
+
+/// Wakes CPU `target` from `hlt` (its idle loop or scheduler then looks
+/// for work).
+pub fn wake(target: usize) {
+    if target < MAX_CPUS && target != percpu::index() {
+        lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_CALL as u8));
+    }
 }
 
 /// A wait that ran out of time.

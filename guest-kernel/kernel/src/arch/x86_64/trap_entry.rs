@@ -4,7 +4,9 @@
 //! `idt::init` relies on) pushes a dummy error code (when the CPU does
 //! not push one) and the vector number, then `trap_common` saves the general
 //! registers into a [`TrapFrame`], swaps GS when the trap came from ring 3,
-//! and calls `traps::dispatch`. `trap_return` undoes it all and `iretq`s.
+//! and calls `traps::dispatch`. `trap_return` undoes it all and `iretq`s
+//! (with interrupts off until the `iretq`, which restores the interrupted
+//! context's flag: handlers of user traps run with interrupts on).
 //!
 //! `enter_user` saves the kernel's callee-saved registers, records the
 //! stack pointer as the CPU's `TSS.rsp0` and in the per-CPU slot, and
@@ -95,6 +97,9 @@ trap_common:
 
     .globl trap_return
 trap_return:
+    /* Handlers of traps from ring 3 may enable interrupts; none may arrive
+       between the swapgs below and iretq (it would run on the user GS). */
+    cli
     pop %r15
     pop %r14
     pop %r13

@@ -5,7 +5,8 @@
 //! * From ring 0: a fault at an instruction listed in `extable` resumes at
 //!   its fixup; anything else is an unexpected exception: report vector,
 //!   RIP, CR2 and error code, end the VM with exit code 4.
-//! * Device vectors: LAPIC timer, cross-CPU call and TLB shootdown IPIs.
+//! * Device vectors: LAPIC timer, cross-CPU call, kernel TLB shootdown and
+//!   user-TLB flush IPIs.
 
 use super::trap_entry::TrapFrame;
 use super::{extable, lapic, smp};
@@ -23,6 +24,8 @@ pub const VEC_TIMER: u64 = 0x20;
 pub const VEC_CALL: u64 = 0x40;
 /// TLB shootdown IPI.
 pub const VEC_SHOOTDOWN: u64 = 0x41;
+/// User-TLB flush IPI (`smp::flush_user_tlb`).
+pub const VEC_USER_FLUSH: u64 = 0x42;
 /// LAPIC spurious interrupt.
 pub const VEC_SPURIOUS: u64 = 0xff;
 
@@ -38,8 +41,12 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
             smp::handle_shootdown();
             lapic::eoi();
         }
+        VEC_USER_FLUSH => {
+            smp::handle_user_flush();
+            lapic::eoi();
+        }
         VEC_SPURIOUS => {}
-        _ if frame.came_from_user() => crate::process::user_trap(frame),
+        _ if frame.came_from_user() => crate::process::trap::user_trap(frame),
         _ => {
             if !extable::fixup(frame, read_cr2()) {
                 fatal(frame)

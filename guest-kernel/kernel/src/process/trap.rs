@@ -1,0 +1,106 @@
+//! Traps from ring 3: `int3` is a user/kernel call (`syscall`), a page
+//! fault goes to the MM core (`handle_user_fault`), and anything the MM
+//! core cannot resolve, or any other exception, kills the task with a
+//! SIGSEGV-style report on the console and a `user_fault` record. The
+//! kernel goes on (`arch/x86/mm/fault.c`: `do_user_addr_fault`,
+//! `bad_area`).
+
+use super::task::{self, TASKS, TaskState};
+use super::{Exit, Signal, leave_address_space, stop, syscall};
+use crate::arch::x86_64::trap_entry::TrapFrame;
+use crate::arch::x86_64::{cpu, traps};
+use crate::memory::mm;
+use crate::records::JsonStr;
+use guest_mm::FaultFlags;
+
+/// Page-fault error code: write access.
+const PF_WRITE: u64 = 1 << 1;
+/// Page-fault error code: instruction fetch.
+const PF_INSTR: u64 = 1 << 4;
+
+/// Handles a trap from ring 3 on this CPU.
+pub fn user_trap(frame: &mut TrapFrame) {
+    // CR2 first: with interrupts on, nothing may overwrite it, but be safe.
+    let cr2 = if frame.vector == traps::VEC_PAGE_FAULT {
+        traps::read_cr2()
+    } else {
+        0
+    };
+    // Interrupt gates entered with IF clear; the MM lock must be waited for
+    // with interrupts on (TLB flush IPIs), and nothing here runs in
+    // interrupt context.
+    cpu::enable_interrupts();
+    match frame.vector {
+        traps::VEC_BREAKPOINT => syscall::dispatch(frame),
+        traps::VEC_PAGE_FAULT => page_fault(frame, cr2),
+        0 => kill(frame, Signal::Sigfpe, 0, true),
+        6 => kill(frame, Signal::Sigill, 0, true),
+        _ => kill(frame, Signal::Sigsegv, 0, true),
+    }
+}
+
+fn page_fault(frame: &TrapFrame, cr2: u64) {
+    let pid = task::current_pid();
+    let ff = FaultFlags {
+        write: frame.error_code & PF_WRITE != 0,
+        exec: frame.error_code & PF_INSTR != 0,
+        user: true,
+        unshare: false,
+    };
+    let result = mm::with(|s| {
+        let r = s.handle_user_fault(pid, cr2, ff);
+        if r.is_err() {
+            // The core already tore the address space down; leave it
+            // before anyone can reuse its page tables (we hold the lock).
+            leave_address_space();
+        }
+        r
+    });
+    if let Err(report) = result {
+        kill(frame, Signal::from_number(report.signal), cr2, false);
+    }
+}
+
+/// Reports and ends the current task, killed by `signal`. When `exit_mm`,
+/// the MM core has not yet made it a zombie.
+fn kill(frame: &TrapFrame, signal: Signal, addr: u64, exit_mm: bool) -> ! {
+    let pid = task::current_pid();
+    if exit_mm {
+        mm::with(|s| {
+            leave_address_space();
+            let _ = s.exit(pid, signal as i32);
+        });
+    }
+    let (name, owned) = TASKS
+        .lock()
+        .get(&pid)
+        .map_or(("?", false), |t| (t.name, t.owned));
+    crate::println!(
+        "[pid {} {}] killed by signal {} ({:?}): {} at rip {:#x}, address {:#x}, error {:#x}",
+        pid,
+        name,
+        signal as u8,
+        signal,
+        traps::vector_name(frame.vector),
+        frame.rip,
+        addr,
+        frame.error_code
+    );
+    crate::record!(
+        r#"{{"type":"user_fault","pid":{},"program":{},"signal":{},"vector":{},"rip":{},"addr":{},"error":{}}}"#,
+        pid,
+        JsonStr(name),
+        signal as u8,
+        frame.vector,
+        frame.rip,
+        addr,
+        frame.error_code
+    );
+    let exit = Exit::Killed {
+        signal,
+        vector: frame.vector,
+        rip: frame.rip,
+        addr,
+    };
+    stop(frame, owned.then_some(TaskState::Stopped(Some(exit))))
+}

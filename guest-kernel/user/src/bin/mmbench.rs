@@ -1,0 +1,135 @@
+//! `mmbench`: the MM benchmarks of `mode=bench`, measured with `rdtsc` in
+//! ring 3 and sent as `bench` records (docs/GUEST_ABI.md). The argument is
+//! `fault_pages | big_pages << 32`: pages for the three fault benchmarks and
+//! for `fork_64m` / `munmap_64m` (16384 pages = 64 MiB).
+//!
+//! Exits 0, or a bit mask of the benchmarks that failed.
+
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use guest_user::fmt::Buf;
+use guest_user::*;
+
+guest_user::entry!(main);
+
+const RW: u64 = PROT_READ | PROT_WRITE;
+const ANON: u64 = MAP_PRIVATE | MAP_ANONYMOUS;
+
+fn report(name: &str, ops: u64, cycles: u64) -> bool {
+    let mut b = Buf::new();
+    let _ = write!(
+        b,
+        r#"{{"type":"bench","name":"{name}","ops":{ops},"cycles":{cycles}}}"#
+    );
+    record(b.as_bytes()) == 0
+}
+
+fn map(pages: u64) -> Option<u64> {
+    let a = mmap(0, pages * PAGE, RW, ANON);
+    (a > 0).then_some(a as u64)
+}
+
+fn touch(base: u64, pages: u64) {
+    for p in 0..pages {
+        poke(base + p * PAGE, p);
+    }
+}
+
+fn anon_write_fault(pages: u64) -> bool {
+    let Some(base) = map(pages) else { return false };
+    let t0 = rdtsc();
+    touch(base, pages);
+    let t1 = rdtsc();
+    munmap(base, pages * PAGE) == 0 && report("anon_write_fault", pages, t1 - t0)
+}
+
+fn zero_page_read_fault(pages: u64) -> bool {
+    let Some(base) = map(pages) else { return false };
+    let t0 = rdtsc();
+    let sum: u64 = (0..pages).map(|p| peek(base + p * PAGE)).sum();
+    let t1 = rdtsc();
+    sum == 0 && munmap(base, pages * PAGE) == 0 && report("zero_page_read_fault", pages, t1 - t0)
+}
+
+fn cow_fault(pages: u64) -> bool {
+    let Some(base) = map(pages) else { return false };
+    touch(base, pages);
+    // The child keeps the pages mapped until the parent is done writing.
+    let flag = mmap(0, PAGE, RW, MAP_SHARED | MAP_ANONYMOUS);
+    if flag < 0 {
+        return false;
+    }
+    let flag = flag as u64;
+    let pid = fork();
+    if pid == 0 {
+        while peek(flag) == 0 {
+            core::hint::spin_loop();
+        }
+        exit(0);
+    }
+    if pid < 0 {
+        return false;
+    }
+    let t0 = rdtsc();
+    for p in 0..pages {
+        poke(base + p * PAGE, !p);
+    }
+    let t1 = rdtsc();
+    poke(flag, 1);
+    let mut status = 0;
+    wait4(pid, &mut status) == pid
+        && munmap(base, pages * PAGE) == 0
+        && munmap(flag, PAGE) == 0
+        && report("cow_fault", pages, t1 - t0)
+}
+
+fn fork_and_munmap(pages: u64) -> u32 {
+    // Populated in one call (not measured): a fault per page would cost
+    // a trap each on top of the same kernel work.
+    let base = mmap(0, pages * PAGE, RW, ANON | MAP_POPULATE);
+    if base <= 0 {
+        return 3;
+    }
+    let base = base as u64;
+    touch(base, pages);
+    let t0 = rdtsc();
+    let pid = fork();
+    if pid == 0 {
+        exit(0);
+    }
+    let t1 = rdtsc();
+    let mut status = 0;
+    let mut failed = 0;
+    if pid < 0 || wait4(pid, &mut status) != pid || !report("fork_64m", 1, t1 - t0) {
+        failed |= 1;
+    }
+    let t0 = rdtsc();
+    let r = munmap(base, pages * PAGE);
+    let t1 = rdtsc();
+    if r != 0 || !report("munmap_64m", 1, t1 - t0) {
+        failed |= 2;
+    }
+    failed
+}
+
+fn main(arg: u64) -> i32 {
+    let fault_pages = arg & 0xffff_ffff;
+    let big_pages = arg >> 32;
+    let mut failed = 0;
+    for (bit, ok) in [
+        anon_write_fault(fault_pages),
+        zero_page_read_fault(fault_pages),
+        cow_fault(fault_pages),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !ok {
+            failed |= 1 << bit;
+        }
+    }
+    failed |= (fork_and_munmap(big_pages) << 3) as i32;
+    failed
+}
