@@ -6,10 +6,19 @@ mod common;
 use common::pvh_elf::{abuse_record_doorbell, jump_to_mmio, print_and_exit, pvh_kernel};
 use common::{code, kvm_available, run, stderr, stdout};
 
-fn kernel_file(code: &[u8]) -> tempfile::NamedTempFile {
+/// Boots a tiny PVH kernel made of `code` with `extra` options.
+fn boot(code: &[u8], extra: &[&str]) -> std::process::Output {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut file, &pvh_kernel(code)).unwrap();
-    file
+    let mut args = vec![
+        "run",
+        "--timeout",
+        "30",
+        "--kernel",
+        file.path().to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 #[test]
@@ -17,14 +26,7 @@ fn boots_another_pvh_kernel_and_exits_with_its_code() {
     if !kvm_available() {
         return;
     }
-    let kernel = kernel_file(&print_and_exit(b"tiny pvh\n", 42));
-    let out = run(&[
-        "run",
-        "--kernel",
-        kernel.path().to_str().unwrap(),
-        "--timeout",
-        "30",
-    ]);
+    let out = boot(&print_and_exit(b"tiny pvh\n", 42), &[]);
     assert_eq!(code(&out), 42, "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "tiny pvh\n");
 }
@@ -34,14 +36,7 @@ fn kvm_internal_error_exits_122_with_a_register_dump() {
     if !kvm_available() {
         return;
     }
-    let kernel = kernel_file(&jump_to_mmio());
-    let out = run(&[
-        "run",
-        "--kernel",
-        kernel.path().to_str().unwrap(),
-        "--timeout",
-        "30",
-    ]);
+    let out = boot(&jump_to_mmio(), &[]);
     assert_eq!(code(&out), 122, "stderr: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("KVM_EXIT_INTERNAL_ERROR"), "stderr: {err}");
@@ -53,16 +48,7 @@ fn garbage_records_are_reported_and_the_guest_runs_on() {
     if !kvm_available() {
         return;
     }
-    let kernel = kernel_file(&abuse_record_doorbell());
-    let out = run(&[
-        "run",
-        "--kernel",
-        kernel.path().to_str().unwrap(),
-        "--timeout",
-        "30",
-        "--report",
-        "-",
-    ]);
+    let out = boot(&abuse_record_doorbell(), &["--report", "-"]);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["bad_records"], 5, "{report}");

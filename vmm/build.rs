@@ -9,31 +9,21 @@ use std::process::Command;
 
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
-/// Variables the outer cargo sets that would change or break the nested
-/// build (clippy's wrapper, host RUSTFLAGS, the jobserver, target dirs).
-const INHERITED_VARS: &[&str] = &[
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "CARGO_ENCODED_RUSTDOCFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_BUILD_RUSTC_WRAPPER",
-    "CARGO_BUILD_TARGET",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "CARGO_LLVM_COV",
-    "LLVM_PROFILE_FILE",
-];
+include!("../guest-kernel/build-support/scrubbed_env.rs");
 
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let guest_dir = manifest_dir.join("../guest-kernel");
-    for watched in ["kernel", "user", "mm", "Cargo.toml", "Cargo.lock", ".cargo"] {
+    for watched in [
+        "kernel",
+        "user",
+        "mm",
+        "build-support",
+        "Cargo.toml",
+        "Cargo.lock",
+        ".cargo",
+    ] {
         println!(
             "cargo:rerun-if-changed={}",
             guest_dir.join(watched).display()
@@ -56,7 +46,7 @@ fn main() {
         ])
         .arg("--target-dir")
         .arg(&target_dir);
-    for var in INHERITED_VARS {
+    for var in SCRUBBED_ENV {
         command.env_remove(var);
     }
     let output = command

@@ -27,27 +27,7 @@ const USER_PROGRAMS: &[&str] = &[
     "mmbench",
 ];
 
-/// Environment variables of the outer cargo that must not leak into the nested
-/// one: they would redirect its output, change its flags or wrap its compiler.
-const SCRUBBED_ENV: &[&str] = &[
-    "RUSTFLAGS",
-    "CARGO_ENCODED_RUSTFLAGS",
-    "CARGO_BUILD_RUSTFLAGS",
-    "RUSTDOCFLAGS",
-    "CARGO_ENCODED_RUSTDOCFLAGS",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "CARGO_BUILD_RUSTC_WRAPPER",
-    "CARGO_BUILD_TARGET",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_TARGET_DIR",
-    "CARGO_MAKEFLAGS",
-    "MAKEFLAGS",
-    "MFLAGS",
-    "CARGO_PRIMARY_PACKAGE",
-    "CARGO_LLVM_COV",
-    "LLVM_PROFILE_FILE",
-];
+include!("../build-support/scrubbed_env.rs");
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -67,6 +47,7 @@ fn build_user_programs(manifest_dir: &Path, out_dir: &Path) {
     let workspace = manifest_dir.parent().expect("kernel/ has a parent");
     let user_dir = workspace.join("user");
     println!("cargo:rerun-if-changed={}", user_dir.display());
+    println!("cargo:rerun-if-changed=../build-support/scrubbed_env.rs");
 
     let target_dir = out_dir.join("user-target");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
