@@ -5,6 +5,10 @@
 //! `cargo bench -p writewatch --bench boot` (20 boots), or
 //! `cargo bench -p writewatch --bench boot -- --boots 50 --vcpus 4 --mem 1G`.
 
+mod support;
+
+use support::median;
+
 use std::process::Command;
 
 struct Options {
@@ -31,20 +35,10 @@ fn parse_options() -> Options {
     options
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
 fn main() {
     let options = parse_options();
-    let dir = std::env::temp_dir().join(format!("writewatch-boot-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let scratch = tempfile::tempdir().expect("creating a scratch directory");
+    let dir = scratch.path();
     let report_path = dir.join("report.json");
     let (mut first, mut ready, mut wall) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..options.boots {
@@ -77,7 +71,6 @@ fn main() {
         ready.push(field("ready_ms"));
         wall.push(field("wall_ms"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     println!(
         "boot: {} boots, --mem {} --vcpus {} (ms from process start)",
         options.boots, options.mem, options.vcpus

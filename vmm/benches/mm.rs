@@ -16,6 +16,10 @@
 //! - `fork_64m`: fork of a process with 64 MiB touched (one operation).
 //! - `munmap_64m`: munmap of 64 MiB touched (one operation).
 
+mod support;
+
+use support::median;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -87,16 +91,11 @@ fn main() {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Boots the guest in benchmark mode `rounds` times and collects its
 /// `bench` records, converting guest TSC cycles with the reported TSC rate.
 fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
-    let dir = std::env::temp_dir().join(format!("writewatch-mm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    let scratch = tempfile::tempdir().expect("creating a scratch directory");
+    let dir = scratch.path();
     let (records_path, report_path) = (dir.join("records.jsonl"), dir.join("report.json"));
     let mut samples = Vec::new();
     for _ in 0..rounds {
@@ -148,7 +147,6 @@ fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
     samples
 }
 

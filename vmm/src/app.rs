@@ -80,12 +80,8 @@ fn run_vm(
     );
     let _ = io::stdout().flush();
     let mut exit_code = report_stop(&outcome, timeout);
-    if is_selftest && matches!(outcome.reason, StopReason::GuestExit(_)) {
-        let guest_exit = match outcome.reason {
-            StopReason::GuestExit(code) => Some(code),
-            _ => None,
-        };
-        match tally.verdict(guest_exit) {
+    if let (true, StopReason::GuestExit(code)) = (is_selftest, &outcome.reason) {
+        match tally.verdict(Some(*code)) {
             Ok(summary) => eprintln!("writewatch: selftest: {summary}"),
             Err(why) => {
                 eprintln!("writewatch: selftest failed: {why}");

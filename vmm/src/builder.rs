@@ -59,7 +59,6 @@ pub struct Machine {
     pub first_output: Arc<OnceLock<Instant>>,
     /// The guest TSC frequency, for turning guest cycle counts into time.
     pub tsc_khz: Option<u32>,
-    pub kvm: KvmSystem,
 }
 
 /// Builds the machine `config` describes.
@@ -110,7 +109,6 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         memory,
         first_output,
         tsc_khz,
-        kvm,
     })
 }
 

@@ -56,7 +56,6 @@ pub struct RunOutcome {
 
 /// What is left of a machine after its vCPUs have stopped.
 pub struct Remains {
-    _devices: Arc<PortDevices>,
     _vm: crate::vstate::vm::Vm,
     _memory: crate::memory::GuestMemoryMmap,
 }
@@ -96,7 +95,6 @@ pub fn run(
         tsc_khz,
         memory,
         vm,
-        ..
     } = machine;
 
     let mut spawn_error = None;
@@ -208,7 +206,6 @@ pub fn run(
         bad_records,
         tsc_khz,
         remains: Remains {
-            _devices: devices,
             _vm: vm,
             _memory: memory,
         },

@@ -40,13 +40,12 @@ impl PortDevices {
     /// Handles a guest `out`; returns what the VMM must act on, if anything.
     /// Writes to ports nothing claims are ignored, as on a PC.
     pub fn write(&self, port: u16, data: &[u8]) -> Option<GuestEvent> {
+        if let Some(offset) = serial_offset(port) {
+            self.lock_console()
+                .write(offset, data.first().copied().unwrap_or(0));
+            return None;
+        }
         match port {
-            p if serial_offset(p).is_some() => {
-                let offset = serial_offset(p)?;
-                self.lock_console()
-                    .write(offset, data.first().copied().unwrap_or(0));
-                None
-            }
             EXIT_PORT => Some(GuestEvent::Exit(exit::exit_code(data))),
             RECORD_PORT => Some(match self.records.ring(data) {
                 Ok(record) => GuestEvent::Record(record),

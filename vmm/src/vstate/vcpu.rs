@@ -37,13 +37,7 @@ impl Vcpu {
             .fd
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        let setup = |what| {
-            move |source| VcpuError::Setup {
-                index,
-                what,
-                source,
-            }
-        };
+        let setup = |what| setup_error(index, what);
         let mut cpuid = supported.clone();
         set_apic_id(&mut cpuid, index);
         fd.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
@@ -60,14 +54,7 @@ impl Vcpu {
     /// segments, paging off, `%ebx` at `hvm_start_info`. Only the boot vCPU
     /// starts this way; the others wait for INIT/SIPI from the guest.
     pub fn set_pvh_entry(&self, entry: u64) -> Result<(), VcpuError> {
-        let setup = |what| {
-            let index = self.index;
-            move |source| VcpuError::Setup {
-                index,
-                what,
-                source,
-            }
-        };
+        let setup = |what| setup_error(self.index, what);
         let mut sregs = self.fd.get_sregs().map_err(setup("KVM_GET_SREGS"))?;
         let flat = |selector, type_| kvm_segment {
             base: 0,
@@ -119,6 +106,15 @@ impl Vcpu {
     /// Enters the guest until the next exit that needs the VMM.
     pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
         self.fd.run()
+    }
+}
+
+/// Maps a failed setup ioctl `what` on vCPU `index` to its error.
+fn setup_error(index: u32, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Setup {
+        index,
+        what,
+        source,
     }
 }
 
