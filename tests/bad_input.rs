@@ -4,10 +4,10 @@
 mod common;
 
 use common::{assert_one_line_error, huge_pages, kvm_available, run, writewatch};
-use writewatch::app::EXIT_VMM_ERROR;
+use writewatch::exit_status;
 use writewatch::guest_image::GUEST_KERNEL;
 
-const VMM_ERROR: i32 = EXIT_VMM_ERROR as i32;
+const VMM_ERROR: i32 = exit_status::VMM_ERROR as i32;
 const USAGE: i32 = 2;
 
 fn temp_file(bytes: &[u8]) -> tempfile::NamedTempFile {

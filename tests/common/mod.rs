@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod observe;
 pub mod pvh_elf;
+pub mod x86;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,6 +1,8 @@
-//! Builds tiny PVH kernels from raw 32-bit machine code, so tests can boot
-//! kernels other than the built-in one (and misbehaving ones) without
-//! committing binaries or needing an assembler.
+//! Builds tiny PVH kernels from 32-bit machine code (see `x86.rs`), so tests
+//! can boot kernels other than the built-in one (and misbehaving ones)
+//! without committing binaries or needing an external assembler.
+
+use super::x86::{Asm, Reg, Width};
 
 /// Where the code is loaded and entered.
 pub const LOAD_ADDR: u64 = 0x10_0000;
@@ -51,31 +53,27 @@ pub fn pvh_kernel(code: &[u8]) -> Vec<u8> {
 
 /// 32-bit code: print `text` on COM1, then write `code` to the exit port.
 pub fn print_and_exit(text: &[u8], code: u8) -> Vec<u8> {
-    let mut m = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
-    for &byte in text {
-        m.extend_from_slice(&[0xb0, byte, 0xee]); // mov al, byte; out dx, al
-    }
-    m.extend_from_slice(&[0x66, 0xba, 0xf4, 0x00]); // mov dx, 0xf4
-    m.extend_from_slice(&[0xb8, code, 0, 0, 0, 0xef]); // mov eax, code; out dx, eax
-    m.push(0xf4); // hlt
-    m
+    let mut asm = Asm::new(LOAD_ADDR as u32);
+    asm.print(text).exit(u32::from(code));
+    asm.finish()
 }
 
 /// 32-bit code that jumps into the MMIO hole, which KVM cannot fetch from.
 pub fn jump_to_mmio() -> Vec<u8> {
-    vec![0xb8, 0x00, 0x00, 0x00, 0xd0, 0xff, 0xe0] // mov eax, 0xd0000000; jmp eax
+    let mut asm = Asm::new(LOAD_ADDR as u32);
+    asm.mov(Reg::Eax, 0xd000_0000).bytes(&[0xff, 0xe0]); // jmp eax
+    asm.finish()
 }
 
 /// 32-bit code that rings the record doorbell with garbage addresses and
 /// lengths, then exits 0: a guest abusing the result channel.
 pub fn abuse_record_doorbell() -> Vec<u8> {
-    let mut m = vec![0x66, 0xba, 0xf8, 0x00]; // mov dx, 0xf8
+    let mut asm = Asm::new(LOAD_ADDR as u32);
+    asm.mov(Reg::Edx, 0xf8);
     for addr in [0xffff_fff0u32, 0xd000_0000, 0x0, 0x10_0000] {
-        m.push(0xb8);
-        m.extend_from_slice(&addr.to_le_bytes()); // mov eax, addr
-        m.push(0xef); // out dx, eax
+        asm.mov(Reg::Eax, addr).out(Width::Dword);
     }
-    m.extend_from_slice(&[0xee]); // out dx, al: wrong width
-    m.extend_from_slice(&[0x66, 0xba, 0xf4, 0x00, 0xb8, 0, 0, 0, 0, 0xef, 0xf4]);
-    m
+    asm.out(Width::Byte) // wrong width
+        .exit(0);
+    asm.finish()
 }

@@ -16,6 +16,7 @@ use crate::guest_image;
 use crate::layout::{KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::output::Sink;
 use crate::vstate::kvm::{KvmError, KvmSystem};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -61,8 +62,8 @@ pub struct Machine {
     pub tsc_khz: Option<u32>,
 }
 
-/// Builds the machine `config` describes.
-pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
+/// Builds the machine `config` describes, its console printing to `stdout`.
+pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError> {
     let kvm = KvmSystem::open()?;
     let max_vcpus = MAX_VCPUS.min(kvm.max_vcpus as u32);
     if config.vcpus == 0 || config.vcpus > max_vcpus {
@@ -88,7 +89,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
 
     let vm = Vm::new(&kvm, &memory)?;
     let vcpus = (0..config.vcpus)
-        .map(|index| Vcpu::new(&vm, index, &kvm.supported_cpuid))
+        .map(|index| Vcpu::new(&vm, index, &kvm.supported_cpuid, kvm.vcpu_mmap_size))
         .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_pvh_entry(kernel.entry.0)?;
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
@@ -99,7 +100,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, BuildError> {
         .map_err(|e| BuildError::SerialIrq(std::io::Error::from_raw_os_error(e.errno())))?;
     let first_output = Arc::new(OnceLock::new());
     let devices = Arc::new(PortDevices::new(
-        Console::new(serial_irq, first_output.clone()),
+        Console::new(serial_irq, stdout, first_output.clone()),
         RecordChannel::new(memory.clone()),
     ));
     Ok(Machine {

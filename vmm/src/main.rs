@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use writewatch::app::{self, EXIT_VMM_ERROR};
+use writewatch::app;
 use writewatch::cli::Cli;
+use writewatch::exit_status::{USAGE, VMM_ERROR};
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
         eprintln!("writewatch: internal error: {message}");
-        std::process::exit(EXIT_VMM_ERROR.into());
+        std::process::exit(VMM_ERROR.into());
     }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
         }
         Err(e) if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE);
         }
         Err(e) => {
             let text = e.to_string();
@@ -38,14 +39,14 @@ fn main() -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             eprintln!("writewatch: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE);
         }
     };
     match app::execute(cli.command, process_start) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("writewatch: error: {e}");
-            ExitCode::from(EXIT_VMM_ERROR)
+            ExitCode::from(VMM_ERROR)
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct RunReport {
     pub command: &'static str,
     pub exit_code: u8,
     pub stop_reason: &'static str,
+    /// The full value the guest wrote to the exit port (the exit code is
+    /// derived from it, see `exit_status`).
     pub guest_exit_code: Option<u32>,
     /// From process start to the guest's first console byte.
     pub first_output_ms: Option<f64>,
@@ -30,6 +32,11 @@ pub struct RunReport {
     pub bad_records: u64,
     /// Guest TSC frequency (KVM_GET_TSC_KHZ), for guest cycle counts.
     pub tsc_khz: Option<u32>,
+    /// Console bytes dropped because stdout was not being read.
+    pub console_dropped_bytes: u64,
+    /// The VMM process's peak resident memory (VmHWM), guest RAM it touched
+    /// included.
+    pub vmm_peak_rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selftest: Option<SelftestSummary>,
 }
@@ -38,6 +45,8 @@ pub struct RunReport {
 pub struct SelftestSummary {
     pub planned: Option<u64>,
     pub passed: u64,
+    pub failed_count: u64,
+    /// The first failed tests' names, shortened (see `selftest.rs`).
     pub failed: Vec<String>,
 }
 
@@ -49,6 +58,7 @@ impl RunReport {
         exit_code: u8,
         process_start: Instant,
         tally: Option<&SelftestTally>,
+        console_dropped_bytes: u64,
     ) -> Self {
         let since_start = |t: Instant| t.duration_since(process_start).as_secs_f64() * 1000.0;
         let (stop_reason, guest_exit_code) = match outcome.reason {
@@ -76,11 +86,21 @@ impl RunReport {
             records: outcome.records,
             bad_records: outcome.bad_records,
             tsc_khz: outcome.tsc_khz,
+            console_dropped_bytes,
+            vmm_peak_rss_kib: peak_rss_kib(),
             selftest: tally.map(|t| SelftestSummary {
                 planned: t.planned,
                 passed: t.passed(),
-                failed: t.failed_names(),
+                failed_count: t.failed_count(),
+                failed: t.failed_names().to_vec(),
             }),
         }
     }
+}
+
+/// VmHWM from /proc/self/status, in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
 }

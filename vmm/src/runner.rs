@@ -1,15 +1,23 @@
 //! Running a built machine: one thread per vCPU, the main thread waiting for
 //! an exit, a crash or the timeout, then stopping every vCPU.
 //!
+//! vCPU threads hand what the VMM must act on to the main thread through a
+//! bounded channel: a guest that sends records faster than they are consumed
+//! is held up in its `out` instruction (back-pressure), and the VMM's memory
+//! does not grow. The main loop checks the deadline before every message, so
+//! a channel that never empties cannot outlast `--timeout`.
+//!
 //! Stopping: the main thread sets a shared flag and sends a real-time signal
-//! to each vCPU thread until it has left `KVM_RUN` and returned. Repeating the
-//! signal covers the window in which a thread checked the flag but had not
-//! yet entered the guest when the first signal arrived.
+//! to each vCPU thread until it has left `KVM_RUN` and returned, draining the
+//! channel meanwhile so that a thread blocked on a full channel gets to see
+//! the flag. Repeating the signal covers the window in which a thread checked
+//! the flag but had not yet entered the guest when the first signal arrived.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -24,11 +32,14 @@ use crate::vstate::vcpu::Vcpu;
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of `KVM_RUN`.
 const KICK_SIGNAL_OFFSET: i32 = 0;
+/// Messages the vCPU threads may have queued for the main thread. Each is at
+/// most one record (64 KiB), so this bounds the queue to about 1 MiB.
+const CHANNEL_CAPACITY: usize = 16;
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StopReason {
-    /// The guest wrote this code to the exit device.
+    /// The guest wrote this value to the exit device.
     GuestExit(u32),
     /// `--timeout` expired.
     Timeout,
@@ -72,12 +83,28 @@ struct VcpuReport {
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// When the main thread must stop waiting: the deadline, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct StopCheck {
+    deadline: Option<Instant>,
+    /// Set once the VM is stopping: nothing is worth waiting for any more.
+    stopping: bool,
+}
+
+impl StopCheck {
+    /// True once whoever is waiting (for a full output, say) should give up.
+    pub fn due(&self) -> bool {
+        self.stopping || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+}
+
 /// Runs `machine` until it stops. `on_record` sees every well-formed record
-/// in arrival order; `on_bad_record` every malformed one.
+/// in arrival order, with the check that says when to stop waiting on a
+/// full output; `on_bad_record` sees every malformed one.
 pub fn run(
     machine: Machine,
     timeout: Option<Duration>,
-    mut on_record: impl FnMut(&Record),
+    mut on_record: impl FnMut(&Record, StopCheck),
     mut on_bad_record: impl FnMut(&RecordError),
 ) -> RunOutcome {
     let kick = SIGRTMIN() + KICK_SIGNAL_OFFSET;
@@ -85,9 +112,13 @@ pub fn run(
     // register would leave kicks with their default action, so stop instead.
     let handler_ok = register_signal_handler(kick, kick_handler).is_ok();
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
     let started = Instant::now();
     let deadline = timeout.map(|t| started + t);
+    let mut check = StopCheck {
+        deadline,
+        stopping: false,
+    };
     let Machine {
         vcpus,
         devices,
@@ -120,15 +151,15 @@ pub fn run(
 
     let mut ready = None;
     let (mut records, mut bad_records) = (0u64, 0u64);
-    let mut handle = |message: VcpuMessage, at: Instant| -> Option<StopReason> {
+    let mut handle = |message: VcpuMessage, check: StopCheck| -> Option<StopReason> {
         match message {
             VcpuMessage::Guest(GuestEvent::Exit(code)) => Some(StopReason::GuestExit(code)),
             VcpuMessage::Guest(GuestEvent::Record(record)) => {
                 records += 1;
                 if record.kind == "ready" && ready.is_none() {
-                    ready = Some(at);
+                    ready = Some(Instant::now());
                 }
-                on_record(&record);
+                on_record(&record, check);
                 None
             }
             VcpuMessage::Guest(GuestEvent::BadRecord(err)) => {
@@ -143,13 +174,18 @@ pub fn run(
         reason
     } else if handler_ok {
         loop {
+            // Checked before every message: `recv_timeout` hands out queued
+            // messages at once even after the deadline.
+            if check.due() {
+                break StopReason::Timeout;
+            }
             let message = match deadline {
                 Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match message {
                 Ok(message) => {
-                    if let Some(reason) = handle(message, Instant::now()) {
+                    if let Some(reason) = handle(message, check) {
                         break reason;
                     }
                 }
@@ -170,21 +206,26 @@ pub fn run(
     };
 
     stop.store(true, Ordering::SeqCst);
+    check.stopping = true;
+    // Records other vCPUs sent before they stopped still count; draining
+    // also frees any vCPU thread blocked on the full channel.
+    let mut drain = |rx: &mpsc::Receiver<VcpuMessage>| {
+        while let Ok(message) = rx.try_recv() {
+            if let VcpuMessage::Guest(event @ (GuestEvent::Record(_) | GuestEvent::BadRecord(_))) =
+                message
+            {
+                handle(VcpuMessage::Guest(event), check);
+            }
+        }
+    };
     while handles.iter().any(|h| !h.is_finished()) {
         for h in handles.iter().filter(|h| !h.is_finished()) {
             let _ = h.kill(kick);
         }
+        drain(&rx);
         thread::sleep(Duration::from_millis(1));
     }
-    // Records other vCPUs sent before they stopped still count.
-    while let Ok(message) = rx.try_recv() {
-        if let VcpuMessage::Guest(event @ (GuestEvent::Record(_) | GuestEvent::BadRecord(_))) =
-            message
-        {
-            handle(VcpuMessage::Guest(event), Instant::now());
-        }
-    }
-    devices.flush();
+    drain(&rx);
 
     let mut exits = BTreeMap::new();
     let mut dumps = Vec::new();
@@ -215,7 +256,7 @@ pub fn run(
 fn vcpu_loop(
     mut vcpu: Vcpu,
     devices: &PortDevices,
-    tx: &Sender<VcpuMessage>,
+    tx: &SyncSender<VcpuMessage>,
     stop: &AtomicBool,
 ) -> VcpuReport {
     let mut exits: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -223,14 +264,8 @@ fn vcpu_loop(
     let stopped = |reason| VcpuMessage::Stopped(reason);
     while !stop.load(Ordering::SeqCst) {
         let (name, message) = match vcpu.run() {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                let event = devices.write(port, data);
-                ("io_out", event.map(VcpuMessage::Guest))
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                devices.read(port, data);
-                ("io_in", None)
-            }
+            Ok(VcpuExit::IoOut(..)) => ("io_out", port_io(&mut vcpu, devices, tx, stop)),
+            Ok(VcpuExit::IoIn(..)) => ("io_in", port_io(&mut vcpu, devices, tx, stop)),
             Ok(VcpuExit::MmioRead(_, data)) => {
                 data.fill(0xff);
                 ("mmio_read", None)
@@ -287,20 +322,53 @@ fn vcpu_loop(
         };
         *exits.entry(name).or_default() += 1;
         if let Some(message) = message {
-            let ends_vcpu = matches!(
-                message,
-                VcpuMessage::Stopped(_) | VcpuMessage::Guest(GuestEvent::Exit(_))
-            );
-            // The main thread only goes away after joining us, so a send
-            // cannot fail while it still matters.
+            // Every message returned here ends this vCPU; a send cannot fail
+            // while the main thread still cares (it joins us before leaving).
             let _ = tx.send(message);
-            if ends_vcpu {
-                break;
-            }
+            break;
         }
     }
     VcpuReport {
         exits,
         dump: RegisterDump::capture(index, &vcpu.fd),
     }
+}
+
+/// Performs the port access the vCPU just exited for. Events go to the main
+/// thread as they happen (a `rep outsd` to the doorbell rings it once per
+/// element); an exit, or the VM stopping, ends the access. Returns the
+/// message that ends this vCPU, if any.
+fn port_io(
+    vcpu: &mut Vcpu,
+    devices: &PortDevices,
+    tx: &SyncSender<VcpuMessage>,
+    stop: &AtomicBool,
+) -> Option<VcpuMessage> {
+    let index = vcpu.index;
+    let Some(access) = vcpu.pio() else {
+        return Some(VcpuMessage::Stopped(StopReason::KvmFailure {
+            vcpu: index,
+            detail: "KVM_EXIT_IO with its data outside the kvm_run area".into(),
+        }));
+    };
+    if !access.is_write {
+        devices.input(access.port, access.size, access.data);
+        return None;
+    }
+    let mut ending = None;
+    devices.output(access.port, access.size, access.data, |event| {
+        if let GuestEvent::Exit(_) = event {
+            ending = Some(VcpuMessage::Guest(event));
+            return ControlFlow::Break(());
+        }
+        // The main thread only goes away after joining us, so a send cannot
+        // fail while it still matters.
+        let _ = tx.send(VcpuMessage::Guest(event));
+        if stop.load(Ordering::SeqCst) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    ending
 }

@@ -6,27 +6,34 @@
 //!
 //! Everything the guest hands over is untrusted: addresses, lengths and text
 //! are checked, and a bad record becomes an error value, never a panic.
+//! Checking builds nothing: the JSON is validated by a streaming parse that
+//! keeps only the `"type"`, so a record costs its own length in memory
+//! whatever its shape (a parsed tree of a 64 KiB array of zeros would take
+//! ~1 MiB). The record is kept as the bytes the guest sent.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::RECORD_MAX_LEN;
 use crate::memory::GuestMemoryMmap;
 
-/// One record: a JSON object whose `"type"` is a string.
+/// One record: a JSON object whose `"type"` is a string, as the guest sent it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub kind: String,
-    pub body: serde_json::Map<String, serde_json::Value>,
+    /// The guest's bytes with leading and trailing whitespace removed and
+    /// any CR or LF (which valid JSON has only as whitespace between tokens)
+    /// turned into spaces, so the record is one line and means the same.
+    pub line: Vec<u8>,
 }
 
 impl Record {
-    /// The record as one line of JSON.
-    pub fn to_json_line(&self) -> String {
-        serde_json::Value::Object(self.body.clone()).to_string()
-    }
-
-    pub fn get(&self, key: &str) -> Option<&serde_json::Value> {
-        self.body.get(key)
+    /// Reads fields of the record into `T` (which should ignore unknown
+    /// fields); `None` when they do not have the shape `T` wants.
+    pub fn fields<'a, T: Deserialize<'a>>(&'a self) -> Option<T> {
+        serde_json::from_slice(&self.line).ok()
     }
 }
 
@@ -40,7 +47,7 @@ pub enum RecordError {
     BadLength { addr: u64, len: u32 },
     #[error("record at {0:#x} is not UTF-8 JSON")]
     NotJson(u64),
-    #[error("record at {0:#x} is not a JSON object with a string \"type\"")]
+    #[error("record at {0:#x} is not a JSON object with one string \"type\"")]
     NoType(u64),
 }
 
@@ -75,30 +82,56 @@ impl RecordChannel {
         self.mem
             .read_slice(&mut bytes, GuestAddress(body_addr))
             .map_err(|_| RecordError::BadAddress(addr))?;
-        parse_record(&bytes).map_err(|e| match e {
+        parse_record(bytes).map_err(|e| match e {
             ParseError::NotJson => RecordError::NotJson(addr),
             ParseError::NoType => RecordError::NoType(addr),
         })
     }
 }
 
-enum ParseError {
+#[derive(Debug, PartialEq)]
+pub enum ParseError {
     NotJson,
     NoType,
 }
 
-fn parse_record(bytes: &[u8]) -> Result<Record, ParseError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|_| ParseError::NotJson)?;
-    let serde_json::Value::Object(body) = value else {
-        return Err(ParseError::NoType);
+/// The one field validation keeps; every other value is checked and skipped.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// Validates `bytes` as one JSON object with a string `"type"` and turns it
+/// into a record line.
+pub fn parse_record(mut bytes: Vec<u8>) -> Result<Record, ParseError> {
+    let text = std::str::from_utf8(&bytes).map_err(|_| ParseError::NotJson)?;
+    // A struct also deserializes from a JSON array; only objects are records.
+    if !text.trim_start().starts_with('{') {
+        return match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err(ParseError::NoType),
+            Err(_) => Err(ParseError::NotJson),
+        };
+    }
+    let kind = match serde_json::from_str::<Head>(text) {
+        Ok(head) => head.kind.into_owned(),
+        Err(e) if e.is_data() => return Err(ParseError::NoType),
+        Err(_) => return Err(ParseError::NotJson),
     };
-    let kind = body
-        .get("type")
-        .and_then(|t| t.as_str())
-        .ok_or(ParseError::NoType)?
-        .to_string();
-    Ok(Record { kind, body })
+    for byte in bytes.iter_mut() {
+        if matches!(*byte, b'\r' | b'\n') {
+            *byte = b' ';
+        }
+    }
+    let is_space = |b: &u8| matches!(*b, b' ' | b'\t');
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_space(b))
+        .map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    let start = bytes.iter().position(|b| !is_space(b)).unwrap_or(0);
+    bytes.drain(..start);
+    Ok(Record { kind, line: bytes })
 }
 
 #[cfg(test)]
@@ -118,13 +151,55 @@ mod tests {
         channel.ring(&addr.to_le_bytes())
     }
 
+    fn parse(text: &str) -> Result<Record, ParseError> {
+        parse_record(text.as_bytes().to_vec())
+    }
+
     #[test]
     fn reads_a_record() {
         let body = br#"{"type":"ready","t":1}"#;
         let channel = channel_with(0x1000, body.len() as u32, body);
         let record = ring(&channel, 0x1000).unwrap();
         assert_eq!(record.kind, "ready");
-        assert_eq!(record.get("t"), Some(&serde_json::json!(1)));
+        assert_eq!(record.line, body);
+    }
+
+    #[test]
+    fn records_are_kept_as_sent() {
+        let text = r#"{"z":1e2,"type":"t\u0041","a":[1,2],"a":"dup","s":"\n\"x\""}"#;
+        let record = parse(text).unwrap();
+        assert_eq!(record.kind, "tA");
+        assert_eq!(record.line, text.as_bytes());
+    }
+
+    #[test]
+    fn newlines_between_tokens_become_spaces() {
+        let record = parse("  {\r\n \"type\": \"x\",\n\t\"v\": 1\n}\n").unwrap();
+        assert_eq!(record.line, b"{   \"type\": \"x\", \t\"v\": 1 }");
+        let reparsed: serde_json::Value = serde_json::from_slice(&record.line).unwrap();
+        assert_eq!(reparsed, serde_json::json!({"type": "x", "v": 1}));
+    }
+
+    #[test]
+    fn what_is_not_a_record() {
+        for text in [
+            "",
+            "{",
+            "{}x",
+            "[1]",
+            "\"type\"",
+            "{\"type\":1}",
+            "{\"t\":\"x\"}",
+        ] {
+            assert!(parse(text).is_err(), "{text:?} accepted");
+        }
+        assert_eq!(parse("[\"ready\"]"), Err(ParseError::NoType));
+        assert_eq!(
+            parse("{\"type\":\"a\",\"type\":\"b\"}"),
+            Err(ParseError::NoType)
+        );
+        assert_eq!(parse("{\"type\":\"a\"} {}"), Err(ParseError::NotJson));
+        assert_eq!(parse_record(b"\xff{".to_vec()), Err(ParseError::NotJson));
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! COM1: a vm-superio 16550 whose output goes to the VMM's stdout, and which
 //! notes when the guest printed its first byte (for `first_output_ms`).
+//!
+//! Output is offered to the stdout sink and dropped when stdout is not being
+//! read (see `output.rs`): the guest is never held up by the host's reader,
+//! as a serial line with nobody listening loses characters.
 
 use std::io::{self, Write};
 use std::sync::{Arc, OnceLock};
@@ -7,6 +11,8 @@ use std::time::Instant;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::output::Sink;
 
 /// Raises the UART's interrupt line through an irqfd.
 pub struct IrqTrigger(pub EventFd);
@@ -19,10 +25,10 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Where console bytes go: stdout, plus the time of the first byte.
+/// Where console bytes go: the stdout sink, plus the time of the first byte.
 pub struct ConsoleOut {
     first_byte: Arc<OnceLock<Instant>>,
-    stdout: io::Stdout,
+    stdout: Arc<Sink>,
 }
 
 impl Write for ConsoleOut {
@@ -30,14 +36,12 @@ impl Write for ConsoleOut {
         if !buf.is_empty() {
             self.first_byte.get_or_init(Instant::now);
         }
-        // A closed stdout must not stop the guest; its output is then lost,
-        // as it would be on a disconnected serial line.
-        let _ = self.stdout.write_all(buf);
+        self.stdout.offer(buf);
         Ok(buf.len())
     }
 
+    /// The UART flushes after every byte; the sink's writer batches instead.
     fn flush(&mut self) -> io::Result<()> {
-        let _ = self.stdout.flush();
         Ok(())
     }
 }
@@ -48,13 +52,10 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console raising `irq` and recording its first output byte in
-    /// `first_byte`.
-    pub fn new(irq: EventFd, first_byte: Arc<OnceLock<Instant>>) -> Self {
-        let out = ConsoleOut {
-            first_byte,
-            stdout: io::stdout(),
-        };
+    /// A console printing to `stdout`, raising `irq`, and recording its
+    /// first output byte in `first_byte`.
+    pub fn new(irq: EventFd, stdout: Arc<Sink>, first_byte: Arc<OnceLock<Instant>>) -> Self {
+        let out = ConsoleOut { first_byte, stdout };
         Console {
             uart: Serial::new(IrqTrigger(irq), out),
         }
@@ -68,9 +69,5 @@ impl Console {
 
     pub fn read(&mut self, offset: u8) -> u8 {
         self.uart.read(offset)
-    }
-
-    pub fn flush(&mut self) {
-        let _ = self.uart.writer_mut().flush();
     }
 }

@@ -41,6 +41,8 @@ pub struct KvmSystem {
     pub supported_cpuid: CpuId,
     /// The most vCPUs one VM may have on this host.
     pub max_vcpus: usize,
+    /// Size of each vCPU's `kvm_run` mapping.
+    pub vcpu_mmap_size: usize,
 }
 
 impl KvmSystem {
@@ -65,10 +67,14 @@ impl KvmSystem {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(KvmError::Cpuid)?;
         let max_vcpus = kvm.get_max_vcpus();
+        let vcpu_mmap_size = kvm
+            .get_vcpu_mmap_size()
+            .map_err(|_| KvmError::MissingCap("KVM_GET_VCPU_MMAP_SIZE"))?;
         Ok(KvmSystem {
             kvm,
             supported_cpuid,
             max_vcpus,
+            vcpu_mmap_size,
         })
     }
 

@@ -1,6 +1,6 @@
 //! A vCPU: its CPUID, its entry state for a PVH boot, and one `KVM_RUN`.
 
-use kvm_bindings::{CpuId, kvm_fpu, kvm_regs, kvm_segment};
+use kvm_bindings::{CpuId, KVM_EXIT_IO, KVM_EXIT_IO_OUT, kvm_fpu, kvm_regs, kvm_run, kvm_segment};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::layout::PVH_START_INFO;
@@ -27,12 +27,24 @@ pub enum VcpuError {
 pub struct Vcpu {
     pub index: u32,
     pub fd: VcpuFd,
+    /// Size of the `kvm_run` mapping, which bounds where exit data may lie.
+    run_size: usize,
+}
+
+/// The port access of the `KVM_EXIT_IO` the vCPU just returned: `count`
+/// elements of `size` bytes each in `data` (more than one for `rep ins` /
+/// `rep outs`). For an `in`, the VMM fills `data` before the next run.
+pub struct PioAccess<'a> {
+    pub port: u16,
+    pub size: usize,
+    pub is_write: bool,
+    pub data: &'a mut [u8],
 }
 
 impl Vcpu {
     /// Creates vCPU `index` with the host's supported CPUID, made its own by
     /// giving it APIC ID `index`.
-    pub fn new(vm: &Vm, index: u32, supported: &CpuId) -> Result<Self, VcpuError> {
+    pub fn new(vm: &Vm, index: u32, supported: &CpuId, run_size: usize) -> Result<Self, VcpuError> {
         let fd = vm
             .fd
             .create_vcpu(u64::from(index))
@@ -47,7 +59,11 @@ impl Vcpu {
             ..Default::default()
         };
         fd.set_fpu(&fpu).map_err(setup("KVM_SET_FPU"))?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            run_size,
+        })
     }
 
     /// Puts the vCPU at a PVH entry point: 32-bit protected mode with flat
@@ -106,6 +122,40 @@ impl Vcpu {
     /// Enters the guest until the next exit that needs the VMM.
     pub fn run(&mut self) -> Result<VcpuExit<'_>, kvm_ioctls::Error> {
         self.fd.run()
+    }
+
+    /// After `run` returned `IoIn` or `IoOut`: the access with its element
+    /// size, which `VcpuExit` does not carry (it gives `size * count` bytes
+    /// only, so `rep insb` and `insd` look alike). `None` if KVM's exit data
+    /// lies outside the `kvm_run` mapping, which a correct KVM never does.
+    pub fn pio(&mut self) -> Option<PioAccess<'_>> {
+        let run_size = self.run_size;
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_IO {
+            return None;
+        }
+        // SAFETY: KVM filled the `io` member of the exit union, as the exit
+        // reason just checked says; it is plain integers, valid for any bits.
+        let io = unsafe { run.__bindgen_anon_1.io };
+        let size = usize::from(io.size);
+        let len = size.checked_mul(io.count as usize)?;
+        let offset = usize::try_from(io.data_offset).ok()?;
+        if !matches!(size, 1 | 2 | 4) || offset.checked_add(len)? > run_size {
+            return None;
+        }
+        let base = run as *mut kvm_run as *mut u8;
+        // SAFETY: kvm-ioctls maps the whole `run_size` bytes of the vCPU's
+        // `kvm_run` area and `base` points at its start (this is how
+        // kvm-ioctls itself builds `VcpuExit::IoIn`); `offset + len` was just
+        // checked to lie within it. The slice borrows `self` mutably, so
+        // nothing else touches the area (no `KVM_RUN`) while it lives.
+        let data = unsafe { std::slice::from_raw_parts_mut(base.add(offset), len) };
+        Some(PioAccess {
+            port: io.port,
+            size,
+            is_write: u32::from(io.direction) == KVM_EXIT_IO_OUT,
+            data,
+        })
     }
 }
 
