@@ -12,11 +12,13 @@ use crate::config::{KernelSource, MAX_VCPUS, VmConfig, format_size};
 use crate::devices::PortDevices;
 use crate::devices::records::RecordChannel;
 use crate::devices::serial::Console;
+use crate::dirty::WriteWatch;
 use crate::guest_image;
 use crate::layout::{KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::output::Sink;
+use crate::vstate::dirty_log::{DirtyLogExt, DirtyRing};
 use crate::vstate::kvm::{KvmError, KvmSystem};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError};
@@ -45,6 +47,61 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot wire the serial interrupt: {0}")]
     SerialIrq(#[source] std::io::Error),
+    #[error(
+        "--dirty-ring-size {entries} is not usable: {why} (this KVM offers up to {max} entries, a power of two, at least {min})"
+    )]
+    DirtyRingSize {
+        entries: u32,
+        why: &'static str,
+        min: u32,
+        max: u32,
+    },
+    #[error("{what} failed: {source}")]
+    DirtyRing {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Bytes of one dirty-ring entry (`struct kvm_dirty_gfn`).
+const RING_ENTRY_BYTES: u32 = 16;
+/// The smallest ring worth having: KVM reserves 64 entries (576 on Intel
+/// hosts with PML) for writes already in flight when the ring fills.
+pub const MIN_RING_ENTRIES: u32 = 1024;
+
+/// Enables the dirty ring with `entries` per vCPU (before any vCPU exists,
+/// as KVM requires); returns its size in bytes.
+fn enable_dirty_ring(vm: &Vm, entries: u32) -> Result<u32, BuildError> {
+    let max = vm.fd.dirty_ring_max_bytes() / RING_ENTRY_BYTES;
+    let bad = |why| BuildError::DirtyRingSize {
+        entries,
+        why,
+        min: MIN_RING_ENTRIES,
+        max,
+    };
+    if max == 0 {
+        return Err(bad(
+            "this KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING_ACQ_REL)",
+        ));
+    }
+    if !entries.is_power_of_two() {
+        return Err(bad("not a power of two"));
+    }
+    if entries < MIN_RING_ENTRIES {
+        return Err(bad("too small"));
+    }
+    if entries > max {
+        return Err(bad("too large for KVM"));
+    }
+    let bytes = entries * RING_ENTRY_BYTES;
+    vm.fd
+        .enable_dirty_ring(bytes)
+        .map_err(|source| BuildError::DirtyRing {
+            what: "KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING_ACQ_REL)",
+            source,
+        })?;
+    Ok(bytes)
 }
 
 /// Below this a guest cannot hold the boot structures, a kernel and a stack.
@@ -55,7 +112,8 @@ const MIN_MEM: u64 = 16 << 20;
 pub struct Machine {
     pub vcpus: Vec<Vcpu>,
     pub devices: Arc<PortDevices>,
-    pub vm: Vm,
+    /// The write-watch layer; it holds the VM (and its dirty rings).
+    pub watch: Arc<WriteWatch>,
     pub memory: GuestMemoryMmap,
     pub first_output: Arc<OnceLock<Instant>>,
     /// The guest TSC frequency, for turning guest cycle counts into time.
@@ -84,15 +142,36 @@ pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError
         config.mem_bytes,
         KERNEL_MIN_WORKING_SET,
     )?;
-    let cmdline = format!("cpus={} {}", config.vcpus, config.cmdline);
-    loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
 
     let vm = Vm::new(&kvm, &memory)?;
+    let ring_bytes = config
+        .dirty_ring_entries
+        .map(|entries| enable_dirty_ring(&vm, entries))
+        .transpose()?;
     let vcpus = (0..config.vcpus)
         .map(|index| Vcpu::new(&vm, index, &kvm.supported_cpuid, kvm.vcpu_mmap_size))
         .collect::<Result<Vec<_>, _>>()?;
+    let rings = ring_bytes
+        .map(|bytes| {
+            vcpus
+                .iter()
+                .map(|v| {
+                    DirtyRing::map(&v.fd, bytes).map_err(|source| BuildError::DirtyRing {
+                        what: "mapping a vCPU's dirty ring",
+                        source,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     vcpus[0].set_pvh_entry(kernel.entry.0)?;
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
+    // The guest learns its CPU count and TSC rate from the command line.
+    let tsc_word = tsc_khz
+        .map(|khz| format!(" tsc_khz={khz}"))
+        .unwrap_or_default();
+    let cmdline = format!("cpus={}{tsc_word} {}", config.vcpus, config.cmdline);
+    loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
 
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
     vm.fd
@@ -103,10 +182,11 @@ pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError
         Console::new(serial_irq, stdout, first_output.clone()),
         RecordChannel::new(memory.clone()),
     ));
+    let watch = Arc::new(WriteWatch::new(Arc::new(vm), memory.clone(), rings));
     Ok(Machine {
         vcpus,
         devices,
-        vm,
+        watch,
         memory,
         first_output,
         tsc_khz,

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::api::request::Format;
 use crate::config::{Backing, DEFAULT_MEM, KernelSource, VmConfig, parse_size};
+use crate::dirty::Source;
+use crate::workload::{Kind, Mapping};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,12 +25,204 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a guest (the built-in kernel unless --kernel is given) and exit with its code.
-    Run(VmArgs),
+    Run(RunArgs),
     /// Boot the built-in kernel in self-test mode; exit 0 only if every test passes.
     Selftest(VmArgs),
+    /// Boot a guest write workload and stream, per interval, what the host write watch saw
+    /// (JSON lines); with --verify, check it against what the workload wrote.
+    Watch(WatchArgs),
+    /// Boot a guest write workload and measure its dirty rate, like QEMU's calc-dirty-rate.
+    DirtyRate(DirtyRateArgs),
+    /// Drive a VM started with `run --api-sock` (like Cloud Hypervisor's ch-remote).
+    Ctl(CtlArgs),
+}
+
+/// A guest write workload (`mode=workload`, docs/GUEST_ABI.md).
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// What the guest writes.
+    #[arg(long, value_enum, default_value_t = Kind::Uniform)]
+    pub workload: Kind,
+    /// Target write rate of the whole guest in MiB/s (0: as fast as it can).
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
+    pub rate: u64,
+    /// Working-set size: how much of guest RAM the workload writes.
+    #[arg(long, default_value = "64M", value_parser = parse_size, value_name = "SIZE")]
+    pub wss: u64,
+    /// How the guest maps its working set.
+    #[arg(long, value_enum, default_value_t = Mapping::Huge)]
+    pub map: Mapping,
+}
+
+/// Where `watch` gets dirty pages from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchSource {
+    Bitmap,
+    Ring,
+    /// No tracking: the workload's own write rate, for comparison.
+    Off,
 }
 
 #[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The dirty-log source (ring gives each vCPU a dirty ring, see --dirty-ring-size).
+    #[arg(long, value_enum, default_value_t = WatchSource::Bitmap)]
+    pub source: WatchSource,
+    /// Seconds per interval.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_timeout, value_name = "SECS")]
+    pub interval: f64,
+    /// Intervals to run before stopping the guest.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub intervals: u64,
+    /// Pause the guest at each interval's end and compare the result with the pages the
+    /// workload wrote; exit 1 if any interval missed a page.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DirtyRateArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The dirty-log source: bitmap (the whole guest) or ring (also per vCPU).
+    #[arg(long, value_enum, default_value_t = Source::Bitmap)]
+    pub source: Source,
+    /// How long to measure, in seconds.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_timeout, value_name = "SECS")]
+    pub period: f64,
+    /// Seconds to let the workload run before measuring.
+    #[arg(long, default_value_t = 0.5, value_parser = parse_timeout, value_name = "SECS")]
+    pub warmup: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket of a running `writewatch run --api-sock PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// Print the raw JSON response instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// An address or length: decimal, 0x hexadecimal, or a size like 4K/256M.
+fn parse_address(text: &str) -> Result<u64, String> {
+    crate::api::request::parse_number(text)
+        .map(Ok)
+        .unwrap_or_else(|| parse_size(text))
+}
+
+/// Whose virtual memory: `--pid` or `--cr3`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArgs {
+    /// A guest process id (see `ctl processes`).
+    #[arg(long)]
+    pub pid: Option<u64>,
+    /// A guest page-table root (CR3).
+    #[arg(long, value_parser = parse_address)]
+    pub cr3: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RangeArgs {
+    /// Start address (page-aligned).
+    #[arg(long, value_parser = parse_address)]
+    pub start: u64,
+    /// Length in bytes (whole pages).
+    #[arg(long, value_parser = parse_address)]
+    pub len: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Reset the pages returned (GetWriteWatch's WRITE_WATCH_FLAG_RESET).
+    #[arg(long)]
+    pub reset: bool,
+    /// Return at most N pages (the rest stay marked).
+    #[arg(long, value_name = "N")]
+    pub max_count: Option<usize>,
+    /// List pages, runs of pages, or the count only.
+    #[arg(long, value_enum, default_value_t = Format::Addresses)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// The VM's state, shape and write-watch source.
+    Info,
+    /// VM exits, records and write-watch statistics.
+    Stats,
+    /// The guest processes the guest reported (pid, page table).
+    Processes,
+    /// Pause every vCPU.
+    Pause,
+    /// Resume a paused VM.
+    Resume,
+    /// Start tracking guest writes.
+    Start {
+        /// The source (default: what the VM was started for).
+        #[arg(long, value_enum)]
+        source: Option<Source>,
+        /// Start with every page written (migration's first pass) instead of clean.
+        #[arg(long)]
+        dirty: bool,
+    },
+    /// Stop tracking guest writes.
+    Stop,
+    /// GetWriteWatch over a guest-physical range.
+    Get(GetArgs),
+    /// ResetWriteWatch over a guest-physical range.
+    Reset(RangeArgs),
+    /// Start watching a guest process's virtual range (clean from now).
+    VaWatch {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        range: RangeArgs,
+    },
+    /// GetWriteWatch over a watched virtual range.
+    VaGet {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        get: GetArgs,
+    },
+    /// ResetWriteWatch over a watched virtual range.
+    VaReset {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        range: RangeArgs,
+    },
+    /// Measure the guest's dirty rate (tracking must be on).
+    DirtyRate {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_timeout)]
+        period: f64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Serve the control API (HTTP/1.1 + JSON, docs/api.yaml) on this Unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Args)]
 pub struct VmArgs {
     /// A PVH ELF kernel to boot instead of the built-in one.
     #[arg(long, value_name = "PATH")]
@@ -53,16 +248,15 @@ pub struct VmArgs {
     /// Write every record the guest sends, one JSON object per line, to PATH ('-' for stdout).
     #[arg(long, value_name = "PATH")]
     pub records: Option<PathBuf>,
+    /// Give each vCPU a KVM dirty ring of N entries (a power of two), making the ring the
+    /// write-watch source; without it the dirty bitmap is.
+    #[arg(long, value_name = "N")]
+    pub dirty_ring_size: Option<u32>,
 }
 
 impl VmArgs {
-    /// The VM this invocation describes; `mode` is prepended to the guest
-    /// command line when the subcommand implies one.
-    pub fn to_config(&self, mode: Option<&str>) -> VmConfig {
-        let cmdline = match mode {
-            Some(mode) => format!("mode={mode} {}", self.cmdline),
-            None => self.cmdline.clone(),
-        };
+    /// The VM this invocation describes.
+    pub fn to_config(&self) -> VmConfig {
         VmConfig {
             kernel: self
                 .kernel
@@ -71,8 +265,9 @@ impl VmArgs {
             vcpus: self.vcpus,
             mem_bytes: self.mem,
             backing: self.backing,
-            cmdline: cmdline.trim().to_string(),
+            cmdline: self.cmdline.trim().to_string(),
             timeout_secs: self.timeout,
+            dirty_ring_entries: self.dirty_ring_size,
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct VmConfig {
     pub backing: Backing,
     pub cmdline: String,
     pub timeout_secs: Option<f64>,
+    /// Dirty-ring entries per vCPU (`--dirty-ring-size`); `None`: no ring,
+    /// so the dirty bitmap is the write-watch source.
+    pub dirty_ring_entries: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -48,6 +51,7 @@ impl Default for VmConfig {
             backing: Backing::Anon,
             cmdline: String::new(),
             timeout_secs: None,
+            dirty_ring_entries: None,
         }
     }
 }

@@ -4,11 +4,13 @@
 //! `memory`, the kernel via `loader`, port devices in `devices`); `runner`
 //! runs it; `app` maps the CLI's subcommands onto both.
 
+pub mod api;
 pub mod app;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
+pub mod dirty;
 pub mod exit_status;
 pub mod guest_image;
 pub mod layout;
@@ -18,4 +20,6 @@ pub mod output;
 pub mod report;
 pub mod runner;
 pub mod selftest;
+pub mod signals;
 pub mod vstate;
+pub mod workload;

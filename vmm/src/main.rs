@@ -44,6 +44,10 @@ fn main() -> ExitCode {
     };
     match app::execute(cli.command, process_start) {
         Ok(code) => ExitCode::from(code),
+        Err(app::AppError::Usage(why)) => {
+            eprintln!("writewatch: {why}");
+            ExitCode::from(USAGE)
+        }
         Err(e) => {
             eprintln!("writewatch: error: {e}");
             ExitCode::from(VMM_ERROR)

@@ -11,14 +11,18 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 
+use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
 use crate::config::{Backing, format_size};
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
-/// Guest memory as every other module sees it.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+/// Guest memory as every other module sees it. Each region carries a
+/// bitmap of the pages the VMM itself wrote through vm-memory (loader,
+/// devices, migration), which the write-watch layer merges with KVM's log:
+/// no write path into guest RAM bypasses it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 /// Size of a host huge page for `--backing hugetlb`.
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
@@ -87,6 +91,12 @@ pub fn create_guest_memory(
             end,
         });
     }
+    // The dirty bitmaps are allocated before the mappings (1 bit per page):
+    // make sure the host can map this much at all before spending on them.
+    reserve_address_space(mem_bytes).map_err(|source| MemoryError::Map {
+        size: size.clone(),
+        source,
+    })?;
     let file = match backing {
         Backing::Anon => None,
         Backing::Hugetlb => Some(hugetlb_memfd(mem_bytes)?),
@@ -101,7 +111,8 @@ pub fn create_guest_memory(
         let len_usize =
             usize::try_from(len).map_err(|_| map_err(io::ErrorKind::OutOfMemory.into()))?;
         let builder =
-            MmapRegionBuilder::new(len_usize).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+            MmapRegionBuilder::new_with_bitmap(len_usize, AtomicBitmap::with_len(len_usize))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
         let builder = match &file {
             None => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),
@@ -130,6 +141,30 @@ pub fn create_guest_memory(
         file_offset += len;
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e.to_string()))
+}
+
+/// Checks that `len` bytes of address space can be mapped, by mapping and
+/// unmapping them (no access, no reservation: this costs no memory).
+fn reserve_address_space(len: u64) -> io::Result<()> {
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel
+    // picks; it overlaps nothing of ours and is unmapped right away.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `addr` is the mapping of `len` bytes just made.
+    unsafe { libc::munmap(addr, len) };
+    Ok(())
 }
 
 /// Creates a 2 MiB-page hugetlb memfd of `len` bytes.

@@ -169,6 +169,16 @@ impl Sink {
         })
     }
 
+    /// A sink for the process's stderr (a duplicate of fd 2).
+    pub fn stderr() -> Self {
+        use std::os::fd::AsFd;
+        let fd = io::stderr().as_fd().try_clone_to_owned();
+        Sink::spawn("stderr", move || {
+            let file = File::from(fd?);
+            Ok(Box::new(file) as Box<dyn Write + Send>)
+        })
+    }
+
     /// A sink for the file at `path`, created (and truncated) now so a bad
     /// path fails before the guest boots. A FIFO is opened by the writer
     /// thread instead, since opening one blocks until a reader appears.

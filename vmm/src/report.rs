@@ -66,6 +66,8 @@ impl RunReport {
             StopReason::Timeout => ("timeout", None),
             StopReason::TripleFault { .. } => ("triple-fault", None),
             StopReason::KvmFailure { .. } => ("kvm-failure", None),
+            StopReason::Signal(_) => ("signal", None),
+            StopReason::Requested(_) => ("requested", None),
         };
         RunReport {
             command,

@@ -24,6 +24,7 @@ mod process;
 mod records;
 mod selftest;
 mod timer;
+mod workload;
 
 use arch::x86_64::paging::{KERNEL_VMA, virt_to_phys};
 use arch::x86_64::{cpu, idt, lapic, pic, smp};
@@ -35,6 +36,12 @@ unsafe extern "C" {
     static __kernel_end: u8;
 }
 
+/// The physical range `[start, end)` of the kernel image.
+pub fn kernel_image() -> (u64, u64) {
+    let start = &raw const __kernel_phys_start as u64;
+    (start, virt_to_phys(&raw const __kernel_end as u64))
+}
+
 /// Called by `boot::entry` on the boot CPU, in long mode on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u64) -> ! {
@@ -42,8 +49,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         Ok(info) => boot::set_info(info),
         Err(e) => panic!("bad PVH start info at {start_info:#x}: {e:?}"),
     };
-    let kernel_start = &raw const __kernel_phys_start as u64;
-    let kernel_end = virt_to_phys(&raw const __kernel_end as u64);
+    let (kernel_start, kernel_end) = kernel_image();
     debug_assert!(kernel_end < KERNEL_VMA);
     memory::frames::init(&info.memmap, kernel_start, kernel_end);
     if let Err(e) = memory::kmap::init(&info.memmap) {
@@ -73,6 +79,10 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         info.cmdline.raw
     );
     record!(r#"{{"type":"ready"}}"#);
+    if info.cmdline.mode == Ok(Mode::Workload) {
+        // The write workload takes the RAM the MM core would manage.
+        workload::run(info);
+    }
     // After `ready`: building the MM core costs milliseconds of emulated
     // ring 0 (see `memory::mm`), and only the workload needs it.
     if let Err(e) = memory::mm::init(info.cmdline.mm_check) {
@@ -86,6 +96,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         Ok(Mode::Fault) => modes::fault(),
         Ok(Mode::Hang) => modes::hang(),
         Ok(Mode::Triple) => modes::triple(),
+        Ok(Mode::Workload) => unreachable!("handled before the MM core is built"),
         Err(unknown) => panic!("unknown mode={}", unknown.0),
     }
 }

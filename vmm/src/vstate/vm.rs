@@ -1,6 +1,8 @@
 //! The VM file descriptor: interrupt controllers and guest memory slots.
 
-use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
+};
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -54,13 +56,23 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Turns KVM's dirty logging on or off for every RAM slot (a flags-only
+    /// change of each memslot, which KVM allows while the VM runs).
+    pub fn set_dirty_logging(&self, mem: &GuestMemoryMmap, on: bool) -> Result<(), VmError> {
+        self.register_slots(mem, if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 })
+    }
+
     fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        self.register_slots(mem, 0)
+    }
+
+    fn register_slots(&self, mem: &GuestMemoryMmap, flags: u32) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let slot = slot as u32;
             let guest_addr = region.start_addr().0;
             let region_desc = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags,
                 guest_phys_addr: guest_addr,
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,

@@ -19,6 +19,8 @@ pub enum Mode {
     Hang,
     /// Triple-fault.
     Triple,
+    /// Write workload for the host's write watch (`workload::run`).
+    Workload,
 }
 
 /// A `mode=` value that is not one of the known modes.
@@ -68,6 +70,7 @@ fn parse_mode(value: &'static str) -> Result<Mode, UnknownMode<'static>> {
         "fault" => Mode::Fault,
         "hang" => Mode::Hang,
         "triple" => Mode::Triple,
+        "workload" => Mode::Workload,
         other => return Err(UnknownMode(other)),
     })
 }

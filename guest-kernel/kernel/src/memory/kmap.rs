@@ -110,6 +110,42 @@ pub fn map_vmap_mmio(virt: u64, phys: u64) -> Result<(), OutOfFrames> {
     map_vmap(virt, phys, PTE_CACHE_DISABLE | PTE_WRITE_THROUGH)
 }
 
+/// Maps `pages` 4 KiB pages at `virt` (in the `VMAP` area, never mapped
+/// before, so no CPU holds a stale translation) to the physically contiguous
+/// frames from `phys`. One table walk per page table, then its entries in a
+/// row: on kvm_pvm every ring-0 instruction counts.
+pub fn map_vmap_pages(virt: u64, phys: u64, pages: u64) -> Result<(), OutOfFrames> {
+    debug_assert!(virt.is_multiple_of(PAGE) && phys.is_multiple_of(PAGE));
+    debug_assert!(virt >= VMAP_BASE && virt + pages * PAGE <= VMAP_BASE + (512 << 30));
+    let _guard = KMAP_LOCK.lock();
+    let mut done = 0;
+    while done < pages {
+        let at = virt + done * PAGE;
+        // SAFETY: the kernel PML4 is edited only under KMAP_LOCK.
+        let first = unsafe {
+            paging::walk_create(kernel_pml4(), at, PTE_WRITABLE, &mut frames::alloc_zeroed)
+        }
+        .ok_or(OutOfFrames)?;
+        let index = (at >> 12) & 0x1ff;
+        let run = (512 - index).min(pages - done);
+        let first: *mut u64 = first;
+        for i in 0..run {
+            // SAFETY: `first` is entry `index` of a page table (512 entries),
+            // and `index + i < 512`, so every entry written is in that table.
+            unsafe {
+                first
+                    .add(i as usize)
+                    .write((phys + (done + i) * PAGE) | PTE_WRITABLE | PTE_PRESENT)
+            };
+        }
+        done += run;
+    }
+    Ok(())
+}
+
+/// 4 KiB.
+const PAGE: u64 = 4096;
+
 fn map_vmap(virt: u64, phys: u64, extra: u64) -> Result<(), OutOfFrames> {
     debug_assert!((VMAP_BASE..VMAP_BASE + (512 << 30)).contains(&virt));
     let _guard = KMAP_LOCK.lock();

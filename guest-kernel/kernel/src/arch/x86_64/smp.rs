@@ -163,6 +163,26 @@ pub fn call_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallErr
         .map_err(|_| CallError::Timeout(target))
 }
 
+/// Starts `func(arg)` on CPU `target` (not the calling one) and returns at
+/// once; the call may run for as long as it likes (a workload does).
+pub fn spawn_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallError> {
+    if target >= MAX_CPUS
+        || !percpu::cpu(target).online.load(Ordering::Acquire)
+        || target == percpu::index()
+    {
+        return Err(CallError::Offline(target));
+    }
+    let _guard = CALL_LOCK.lock();
+    let slot = percpu::cpu(target);
+    if slot.call_fn.load(Ordering::Acquire) != 0 {
+        return Err(CallError::Busy(target));
+    }
+    slot.call_arg.store(arg, Ordering::Relaxed);
+    slot.call_fn.store(func as usize, Ordering::Release);
+    lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_CALL as u8));
+    Ok(())
+}
+
 /// Serialises shootdowns; holds the address being invalidated.
 static SHOOTDOWN: Mutex<()> = Mutex::new(());
 static SHOOTDOWN_ADDR: AtomicU64 = AtomicU64::new(0);

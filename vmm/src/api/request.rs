@@ -1,0 +1,526 @@
+//! The control API's requests as plain values: `parse` turns an HTTP
+//! method, path and body into an `ApiAction` (or a 4xx), and
+//! `ApiAction::to_http` turns it back, which is what `writewatch ctl`
+//! sends. Nothing here touches a socket or the VM (docs/api.yaml is the
+//! contract; the two are tested against each other).
+
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::dirty::{Initial, Source};
+use crate::runner::VmState;
+
+/// The largest request body accepted (413 beyond).
+pub const MAX_BODY: usize = 64 << 10;
+/// The longest dirty-rate period a request may ask for.
+pub const MAX_RATE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Whose virtual memory a request is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Pid(u64),
+    Cr3(u64),
+}
+
+/// How a write-watch result lists its pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Every page address (GetWriteWatch's array).
+    #[default]
+    Addresses,
+    /// Runs of consecutive pages as `[start, len]` pairs.
+    Ranges,
+    /// The count only.
+    Count,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiAction {
+    Info,
+    Stats,
+    Processes,
+    SetState(VmState),
+    StartTracking {
+        source: Option<Source>,
+        initial: Initial,
+    },
+    StopTracking,
+    Get(Query),
+    Reset(Range),
+    WatchVa {
+        target: Target,
+        range: Range,
+    },
+    GetVa {
+        target: Target,
+        query: Query,
+    },
+    ResetVa {
+        target: Target,
+        range: Range,
+    },
+    DirtyRate {
+        period: Duration,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    #[serde(deserialize_with = "number")]
+    pub start: u64,
+    #[serde(deserialize_with = "number")]
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub range: Range,
+    pub reset: bool,
+    pub max_count: Option<usize>,
+    pub format: Format,
+}
+
+/// A request the API refuses, with its HTTP status.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl RequestError {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        RequestError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// Accepts a JSON number or a string holding one (`"0x1000"`, `"4096"`).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(t) => {
+            parse_number(&t).ok_or_else(|| de::Error::custom(format!("'{t}' is not a number")))
+        }
+    }
+}
+
+/// A decimal or `0x` hexadecimal number.
+pub fn parse_number(text: &str) -> Option<u64> {
+    let text = text.trim();
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    #[serde(deserialize_with = "number")]
+    start: u64,
+    #[serde(deserialize_with = "number")]
+    len: u64,
+    #[serde(default)]
+    reset: bool,
+    max_count: Option<usize>,
+    #[serde(default)]
+    format: Format,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaBody {
+    pid: Option<u64>,
+    #[serde(default, deserialize_with = "maybe_number")]
+    cr3: Option<u64>,
+    #[serde(deserialize_with = "number")]
+    start: u64,
+    #[serde(deserialize_with = "number")]
+    len: u64,
+    #[serde(default)]
+    reset: bool,
+    max_count: Option<usize>,
+    #[serde(default)]
+    format: Format,
+}
+
+fn maybe_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    number(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    source: Option<Source>,
+    #[serde(default)]
+    initial: Initial,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: VmState,
+}
+
+fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, RequestError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| RequestError::new(400, format!("bad request body: {e}")))
+}
+
+fn va(bytes: &[u8], with_query: bool) -> Result<(Target, Query), RequestError> {
+    let b: VaBody = body(bytes)?;
+    let target = match (b.pid, b.cr3) {
+        (Some(pid), None) => Target::Pid(pid),
+        (None, Some(cr3)) => Target::Cr3(cr3),
+        _ => {
+            return Err(RequestError::new(
+                400,
+                "give exactly one of \"pid\" and \"cr3\"",
+            ));
+        }
+    };
+    if !with_query && (b.reset || b.max_count.is_some() || b.format != Format::Addresses) {
+        return Err(RequestError::new(
+            400,
+            "this request takes only pid/cr3, start and len",
+        ));
+    }
+    Ok((
+        target,
+        Query {
+            range: Range {
+                start: b.start,
+                len: b.len,
+            },
+            reset: b.reset,
+            max_count: b.max_count,
+            format: b.format,
+        },
+    ))
+}
+
+/// Turns one HTTP request into an action.
+pub fn parse(method: &str, url: &str, bytes: &[u8]) -> Result<ApiAction, RequestError> {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let path = path.trim_end_matches('/');
+    let no_body = |action: ApiAction| {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(action)
+        } else {
+            Err(RequestError::new(
+                400,
+                format!("{method} {path} takes no body"),
+            ))
+        }
+    };
+    let action = match (method, path) {
+        ("GET", "" | "/vm") => no_body(ApiAction::Info)?,
+        ("GET", "/vm/stats") => no_body(ApiAction::Stats)?,
+        ("GET", "/processes") => no_body(ApiAction::Processes)?,
+        ("PATCH", "/vm") => ApiAction::SetState(body::<StateBody>(bytes)?.state),
+        ("PUT", "/write-watch") => {
+            let b: StartBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+                StartBody {
+                    source: None,
+                    initial: Initial::Clean,
+                }
+            } else {
+                body(bytes)?
+            };
+            ApiAction::StartTracking {
+                source: b.source,
+                initial: b.initial,
+            }
+        }
+        ("DELETE", "/write-watch") => no_body(ApiAction::StopTracking)?,
+        ("POST", "/write-watch/get") => {
+            let b: QueryBody = body(bytes)?;
+            ApiAction::Get(Query {
+                range: Range {
+                    start: b.start,
+                    len: b.len,
+                },
+                reset: b.reset,
+                max_count: b.max_count,
+                format: b.format,
+            })
+        }
+        ("POST", "/write-watch/reset") => ApiAction::Reset(body(bytes)?),
+        ("PUT", "/write-watch/va") => {
+            let (target, q) = va(bytes, false)?;
+            ApiAction::WatchVa {
+                target,
+                range: q.range,
+            }
+        }
+        ("POST", "/write-watch/va/get") => {
+            let (target, query) = va(bytes, true)?;
+            ApiAction::GetVa { target, query }
+        }
+        ("POST", "/write-watch/va/reset") => {
+            let (target, q) = va(bytes, false)?;
+            ApiAction::ResetVa {
+                target,
+                range: q.range,
+            }
+        }
+        ("GET", "/dirty-rate") => {
+            let period_ms = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("period_ms="))
+                .map(|v| {
+                    parse_number(v).ok_or_else(|| {
+                        RequestError::new(400, format!("period_ms '{v}' is not a number"))
+                    })
+                })
+                .transpose()?
+                .unwrap_or(1000);
+            let period = Duration::from_millis(period_ms);
+            if period.is_zero() || period > MAX_RATE_PERIOD {
+                return Err(RequestError::new(400, "period_ms must be 1..=60000"));
+            }
+            no_body(ApiAction::DirtyRate { period })?
+        }
+        (
+            _,
+            ""
+            | "/vm"
+            | "/vm/stats"
+            | "/processes"
+            | "/write-watch"
+            | "/write-watch/get"
+            | "/write-watch/reset"
+            | "/write-watch/va"
+            | "/write-watch/va/get"
+            | "/write-watch/va/reset"
+            | "/dirty-rate",
+        ) => {
+            return Err(RequestError::new(
+                405,
+                format!("{method} is not allowed on {path}"),
+            ));
+        }
+        _ => return Err(RequestError::new(404, format!("no such resource: {path}"))),
+    };
+    Ok(action)
+}
+
+impl ApiAction {
+    /// The HTTP request that `parse` turns back into this action.
+    pub fn to_http(&self) -> (&'static str, String, Option<Value>) {
+        let query_body = |q: &Query| {
+            let mut b = json!({"start": q.range.start, "len": q.range.len});
+            if q.reset {
+                b["reset"] = json!(true);
+            }
+            if let Some(n) = q.max_count {
+                b["max_count"] = json!(n);
+            }
+            if q.format != Format::Addresses {
+                b["format"] = json!(q.format);
+            }
+            b
+        };
+        let with_target = |target: &Target, mut b: Value| {
+            match target {
+                Target::Pid(pid) => b["pid"] = json!(pid),
+                Target::Cr3(cr3) => b["cr3"] = json!(cr3),
+            }
+            b
+        };
+        match self {
+            ApiAction::Info => ("GET", "/vm".into(), None),
+            ApiAction::Stats => ("GET", "/vm/stats".into(), None),
+            ApiAction::Processes => ("GET", "/processes".into(), None),
+            ApiAction::SetState(state) => ("PATCH", "/vm".into(), Some(json!({"state": state}))),
+            ApiAction::StartTracking { source, initial } => {
+                let mut b = json!({"initial": initial});
+                if let Some(source) = source {
+                    b["source"] = json!(source);
+                }
+                ("PUT", "/write-watch".into(), Some(b))
+            }
+            ApiAction::StopTracking => ("DELETE", "/write-watch".into(), None),
+            ApiAction::Get(q) => ("POST", "/write-watch/get".into(), Some(query_body(q))),
+            ApiAction::Reset(r) => ("POST", "/write-watch/reset".into(), Some(json!(r))),
+            ApiAction::WatchVa { target, range } => (
+                "PUT",
+                "/write-watch/va".into(),
+                Some(with_target(target, json!(range))),
+            ),
+            ApiAction::GetVa { target, query } => (
+                "POST",
+                "/write-watch/va/get".into(),
+                Some(with_target(target, query_body(query))),
+            ),
+            ApiAction::ResetVa { target, range } => (
+                "POST",
+                "/write-watch/va/reset".into(),
+                Some(with_target(target, json!(range))),
+            ),
+            ApiAction::DirtyRate { period } => (
+                "GET",
+                format!("/dirty-rate?period_ms={}", period.as_millis()),
+                None,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_json(method: &str, url: &str, body: &str) -> Result<ApiAction, RequestError> {
+        parse(method, url, body.as_bytes())
+    }
+
+    #[test]
+    fn requests_become_actions() {
+        assert_eq!(parse_json("GET", "/vm", ""), Ok(ApiAction::Info));
+        assert_eq!(parse_json("GET", "/vm/", ""), Ok(ApiAction::Info));
+        assert_eq!(
+            parse_json("PATCH", "/vm", r#"{"state":"paused"}"#),
+            Ok(ApiAction::SetState(VmState::Paused))
+        );
+        assert_eq!(
+            parse_json(
+                "POST",
+                "/write-watch/get",
+                r#"{"start":"0x1000","len":8192,"reset":true,"max_count":3}"#
+            ),
+            Ok(ApiAction::Get(Query {
+                range: Range {
+                    start: 0x1000,
+                    len: 8192
+                },
+                reset: true,
+                max_count: Some(3),
+                format: Format::Addresses,
+            }))
+        );
+        assert_eq!(
+            parse_json("PUT", "/write-watch", ""),
+            Ok(ApiAction::StartTracking {
+                source: None,
+                initial: Initial::Clean
+            })
+        );
+        assert_eq!(
+            parse_json("GET", "/dirty-rate?period_ms=250", ""),
+            Ok(ApiAction::DirtyRate {
+                period: Duration::from_millis(250)
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_4xx() {
+        let status = |m: &str, u: &str, b: &str| parse_json(m, u, b).unwrap_err().status;
+        assert_eq!(status("GET", "/nope", ""), 404);
+        assert_eq!(status("DELETE", "/vm", ""), 405);
+        assert_eq!(status("POST", "/write-watch/get", "{"), 400);
+        assert_eq!(status("POST", "/write-watch/get", r#"{"start":1}"#), 400);
+        assert_eq!(
+            status(
+                "POST",
+                "/write-watch/get",
+                r#"{"start":0,"len":1,"bogus":1}"#
+            ),
+            400
+        );
+        assert_eq!(
+            status("POST", "/write-watch/get", r#"{"start":"zz","len":1}"#),
+            400
+        );
+        assert_eq!(status("PUT", "/write-watch", r#"{"source":"laser"}"#), 400);
+        assert_eq!(status("PATCH", "/vm", r#"{"state":"asleep"}"#), 400);
+        assert_eq!(status("GET", "/vm", "{}"), 400);
+        assert_eq!(
+            status(
+                "PUT",
+                "/write-watch/va",
+                r#"{"pid":1,"cr3":2,"start":0,"len":4096}"#
+            ),
+            400
+        );
+        assert_eq!(
+            status("PUT", "/write-watch/va", r#"{"start":0,"len":4096}"#),
+            400
+        );
+        assert_eq!(status("GET", "/dirty-rate?period_ms=0", ""), 400);
+        assert_eq!(status("GET", "/dirty-rate?period_ms=999999", ""), 400);
+    }
+
+    fn action() -> impl Strategy<Value = ApiAction> {
+        let range = (any::<u64>(), any::<u64>()).prop_map(|(start, len)| Range { start, len });
+        let format = prop_oneof![
+            Just(Format::Addresses),
+            Just(Format::Ranges),
+            Just(Format::Count)
+        ];
+        let query = (
+            range.clone(),
+            any::<bool>(),
+            prop::option::of(0usize..1_000_000),
+            format,
+        )
+            .prop_map(|(range, reset, max_count, format)| Query {
+                range,
+                reset,
+                max_count,
+                format,
+            });
+        let target = prop_oneof![
+            any::<u64>().prop_map(Target::Pid),
+            any::<u64>().prop_map(Target::Cr3)
+        ];
+        prop_oneof![
+            Just(ApiAction::Info),
+            Just(ApiAction::Stats),
+            Just(ApiAction::Processes),
+            Just(ApiAction::StopTracking),
+            prop_oneof![Just(VmState::Running), Just(VmState::Paused)]
+                .prop_map(ApiAction::SetState),
+            (
+                prop::option::of(prop_oneof![Just(Source::Bitmap), Just(Source::Ring)]),
+                prop_oneof![Just(Initial::Clean), Just(Initial::Dirty)]
+            )
+                .prop_map(|(source, initial)| ApiAction::StartTracking { source, initial }),
+            query.clone().prop_map(ApiAction::Get),
+            range.clone().prop_map(ApiAction::Reset),
+            (target.clone(), range.clone())
+                .prop_map(|(target, range)| ApiAction::WatchVa { target, range }),
+            (target.clone(), query).prop_map(|(target, query)| ApiAction::GetVa { target, query }),
+            (target, range).prop_map(|(target, range)| ApiAction::ResetVa { target, range }),
+            (1u64..=60_000).prop_map(|ms| ApiAction::DirtyRate {
+                period: Duration::from_millis(ms)
+            }),
+        ]
+    }
+
+    proptest! {
+        /// What `ctl` sends is what the server understands.
+        #[test]
+        fn to_http_round_trips_through_parse(action in action()) {
+            let (method, url, body) = action.to_http();
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            prop_assert_eq!(parse(method, &url, body.as_bytes()), Ok(action));
+        }
+    }
+}

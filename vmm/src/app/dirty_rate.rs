@@ -1,0 +1,78 @@
+//! `writewatch dirty-rate`: boot a write workload and measure its dirty rate
+//! the way QEMU's calc-dirty-rate does in its dirty-bitmap and dirty-ring
+//! modes: the pages written during a period, over the whole guest, and with
+//! the ring per vCPU. One JSON object on stdout (docs/REPORTS.md).
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::AppError;
+use super::session::{Controls, Session};
+use super::watch::{DEFAULT_RING_ENTRIES, announced, give_up, spec, stop_workload};
+use crate::cli::DirtyRateArgs;
+use crate::dirty::{Initial, Source};
+
+pub fn run(args: &DirtyRateArgs, process_start: Instant) -> Result<u8, AppError> {
+    let mut vm = args.vm.clone();
+    match (args.source, vm.dirty_ring_size) {
+        (Source::Ring, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
+        (Source::Bitmap, Some(_)) => {
+            return Err(AppError::Usage(
+                "--dirty-ring-size goes with --source ring (a VM with a ring has no bitmap)".into(),
+            ));
+        }
+        _ => {}
+    }
+    Session {
+        name: "dirty-rate",
+        args: &vm,
+        guest_words: spec(&args.workload).guest_words(),
+        selftest: false,
+        default_timeout: None,
+        api_sock: None,
+        console_on_stderr: true,
+        subscribe: &["workload"],
+    }
+    .run(process_start, |controls| measure(controls, args))
+}
+
+fn measure(controls: Controls, args: &DirtyRateArgs) -> Option<u8> {
+    let vm = controls.vm;
+    let workload = match announced(&controls) {
+        Ok(w) => w,
+        Err(why) if vm.is_running() => return give_up(vm, why),
+        Err(_) => return None,
+    };
+    let ww = vm.write_watch();
+    if let Err(e) = ww.start(args.source, Initial::Clean) {
+        return give_up(vm, e.to_string());
+    }
+    if let Err(e) = workload.set_interval(vm.memory(), 1) {
+        return give_up(vm, e.to_string());
+    }
+    if !vm.sleep(Duration::from_secs_f64(args.warmup)) {
+        return None;
+    }
+    let writes = workload.writes(vm.memory());
+    let rate = match ww.dirty_rate(Duration::from_secs_f64(args.period)) {
+        Ok(rate) => rate,
+        Err(e) => return give_up(vm, e.to_string()),
+    };
+    let writes = workload.writes(vm.memory()) - writes;
+    let out = json!({
+        "dirty_rate_mib_s": rate.mib_per_s,
+        "pages": rate.pages,
+        "period_ms": rate.period_ms,
+        "source": rate.source,
+        "vcpus": rate.vcpus,
+        "guest_writes": writes,
+        "workload": {"kind": workload.kind, "pages": workload.pages, "cpus": workload.cpus,
+                     "rate_mib": workload.rate_mib, "map": workload.map},
+    });
+    let mut text = serde_json::to_string_pretty(&out).unwrap_or_default();
+    text.push('\n');
+    let _ = controls.stdout.push(text.as_bytes(), || !vm.is_running());
+    stop_workload(vm, &workload);
+    Some(0)
+}

@@ -1,0 +1,186 @@
+//! `writewatch watch`: boot a write workload and print, per interval, one
+//! JSON line with what the host write watch reported (docs/REPORTS.md,
+//! "watch lines"). With `--verify` the guest is paused at each interval's
+//! end, as Linux's `dirty_log_test` stops its vCPU, and the result is
+//! checked against the pages the workload wrote: any missed page fails the
+//! command.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::AppError;
+use super::session::{Controls, Session};
+use crate::cli::{WatchArgs, WatchSource, WorkloadArgs};
+use crate::dirty::{Initial, Source, WriteWatch};
+use crate::exit_status;
+use crate::runner::{StopReason, VmHandle};
+use crate::workload::{Announced, Spec};
+
+/// Dirty-ring entries per vCPU when `--source ring` gives no size.
+pub const DEFAULT_RING_ENTRIES: u32 = 16384;
+/// How long to wait for the guest to announce its workload.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the guest may take to stop once told to.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workload spec of `args`, waiting for the VMM to start it.
+pub fn spec(args: &WorkloadArgs) -> Spec {
+    Spec {
+        kind: args.workload,
+        rate_mib: args.rate,
+        wss: args.wss,
+        mapping: args.map,
+        wait: true,
+    }
+}
+
+pub fn run(args: &WatchArgs, process_start: Instant) -> Result<u8, AppError> {
+    let mut vm = args.vm.clone();
+    match (args.source, vm.dirty_ring_size) {
+        (WatchSource::Ring, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
+        (WatchSource::Bitmap | WatchSource::Off, Some(_)) => {
+            return Err(AppError::Usage(
+                "--dirty-ring-size goes with --source ring (a VM with a ring has no bitmap)".into(),
+            ));
+        }
+        _ => {}
+    }
+    Session {
+        name: "watch",
+        args: &vm,
+        guest_words: spec(&args.workload).guest_words(),
+        selftest: false,
+        default_timeout: None,
+        api_sock: None,
+        console_on_stderr: true,
+        subscribe: &["workload"],
+    }
+    .run(process_start, |controls| watch(controls, args))
+}
+
+/// Ends the run because of `why` (said on stderr); the exit code.
+pub fn give_up(vm: &VmHandle, why: String) -> Option<u8> {
+    eprintln!("writewatch: error: {why}");
+    vm.stop(StopReason::Requested(why));
+    Some(exit_status::VMM_ERROR)
+}
+
+/// Waits for the guest's `workload` record.
+pub fn announced(controls: &Controls) -> Result<Announced, String> {
+    let started = Instant::now();
+    while controls.vm.is_running() && started.elapsed() < ANNOUNCE_TIMEOUT {
+        if let Ok(record) = controls.records[0].recv_timeout(Duration::from_millis(50)) {
+            return Announced::from_record(&record).map_err(|e| e.to_string());
+        }
+    }
+    Err(if controls.vm.is_running() {
+        format!("the guest did not announce its workload within {ANNOUNCE_TIMEOUT:?}")
+    } else {
+        "the guest ended before announcing its workload".into()
+    })
+}
+
+/// Tells the workload to stop and waits for the guest to exit.
+pub fn stop_workload(vm: &VmHandle, workload: &Announced) {
+    if workload.stop(vm.memory()).is_err() || vm.sleep(STOP_TIMEOUT) {
+        vm.stop(StopReason::Requested("the workload did not stop".into()));
+    }
+}
+
+fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
+    let vm = controls.vm;
+    let workload = match announced(&controls) {
+        Ok(w) => w,
+        Err(why) if vm.is_running() => return give_up(vm, why),
+        Err(_) => return None,
+    };
+    let ww = vm.write_watch();
+    let source = match args.source {
+        WatchSource::Bitmap => Some(Source::Bitmap),
+        WatchSource::Ring => Some(Source::Ring),
+        WatchSource::Off => None,
+    };
+    let consumer = match source.map(|s| start(ww, s)).transpose() {
+        Ok(c) => c,
+        Err(why) => return give_up(vm, why),
+    };
+    let slot_starts: Vec<u64> = ww.ram_ranges().iter().map(|&(start, _)| start).collect();
+    let mem = vm.memory();
+    if let Err(e) = workload.set_interval(mem, 1) {
+        return give_up(vm, e.to_string());
+    }
+    let interval = Duration::from_secs_f64(args.interval);
+    let began = Instant::now();
+    let (mut writes, mut at) = (workload.writes(mem), Instant::now());
+    let mut missed_total = 0;
+    for k in 1..=args.intervals {
+        if !vm.sleep(interval) {
+            break;
+        }
+        let pause = if args.verify {
+            match vm.pause() {
+                Ok(p) => Some(p.micros),
+                Err(_) => break,
+            }
+        } else {
+            None
+        };
+        let taken = consumer.map(|c| ww.take_consumer(c));
+        let now_writes = workload.writes(mem);
+        let elapsed = at.elapsed().as_secs_f64();
+        let mut line = json!({
+            "interval": k,
+            "t_ms": began.elapsed().as_secs_f64() * 1e3,
+            "source": source.map_or("off", Source::name),
+            "guest_writes": now_writes - writes,
+            "guest_write_mib_s": (now_writes - writes) as f64 * 4096.0 / (1 << 20) as f64 / elapsed,
+        });
+        (writes, at) = (now_writes, Instant::now());
+        match taken {
+            Some(Ok((bitmaps, harvest))) => {
+                let pages: u64 = bitmaps.iter().map(|b| b.count()).sum();
+                line["pages"] = json!(pages);
+                line["mib"] = json!(pages as f64 * 4096.0 / (1 << 20) as f64);
+                line["harvest_us"] = json!(harvest.micros);
+                if args.verify {
+                    let check = workload.check(k, &bitmaps, &slot_starts, mem);
+                    missed_total += check.missed;
+                    line["missed"] = json!(check.missed);
+                    line["extra"] = json!(check.extra.total());
+                    line["truth"] = json!(check.truth);
+                    line["extra_by"] = json!(check.extra);
+                    if check.missed > 0 {
+                        line["missed_pages"] = json!(check.missed_pages);
+                    }
+                }
+            }
+            Some(Err(e)) => return give_up(vm, format!("harvesting interval {k}: {e}")),
+            None => {}
+        }
+        if let Some(micros) = pause {
+            line["pause_us"] = json!(micros);
+        }
+        let _ = workload.set_interval(mem, k + 1);
+        if args.verify && vm.resume().is_err() {
+            break;
+        }
+        let mut text = line.to_string();
+        text.push('\n');
+        let _ = controls.stdout.push(text.as_bytes(), || !vm.is_running());
+    }
+    stop_workload(vm, &workload);
+    if missed_total > 0 {
+        eprintln!("writewatch: watch: {missed_total} written pages were missed");
+        Some(exit_status::SELFTEST_FAILED)
+    } else {
+        Some(0)
+    }
+}
+
+/// Starts tracking and opens the watch this command reads.
+fn start(ww: &WriteWatch, source: Source) -> Result<crate::dirty::ConsumerId, String> {
+    ww.start(source, Initial::Clean)
+        .map_err(|e| e.to_string())?;
+    ww.open_consumer(false).map_err(|e| e.to_string())
+}
