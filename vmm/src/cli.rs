@@ -52,6 +52,10 @@ pub struct WorkloadArgs {
     /// How the guest maps its working set.
     #[arg(long, value_enum, default_value_t = Mapping::Huge)]
     pub map: Mapping,
+    /// Place the working set in the first RAM at or above this guest-physical address
+    /// (e.g. 3G to cross the MMIO hole into RAM above 4 GiB).
+    #[arg(long, default_value = "0", value_parser = parse_address, value_name = "ADDR")]
+    pub arena_from: u64,
 }
 
 /// Where `watch` gets dirty pages from.

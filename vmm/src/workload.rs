@@ -68,6 +68,8 @@ pub struct Spec {
     pub mapping: Mapping,
     /// Wait for the VMM to set interval 1 before writing.
     pub wait: bool,
+    /// The arena starts at the first RAM at or above this address.
+    pub first: u64,
 }
 
 impl Spec {
@@ -85,8 +87,8 @@ impl Spec {
         };
         let wait = if self.wait { " wait" } else { "" };
         format!(
-            "mode=workload workload={kind} wss={} rate={} map={map}{wait}",
-            self.wss, self.rate_mib
+            "mode=workload workload={kind} wss={} rate={} map={map} first={}{wait}",
+            self.wss, self.rate_mib, self.first
         )
     }
 }
@@ -297,10 +299,11 @@ mod tests {
             wss: 1 << 26,
             mapping: Mapping::Small,
             wait: true,
+            first: 0,
         };
         assert_eq!(
             spec.guest_words(),
-            "mode=workload workload=zipf wss=67108864 rate=64 map=4k wait"
+            "mode=workload workload=zipf wss=67108864 rate=64 map=4k first=0 wait"
         );
         let line = serde_json::to_vec(&serde_json::json!({
             "type": "workload", "kind": "zipf", "pages": 8, "map": "4k", "cpus": 2,

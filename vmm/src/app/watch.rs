@@ -32,6 +32,7 @@ pub fn spec(args: &WorkloadArgs) -> Spec {
         wss: args.wss,
         mapping: args.map,
         wait: true,
+        first: args.arena_from,
     }
 }
 
@@ -139,8 +140,10 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
         (writes, at) = (now_writes, Instant::now());
         match taken {
             Some(Ok((bitmaps, harvest))) => {
-                let pages: u64 = bitmaps.iter().map(|b| b.count()).sum();
+                let by_slot: Vec<u64> = bitmaps.iter().map(|b| b.count()).collect();
+                let pages: u64 = by_slot.iter().sum();
                 line["pages"] = json!(pages);
+                line["pages_by_slot"] = json!(by_slot);
                 line["mib"] = json!(pages as f64 * 4096.0 / (1 << 20) as f64);
                 line["harvest_us"] = json!(harvest.micros);
                 if args.verify {

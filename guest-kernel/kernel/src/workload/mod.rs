@@ -106,6 +106,7 @@ pub fn run(info: &BootInfo) -> ! {
     let mut wait = false;
     let mut seed = 0x5eed;
     let mut tsc_khz = 0u64;
+    let mut first = 0u64;
     for word in info.cmdline.raw.split_ascii_whitespace() {
         match word.split_once('=') {
             Some(("workload", name)) => match Pattern::parse(name) {
@@ -122,11 +123,19 @@ pub fn run(info: &BootInfo) -> ! {
             Some(("map", "2m")) => map_4k = false,
             Some(("seed", s)) => seed = s.parse().unwrap_or(seed),
             Some(("tsc_khz", k)) => tsc_khz = k.parse().unwrap_or(0),
+            Some(("first", addr)) => {
+                first = parse_size(addr).unwrap_or_else(|| panic!("bad first={addr}"))
+            }
             None if word == "wait" => wait = true,
             _ => {}
         }
     }
-    let ranges = frames::hand_off(KERNEL_RESERVE);
+    // The arena starts at the first free RAM at or above `first=`.
+    let ranges: alloc::vec::Vec<(u64, u64)> = frames::hand_off(KERNEL_RESERVE)
+        .into_iter()
+        .filter(|&(_, end)| end > first)
+        .map(|(start, end)| (start.max(first), end))
+        .collect();
     let mut arena = Arena::new(&ranges, wss / 4096);
     if arena.pages == 0 {
         panic!("no RAM left for the workload arena");
