@@ -25,6 +25,8 @@ const USER_PROGRAMS: &[&str] = &[
     "cowfork",
     "mmtest",
     "mmbench",
+    "wwprobe",
+    "forkwork",
 ];
 
 include!("../build-support/scrubbed_env.rs");

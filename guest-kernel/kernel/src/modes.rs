@@ -4,13 +4,19 @@ use crate::arch::x86_64::{cpu, idt};
 use crate::exit::{ExitCode, exit, exit_raw};
 use crate::process::{Exit, Process, programs};
 
-/// `mode=run`: runs `init` and exits with its status.
+/// `mode=run`: runs `init` (or `program=NAME` with `arg=N`) and exits with
+/// its status.
 pub fn run_init() -> ! {
-    let mut init = match Process::spawn(&programs::INIT) {
-        Ok(p) => p,
-        Err(e) => panic!("loading init: {e:?}"),
+    let cmdline = &crate::boot::info().cmdline;
+    let program = match cmdline.program {
+        None => &programs::INIT,
+        Some(name) => programs::by_name(name).unwrap_or_else(|| panic!("no program={name}")),
     };
-    let status = match init.run(0) {
+    let mut init = match Process::spawn(program) {
+        Ok(p) => p,
+        Err(e) => panic!("loading {}: {e:?}", program.name),
+    };
+    let status = match init.run(cmdline.arg) {
         Exit::Exited(status) => status,
         killed => {
             crate::println!("init was killed: {killed:?}");

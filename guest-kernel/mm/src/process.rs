@@ -139,6 +139,13 @@ impl<H: Hw> MemSystem<H> {
         Ok(a.root)
     }
 
+    /// The root page table of `pid`'s address space, without activating it
+    /// (what the kernel tells the VMM, so it can read the tables).
+    pub fn root_of(&self, pid: Pid) -> Result<Pfn, Errno> {
+        let mm = self.proc_mm(pid)?;
+        Ok(self.mm(mm).root)
+    }
+
     /// `getpid`.
     pub fn getpid(&self, pid: Pid) -> Result<Pid, Errno> {
         self.proc_mm(pid).map(|_| pid)

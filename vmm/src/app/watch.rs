@@ -146,6 +146,7 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
                 line["pages_by_slot"] = json!(by_slot);
                 line["mib"] = json!(pages as f64 * 4096.0 / (1 << 20) as f64);
                 line["harvest_us"] = json!(harvest.micros);
+                line["ring_overruns"] = json!(ww.stats().ring_overruns);
                 if args.verify {
                     let check = workload.check(k, &bitmaps, &slot_starts, mem);
                     missed_total += check.missed;

@@ -88,29 +88,35 @@ pub fn clear_range(
 }
 
 /// Harvests every dirty ring: `found(vcpu, slot, page)` for each entry, in
-/// ring order, then re-arms the harvested pages. Returns the entries taken.
+/// ring order, then re-arms the harvested pages. `stopped` is the vCPU (if
+/// any) known to be out of the guest, whose ring may be resynchronised
+/// after an overrun. Returns the entries taken and whether any ring had
+/// lost entries (then every page must be taken as written).
 pub fn harvest_rings<'a>(
     vm: &Vm,
     slots: &Slots,
     rings: impl IntoIterator<Item = (usize, &'a mut DirtyRing)>,
+    stopped: Option<usize>,
     mut found: impl FnMut(usize, usize, u64),
-) -> Result<u64, WatchError> {
-    let mut taken = 0;
+) -> Result<(u64, bool), WatchError> {
+    let (mut taken, mut lost) = (0, false);
     for (vcpu, ring) in rings {
-        taken += u64::from(ring.harvest(|slot_field, offset| {
+        let got = ring.harvest(stopped == Some(vcpu), |slot_field, offset| {
             // The high 16 bits are the address space (always 0 here).
             let slot = (slot_field & 0xffff) as usize;
             if slot < slots.0.len() && offset < slots.0[slot].pages {
                 found(vcpu, slot, offset);
             }
-        }));
+        });
+        taken += u64::from(got.taken);
+        lost |= got.lost;
     }
-    if taken > 0 {
+    if taken > 0 || lost {
         vm.fd
             .reset_dirty_rings()
             .map_err(kvm_error("KVM_RESET_DIRTY_RINGS"))?;
     }
-    Ok(taken)
+    Ok((taken, lost))
 }
 
 /// Takes the pages the VMM wrote through vm-memory since the last call:

@@ -71,6 +71,8 @@ pub struct TrackerStats {
     pub ring_entries: u64,
     pub vmm_pages: u64,
     pub ring_full_exits: u64,
+    /// Times KVM overran a ring (entries lost, everything marked written).
+    pub ring_overruns: u64,
     pub va_watches: usize,
 }
 
@@ -470,10 +472,10 @@ impl WriteWatch {
 
     /// A vCPU's ring filled up (`KVM_EXIT_DIRTY_RING_FULL`): harvest it (and
     /// every other) before the vCPU may run again. Nothing is dropped.
-    pub fn ring_full(&self, _vcpu: usize) -> Result<(), WatchError> {
+    pub fn ring_full(&self, vcpu: usize) -> Result<(), WatchError> {
         let mut st = self.lock();
         st.stats.ring_full_exits += 1;
-        self.harvest(&mut st, &[]).map(|_| ())
+        self.harvest_with(&mut st, &[], Some(vcpu)).map(|_| ())
     }
 
     /// Notes a guest `process` or `process_exit` record.
@@ -544,6 +546,18 @@ impl WriteWatch {
     /// for `ranges` (ring: every ring, whatever the ranges), and the VMM's
     /// own writes.
     fn harvest(&self, st: &mut State, ranges: &[SlotRange]) -> Result<HarvestStats, WatchError> {
+        self.harvest_with(st, ranges, None)
+    }
+
+    /// `harvest`, knowing that vCPU `stopped` (if any) is out of the guest.
+    /// A ring KVM overran lost entries nobody can name: then every page of
+    /// every watch counts as written, since nothing may be missed.
+    fn harvest_with(
+        &self,
+        st: &mut State,
+        ranges: &[SlotRange],
+        stopped: Option<usize>,
+    ) -> Result<HarvestStats, WatchError> {
         let began = Instant::now();
         let State {
             tracking,
@@ -566,15 +580,32 @@ impl WriteWatch {
         // before its vCPU may run again.
         if self.has_ring {
             let rings = rings.iter_mut().enumerate();
-            taken.ring_entries =
-                source::harvest_rings(&self.vm, &self.slots, rings, |vcpu, slot, page| {
+            let (entries, lost) = source::harvest_rings(
+                &self.vm,
+                &self.slots,
+                rings,
+                stopped,
+                |vcpu, slot, page| {
                     for w in watches.values_mut() {
                         w.absorb_page(slot, page);
                     }
                     if let Some(per_vcpu) = per_vcpu.as_mut() {
                         per_vcpu[vcpu][slot].set(page);
                     }
-                })?;
+                },
+            )?;
+            taken.ring_entries = entries;
+            if lost {
+                for w in watches.values_mut() {
+                    w.pending.iter_mut().for_each(PageBitmap::fill);
+                }
+                if stats.ring_overruns == 0 {
+                    eprintln!(
+                        "writewatch: warning: KVM overran a dirty ring and lost entries; every page now counts as written (use a larger --dirty-ring-size)"
+                    );
+                }
+                stats.ring_overruns += 1;
+            }
         }
         taken.vmm_pages = source::harvest_vmm_writes(&self.memory, |slot, words| {
             for w in watches.values_mut() {

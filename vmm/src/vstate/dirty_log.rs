@@ -187,34 +187,103 @@ impl DirtyRing {
 
     /// Takes every entry KVM has published since the last harvest, in order,
     /// calling `found(slot, page offset in slot)` for each, and marks each
-    /// harvested. Returns how many it took. (The pages stay writable until
-    /// `reset_dirty_rings`.)
-    pub fn harvest(&mut self, mut found: impl FnMut(u32, u64)) -> u32 {
+    /// harvested. (The pages stay writable until `reset_dirty_rings`.)
+    ///
+    /// KVM stops a vCPU with `KVM_EXIT_DIRTY_RING_FULL` well before its ring
+    /// fills, so a harvest never sees it full — unless KVM wrote past the
+    /// end, overwriting entries it had not handed over (kvm_pvm does, when
+    /// the ring-0 code it emulates stores more than the ring holds between
+    /// two guest entries). Then entries were lost, and the outcome says so:
+    /// a full ring, or, with `resync` (only while the ring's vCPU is out of
+    /// the guest, so KVM is not writing the ring), entries published beyond
+    /// positions KVM counts as used but holds nothing in. Those positions are
+    /// handed back too (one at a time when nothing was published after
+    /// them), so KVM's count of used entries comes right again and the vCPU
+    /// does not exit for a full ring forever.
+    pub fn harvest(&mut self, resync: bool, mut found: impl FnMut(u32, u64)) -> Harvested {
         let mut taken = 0;
+        let mut lost = false;
         // A full lap at most: every entry taken is handed back as RESET.
         while taken < self.count {
-            let index = (self.next % self.count) as usize;
-            // SAFETY: `index < count`, so the entry lies within the mapping,
-            // which lives as long as `self`.
-            let entry = unsafe { self.entries.as_ptr().add(index) };
-            // SAFETY: `flags` is the first field, a naturally aligned u32 in
-            // memory KVM and we share; the protocol accesses it atomically.
-            let flags = unsafe { AtomicU32::from_ptr(&raw mut (*entry).flags) };
+            let entry = self.entry(self.next);
             // Acquire: the slot and offset KVM wrote before publishing.
-            if flags.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
-                return taken;
+            if entry.0.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
+                if resync && taken == 0 {
+                    lost = true;
+                    if self.skip_to_published() {
+                        continue;
+                    }
+                    // KVM stopped the vCPU for a full ring that holds
+                    // nothing: it counts positions it overwrote as used.
+                    // Hand back one; the vCPU exits again at once while the
+                    // count stays above KVM's limit, and once below, the
+                    // entries it publishes show where the gap ends.
+                    self.hand_back(1);
+                }
+                break;
             }
-            // SAFETY: published entries are not written by KVM until we
-            // hand them back, so plain reads see what it published.
-            let (slot, offset) = unsafe { ((*entry).slot, (*entry).offset) };
-            found(slot, offset);
+            found(entry.1, entry.2);
             // Release: our reads are done before KVM may reuse the entry.
-            flags.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
+            entry.0.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
             self.next = self.next.wrapping_add(1);
             taken += 1;
         }
-        taken
+        Harvested {
+            taken,
+            lost: lost || taken == self.count,
+        }
     }
+
+    /// The flags word and published contents of the entry at `index`.
+    fn entry(&self, index: u32) -> (&AtomicU32, u32, u64) {
+        let index = (index % self.count) as usize;
+        // SAFETY: `index < count`, so the entry lies within the mapping,
+        // which lives as long as `self`.
+        let entry = unsafe { self.entries.as_ptr().add(index) };
+        // SAFETY: `flags` is the first field, a naturally aligned u32 in
+        // memory KVM and we share; the protocol accesses it atomically.
+        let flags = unsafe { AtomicU32::from_ptr(&raw mut (*entry).flags) };
+        // SAFETY: plain reads of the entry; they are only used after the
+        // flags said KVM published it (and does not write it until handed
+        // back), otherwise discarded.
+        let (slot, offset) = unsafe { ((*entry).slot, (*entry).offset) };
+        (flags, slot, offset)
+    }
+
+    /// After an overrun: finds the first published entry past `next` and
+    /// hands back the empty positions before it. False if there is none.
+    fn skip_to_published(&mut self) -> bool {
+        let ahead = (1..self.count).find(|&d| {
+            self.entry(self.next.wrapping_add(d))
+                .0
+                .load(Ordering::Acquire)
+                & KVM_DIRTY_GFN_F_DIRTY
+                != 0
+        });
+        let Some(distance) = ahead else {
+            return false;
+        };
+        self.hand_back(distance);
+        true
+    }
+
+    /// Marks the next `n` positions harvested without reading them.
+    fn hand_back(&mut self, n: u32) {
+        for _ in 0..n {
+            self.entry(self.next)
+                .0
+                .store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
+            self.next = self.next.wrapping_add(1);
+        }
+    }
+}
+
+/// What one ring harvest took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Harvested {
+    pub taken: u32,
+    /// KVM overran the ring: entries were lost before they were taken.
+    pub lost: bool,
 }
 
 impl Drop for DirtyRing {

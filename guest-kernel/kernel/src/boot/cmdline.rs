@@ -38,6 +38,10 @@ pub struct Cmdline {
     pub mode: Result<Mode, UnknownMode<'static>>,
     /// `mm_check`: run the MM invariant checker after every MM operation.
     pub mm_check: bool,
+    /// `program=NAME`: the built-in program `mode=run` runs (default `init`).
+    pub program: Option<&'static str>,
+    /// `arg=N`: its argument (in `rdi`).
+    pub arg: u64,
 }
 
 impl Cmdline {
@@ -48,11 +52,15 @@ impl Cmdline {
             cpus: None,
             mode: Ok(Mode::Run),
             mm_check: false,
+            program: None,
+            arg: 0,
         };
         for word in raw.split_ascii_whitespace() {
             match word.split_once('=') {
                 Some(("cpus", n)) => cmdline.cpus = n.parse().ok(),
                 Some(("mode", m)) => cmdline.mode = parse_mode(m),
+                Some(("program", p)) => cmdline.program = Some(p),
+                Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}
             }

@@ -13,6 +13,7 @@
 
 pub mod elf;
 pub mod programs;
+pub mod report;
 pub mod sched;
 pub mod syscall;
 pub mod task;
@@ -140,6 +141,7 @@ impl Process {
             )
         })
         .map_err(SpawnError::Mm)?;
+        report::created(pid, program.name);
         Ok(p)
     }
 
@@ -210,6 +212,7 @@ impl Drop for Process {
             }
             let _ = s.wait(0, i64::from(self.pid));
         });
+        report::exited(self.pid);
     }
 }
 

@@ -36,3 +36,19 @@ pub static COWFORK: Program = program!("cowfork");
 pub static MMTEST: Program = program!("mmtest");
 /// The MM benchmarks of `mode=bench`.
 pub static MMBENCH: Program = program!("mmbench");
+/// Checks the host write watch's view of a process (tests/write_watch_va.rs).
+pub static WWPROBE: Program = program!("wwprobe");
+
+/// The programs `mode=run program=NAME` may name.
+static ALL: [&Program; 11] = [
+    &INIT, &EXIT42, &GETPID, &BADACCESS, &MEMSLOT, &SYSABI, &COWFORK, &MMTEST, &MMBENCH, &WWPROBE,
+    &FORKWORK,
+];
+
+/// Copy-on-write churn for write-watch experiments (`--workload fork`).
+pub static FORKWORK: Program = program!("forkwork");
+
+/// The built-in program called `name`.
+pub fn by_name(name: &str) -> Option<&'static Program> {
+    ALL.iter().copied().find(|p| p.name == name)
+}

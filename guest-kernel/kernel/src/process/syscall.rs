@@ -91,7 +91,10 @@ pub fn dispatch(frame: &mut TrapFrame) {
                     fork_task(pid, child, frame);
                     i64::from(child)
                 }
-                Outcome::Exited => stop(frame, None),
+                Outcome::Exited => {
+                    super::report::exited(pid);
+                    stop(frame, None)
+                }
                 Outcome::Block => block(frame, child_exits),
             }
         }
@@ -110,8 +113,10 @@ fn result(r: Result<u64, Errno>) -> i64 {
 /// on the next CPU in round robin.
 fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
     let cpu = sched::pick_cpu();
+    let name = TASKS.lock().get(&parent).map_or("?", |t| t.name);
+    // Announced before it can run: a watcher may want its page tables.
+    super::report::created(child, name);
     let mut tasks = TASKS.lock();
-    let name = tasks.get(&parent).map_or("?", |t| t.name);
     let task = tasks.entry(child).or_insert(Task {
         name,
         frame: TrapFrame { rax: 0, ..*frame },

@@ -75,6 +75,10 @@ fn kill(frame: &TrapFrame, signal: Signal, addr: u64, exit_mm: bool) -> ! {
         .lock()
         .get(&pid)
         .map_or(("?", false), |t| (t.name, t.owned));
+    if !owned {
+        // Its address space is gone (an owned one goes with its handle).
+        super::report::exited(pid);
+    }
     crate::println!(
         "[pid {} {}] killed by signal {} ({:?}): {} at rip {:#x}, address {:#x}, error {:#x}",
         pid,
