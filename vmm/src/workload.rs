@@ -42,6 +42,11 @@ pub enum Kind {
     Seq,
     /// No writes at all.
     Idle,
+    /// Fork-heavy: a ring-3 process forks children that break copy-on-write
+    /// on its arena (`forkwork`), so pages move as well as get written. It
+    /// writes no interval numbers: `--verify` does not apply (the virtual
+    /// write watch's exactness under COW is tests/write_watch_va.rs).
+    Fork,
 }
 
 /// How the guest maps its arena.
@@ -80,6 +85,9 @@ impl Spec {
             Kind::Zipf => "zipf",
             Kind::Seq => "seq",
             Kind::Idle => "idle",
+            Kind::Fork => {
+                return format!("mode=run program=forkwork arg={}", self.wss / GRANULARITY);
+            }
         };
         let map = match self.mapping {
             Mapping::Huge => "2m",

@@ -73,19 +73,22 @@ pub fn parse_response(raw: &[u8]) -> Result<Reply, ClientError> {
     let status = response
         .code
         .ok_or_else(|| ClientError::Http("no status".into()))?;
-    let length = response
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    let length = header("content-length").and_then(|v| v.parse::<usize>().ok());
+    let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let dechunked;
     let mut body = &raw[head..];
-    if let Some(length) = length {
+    if chunked {
+        dechunked = dechunk(body)?;
+        body = &dechunked;
+    } else if let Some(length) = length {
         if body.len() < length {
             return Err(ClientError::Http(format!(
                 "the body is {} bytes, Content-Length says {length}",
@@ -102,6 +105,27 @@ pub fn parse_response(raw: &[u8]) -> Result<Reply, ClientError> {
     Ok(Reply { status, body })
 }
 
+/// The body of a `Transfer-Encoding: chunked` message.
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, ClientError> {
+    let mut body = Vec::new();
+    loop {
+        let (header, size) = match httparse::parse_chunk_size(raw) {
+            Ok(httparse::Status::Complete(c)) => c,
+            _ => return Err(ClientError::Http("a broken chunk".into())),
+        };
+        let size = usize::try_from(size).map_err(|_| ClientError::Http("a huge chunk".into()))?;
+        raw = &raw[header..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if raw.len() < size + 2 {
+            return Err(ClientError::Http("it ended inside a chunk".into()));
+        }
+        body.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +140,14 @@ mod tests {
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}").is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\nnot json").is_err());
+        let chunked = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3\r\n: 2\r\n1\r\n}\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(chunked.body["a"], 2);
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\n{}")
+                .is_err()
+        );
     }
 }

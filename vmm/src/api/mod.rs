@@ -145,9 +145,12 @@ fn respond(request: tiny_http::Request, result: Result<serde_json::Value, Reques
     text.push('\n');
     let content_type =
         Header::from_bytes("Content-Type", "application/json").expect("static header");
+    // Bodies are complete in memory: always send a Content-Length, never
+    // chunks (tiny_http chunks large bodies by default).
     let mut response = Response::from_string(text)
         .with_status_code(status)
-        .with_header(content_type);
+        .with_header(content_type)
+        .with_chunked_threshold(usize::MAX);
     if status == 413 {
         // The rest of an oversized body is not read: end the connection.
         response =

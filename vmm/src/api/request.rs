@@ -102,6 +102,22 @@ impl RequestError {
     }
 }
 
+/// Every method and path the API serves (docs/api.yaml lists the same).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/vm"),
+    ("PATCH", "/vm"),
+    ("GET", "/vm/stats"),
+    ("GET", "/processes"),
+    ("PUT", "/write-watch"),
+    ("DELETE", "/write-watch"),
+    ("POST", "/write-watch/get"),
+    ("POST", "/write-watch/reset"),
+    ("PUT", "/write-watch/va"),
+    ("POST", "/write-watch/va/get"),
+    ("POST", "/write-watch/va/reset"),
+    ("GET", "/dirty-rate"),
+];
+
 /// Accepts a JSON number or a string holding one (`"0x1000"`, `"4096"`).
 fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
@@ -465,6 +481,45 @@ mod tests {
         );
         assert_eq!(status("GET", "/dirty-rate?period_ms=0", ""), 400);
         assert_eq!(status("GET", "/dirty-rate?period_ms=999999", ""), 400);
+    }
+
+    /// The (method, path) pairs docs/api.yaml documents.
+    fn documented() -> Vec<(String, String)> {
+        let spec = include_str!("../../../docs/api.yaml");
+        let mut out = Vec::new();
+        let mut path = None;
+        for line in spec.lines().skip_while(|l| *l != "paths:").skip(1) {
+            if !line.starts_with(' ') {
+                break;
+            }
+            if let Some(p) = line.strip_prefix("  /") {
+                path = Some(format!("/{}", p.trim_end_matches(':')));
+            } else if let (Some(p), Some(m)) = (&path, line.strip_prefix("    ")) {
+                if let Some(m) = m.strip_suffix(':').filter(|m| !m.starts_with(' ')) {
+                    out.push((m.to_ascii_uppercase(), p.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_file_documents_exactly_the_routes_served() {
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        let mut doc = documented();
+        served.sort();
+        doc.sort();
+        assert_eq!(served, doc, "docs/api.yaml and ROUTES differ");
+        for (method, path) in ROUTES {
+            let status = parse(method, path, b"").err().map(|e| e.status);
+            assert!(
+                !matches!(status, Some(404 | 405)),
+                "{method} {path}: {status:?}"
+            );
+        }
     }
 
     fn action() -> impl Strategy<Value = ApiAction> {

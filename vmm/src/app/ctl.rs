@@ -2,6 +2,7 @@
 //! `ch-remote`), so nobody needs curl. Each subcommand is one `ApiAction`,
 //! sent as the HTTP request the server parses back into it.
 
+use std::io::{self, Write};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -99,36 +100,42 @@ pub fn run(args: &CtlArgs) -> u8 {
         eprintln!("writewatch: error: {why} (HTTP {})", reply.status);
         return API_ERROR;
     }
-    if args.json {
-        println!("{}", reply.body);
+    // A reader that stops early (`| head`) is no error of ours.
+    let mut out = io::stdout().lock();
+    let _ = if args.json {
+        writeln!(out, "{}", reply.body)
     } else {
-        print_summary(&action, &reply.body);
-    }
+        print_summary(&mut out, &action, &reply.body)
+    };
     0
 }
 
 /// A write-watch result as one address per line (hex), or runs, or the
 /// count; anything else as indented JSON.
-fn print_summary(action: &ApiAction, body: &Value) {
+fn print_summary(out: &mut impl Write, action: &ApiAction, body: &Value) -> io::Result<()> {
     let is_get = matches!(action, ApiAction::Get(_) | ApiAction::GetVa { .. });
     if !is_get {
-        println!("{}", serde_json::to_string_pretty(body).unwrap_or_default());
-        return;
-    }
-    if let Some(addresses) = body["addresses"].as_array() {
-        for a in addresses.iter().filter_map(Value::as_u64) {
-            println!("{a:#x}");
-        }
-    }
-    if let Some(runs) = body["ranges"].as_array() {
-        for run in runs {
-            if let (Some(start), Some(len)) = (run[0].as_u64(), run[1].as_u64()) {
-                println!("{start:#x} +{len:#x}");
-            }
-        }
+        return writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(body).unwrap_or_default()
+        );
     }
     eprintln!(
         "{} pages written (granularity {})",
         body["count"], body["granularity"]
     );
+    if let Some(addresses) = body["addresses"].as_array() {
+        for a in addresses.iter().filter_map(Value::as_u64) {
+            writeln!(out, "{a:#x}")?;
+        }
+    }
+    if let Some(runs) = body["ranges"].as_array() {
+        for run in runs {
+            if let (Some(start), Some(len)) = (run[0].as_u64(), run[1].as_u64()) {
+                writeln!(out, "{start:#x} +{len:#x}")?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,8 @@ use super::session::{Controls, Session};
 use super::watch::{DEFAULT_RING_ENTRIES, announced, give_up, spec, stop_workload};
 use crate::cli::DirtyRateArgs;
 use crate::dirty::{Initial, Source};
+use crate::runner::StopReason;
+use crate::workload::Kind;
 
 pub fn run(args: &DirtyRateArgs, process_start: Instant) -> Result<u8, AppError> {
     let mut vm = args.vm.clone();
@@ -39,40 +41,50 @@ pub fn run(args: &DirtyRateArgs, process_start: Instant) -> Result<u8, AppError>
 
 fn measure(controls: Controls, args: &DirtyRateArgs) -> Option<u8> {
     let vm = controls.vm;
-    let workload = match announced(&controls) {
-        Ok(w) => w,
-        Err(why) if vm.is_running() => return give_up(vm, why),
-        Err(_) => return None,
+    // The fork workload is a process: it announces no arena.
+    let workload = match args.workload.workload {
+        Kind::Fork => None,
+        _ => match announced(&controls) {
+            Ok(w) => Some(w),
+            Err(why) if vm.is_running() => return give_up(vm, why),
+            Err(_) => return None,
+        },
     };
     let ww = vm.write_watch();
     if let Err(e) = ww.start(args.source, Initial::Clean) {
         return give_up(vm, e.to_string());
     }
-    if let Err(e) = workload.set_interval(vm.memory(), 1) {
+    if let Some(Err(e)) = workload.as_ref().map(|w| w.set_interval(vm.memory(), 1)) {
         return give_up(vm, e.to_string());
     }
     if !vm.sleep(Duration::from_secs_f64(args.warmup)) {
         return None;
     }
-    let writes = workload.writes(vm.memory());
+    let writes_now = || workload.as_ref().map_or(0, |w| w.writes(vm.memory()));
+    let writes = writes_now();
     let rate = match ww.dirty_rate(Duration::from_secs_f64(args.period)) {
         Ok(rate) => rate,
         Err(e) => return give_up(vm, e.to_string()),
     };
-    let writes = workload.writes(vm.memory()) - writes;
-    let out = json!({
+    let mut out = json!({
         "dirty_rate_mib_s": rate.mib_per_s,
         "pages": rate.pages,
         "period_ms": rate.period_ms,
         "source": rate.source,
         "vcpus": rate.vcpus,
-        "guest_writes": writes,
-        "workload": {"kind": workload.kind, "pages": workload.pages, "cpus": workload.cpus,
-                     "rate_mib": workload.rate_mib, "map": workload.map},
+        "workload": {"kind": args.workload.workload},
     });
+    if let Some(w) = &workload {
+        out["guest_writes"] = json!(writes_now() - writes);
+        out["workload"] = json!({"kind": w.kind, "pages": w.pages, "cpus": w.cpus,
+                                 "rate_mib": w.rate_mib, "map": w.map});
+    }
     let mut text = serde_json::to_string_pretty(&out).unwrap_or_default();
     text.push('\n');
     let _ = controls.stdout.push(text.as_bytes(), || !vm.is_running());
-    stop_workload(vm, &workload);
+    match &workload {
+        Some(w) => stop_workload(vm, w),
+        None => vm.stop(StopReason::Requested("measured".into())),
+    }
     Some(0)
 }

@@ -15,7 +15,7 @@ use crate::cli::{WatchArgs, WatchSource, WorkloadArgs};
 use crate::dirty::{Initial, Source, WriteWatch};
 use crate::exit_status;
 use crate::runner::{StopReason, VmHandle};
-use crate::workload::{Announced, Spec};
+use crate::workload::{Announced, Kind, Spec};
 
 /// Dirty-ring entries per vCPU when `--source ring` gives no size.
 pub const DEFAULT_RING_ENTRIES: u32 = 16384;
@@ -37,6 +37,11 @@ pub fn spec(args: &WorkloadArgs) -> Spec {
 }
 
 pub fn run(args: &WatchArgs, process_start: Instant) -> Result<u8, AppError> {
+    if args.verify && args.workload.workload == Kind::Fork {
+        return Err(AppError::Usage(
+            "--verify needs a workload that writes interval numbers; fork writes process memory (tests/write_watch_va.rs checks that)".into(),
+        ));
+    }
     let mut vm = args.vm.clone();
     match (args.source, vm.dirty_ring_size) {
         (WatchSource::Ring, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
@@ -91,10 +96,14 @@ pub fn stop_workload(vm: &VmHandle, workload: &Announced) {
 
 fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
     let vm = controls.vm;
-    let workload = match announced(&controls) {
-        Ok(w) => w,
-        Err(why) if vm.is_running() => return give_up(vm, why),
-        Err(_) => return None,
+    // The fork workload is a process: it announces no arena.
+    let workload = match args.workload.workload {
+        Kind::Fork => None,
+        _ => match announced(&controls) {
+            Ok(w) => Some(w),
+            Err(why) if vm.is_running() => return give_up(vm, why),
+            Err(_) => return None,
+        },
     };
     let ww = vm.write_watch();
     let source = match args.source {
@@ -108,12 +117,13 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
     };
     let slot_starts: Vec<u64> = ww.ram_ranges().iter().map(|&(start, _)| start).collect();
     let mem = vm.memory();
-    if let Err(e) = workload.set_interval(mem, 1) {
+    if let Some(Err(e)) = workload.as_ref().map(|w| w.set_interval(mem, 1)) {
         return give_up(vm, e.to_string());
     }
+    let writes_now = || workload.as_ref().map_or(0, |w| w.writes(mem));
     let interval = Duration::from_secs_f64(args.interval);
     let began = Instant::now();
-    let (mut writes, mut at) = (workload.writes(mem), Instant::now());
+    let (mut writes, mut at) = (writes_now(), Instant::now());
     let mut missed_total = 0;
     for k in 1..=args.intervals {
         if !vm.sleep(interval) {
@@ -128,15 +138,18 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
             None
         };
         let taken = consumer.map(|c| ww.take_consumer(c));
-        let now_writes = workload.writes(mem);
+        let now_writes = writes_now();
         let elapsed = at.elapsed().as_secs_f64();
         let mut line = json!({
             "interval": k,
             "t_ms": began.elapsed().as_secs_f64() * 1e3,
             "source": source.map_or("off", Source::name),
-            "guest_writes": now_writes - writes,
-            "guest_write_mib_s": (now_writes - writes) as f64 * 4096.0 / (1 << 20) as f64 / elapsed,
         });
+        if workload.is_some() {
+            line["guest_writes"] = json!(now_writes - writes);
+            line["guest_write_mib_s"] =
+                json!((now_writes - writes) as f64 * 4096.0 / (1 << 20) as f64 / elapsed);
+        }
         (writes, at) = (now_writes, Instant::now());
         match taken {
             Some(Ok((bitmaps, harvest))) => {
@@ -147,7 +160,7 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
                 line["mib"] = json!(pages as f64 * 4096.0 / (1 << 20) as f64);
                 line["harvest_us"] = json!(harvest.micros);
                 line["ring_overruns"] = json!(ww.stats().ring_overruns);
-                if args.verify {
+                if let (true, Some(workload)) = (args.verify, &workload) {
                     let check = workload.check(k, &bitmaps, &slot_starts, mem);
                     missed_total += check.missed;
                     line["missed"] = json!(check.missed);
@@ -165,7 +178,9 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
         if let Some(micros) = pause {
             line["pause_us"] = json!(micros);
         }
-        let _ = workload.set_interval(mem, k + 1);
+        if let Some(w) = &workload {
+            let _ = w.set_interval(mem, k + 1);
+        }
         if args.verify && vm.resume().is_err() {
             break;
         }
@@ -173,7 +188,10 @@ fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
         text.push('\n');
         let _ = controls.stdout.push(text.as_bytes(), || !vm.is_running());
     }
-    stop_workload(vm, &workload);
+    match &workload {
+        Some(w) => stop_workload(vm, w),
+        None => vm.stop(StopReason::Requested("the intervals are done".into())),
+    }
     if missed_total > 0 {
         eprintln!("writewatch: watch: {missed_total} written pages were missed");
         Some(exit_status::SELFTEST_FAILED)
