@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use common::kvm_available;
-use common::observe::{Observed, Reader, observe};
+use common::observe::{Observed, Reader, observe, observe_signalled};
 use common::pvh_elf::{LOAD_ADDR, pvh_kernel};
 use common::x86::{Asm, Reg, Width};
 
@@ -732,4 +732,44 @@ fn a_record_rewritten_by_another_vcpu_while_it_is_read_never_hurts_the_vmm() {
         report["bad_records"].as_u64().unwrap(),
     );
     assert_eq!(good + bad, 3_000, "{report}");
+}
+
+#[test]
+fn sigterm_and_sigint_end_a_flooding_guest_with_a_stalled_reader_promptly() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = serial();
+    let record = record_bytes(&padded_record("flood", 64 << 10));
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let after = Duration::from_secs(1);
+        let out = observe_signalled(
+            &[
+                "run",
+                "--kernel",
+                kernel_file(&doorbell_flood(4, &record))
+                    .path()
+                    .to_str()
+                    .unwrap(),
+                "--vcpus",
+                "4",
+                "--mem",
+                "64M",
+                "--records",
+                "-",
+                "--timeout",
+                "60",
+            ],
+            Reader::Stalled,
+            Some((after, signal)),
+        );
+        // Within a second of the signal, however the guest floods and
+        // whoever does not read.
+        assert_contained(&out, code, Some(after.as_secs_f64()), "4", "64M");
+        assert!(
+            out.stderr.contains("stopped by signal"),
+            "{}",
+            tail(&out.stderr)
+        );
+    }
 }

@@ -54,6 +54,15 @@ const HUNG_AFTER: Duration = Duration::from_secs(150);
 
 /// Runs `writewatch args`, watching its memory and time.
 pub fn observe(args: &[&str], reader: Reader) -> Observed {
+    observe_signalled(args, reader, None)
+}
+
+/// `observe`, sending `signal` to the VMM after `after` when given.
+pub fn observe_signalled(
+    args: &[&str],
+    reader: Reader,
+    signal: Option<(Duration, i32)>,
+) -> Observed {
     let started = Instant::now();
     let mut child = writewatch()
         .args(args)
@@ -88,9 +97,18 @@ pub fn observe(args: &[&str], reader: Reader) -> Observed {
     let poller = {
         let (exited, hwm) = (exited.clone(), hwm.clone());
         thread::spawn(move || {
+            let mut signalled = false;
             while !exited.load(Ordering::SeqCst) {
                 if let Some(kib) = vm_hwm_kib(pid) {
                     hwm.fetch_max(kib, Ordering::SeqCst);
+                }
+                if let Some((after, sig)) = signal {
+                    if started.elapsed() >= after && !signalled {
+                        signalled = true;
+                        // SAFETY: kill(2) takes plain integers; the child is
+                        // not reaped until `wait` below returns.
+                        unsafe { libc::kill(pid as libc::pid_t, sig) };
+                    }
                 }
                 if started.elapsed() > HUNG_AFTER {
                     // SAFETY: kill(2) takes plain integers; the child is not

@@ -11,7 +11,9 @@ use std::fs::File;
 use std::io;
 use std::os::fd::FromRawFd;
 
-use vm_memory::bitmap::{AtomicBitmap, NewBitmap};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap};
 
@@ -22,7 +24,56 @@ use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 /// bitmap of the pages the VMM itself wrote through vm-memory (loader,
 /// devices, migration), which the write-watch layer merges with KVM's log:
 /// no write path into guest RAM bypasses it.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<VmmWrites>;
+
+/// vm-memory's `AtomicBitmap` of the pages the VMM wrote in one region, and
+/// whether it has any set: most harvests find none, and looking at one flag
+/// is cheaper than swapping every word of a large region's bitmap.
+#[derive(Debug, Default)]
+pub struct VmmWrites {
+    bits: AtomicBitmap,
+    touched: AtomicBool,
+}
+
+impl VmmWrites {
+    /// Takes the bits set since the last call (as `AtomicBitmap::get_and_reset`),
+    /// or `None` when nothing was written. A write that lands while this
+    /// runs is taken now or by the next call: the writer sets its bits
+    /// before the flag, and the flag is cleared before the bits are taken.
+    pub fn take(&self) -> Option<Vec<u64>> {
+        self.touched
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.bits.get_and_reset())
+    }
+}
+
+impl<'a> WithBitmapSlice<'a> for VmmWrites {
+    type S = RefSlice<'a, Self>;
+}
+
+impl Bitmap for VmmWrites {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.bits.mark_dirty(offset, len);
+        self.touched.store(true, Ordering::Release);
+    }
+
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.bits.dirty_at(offset)
+    }
+
+    fn slice_at(&self, offset: usize) -> RefSlice<'_, Self> {
+        RefSlice::new(self, offset)
+    }
+}
+
+impl NewBitmap for VmmWrites {
+    fn with_len(len: usize) -> Self {
+        VmmWrites {
+            bits: AtomicBitmap::with_len(len),
+            touched: AtomicBool::new(false),
+        }
+    }
+}
 
 /// Size of a host huge page for `--backing hugetlb`.
 pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
@@ -110,9 +161,8 @@ pub fn create_guest_memory(
         };
         let len_usize =
             usize::try_from(len).map_err(|_| map_err(io::ErrorKind::OutOfMemory.into()))?;
-        let builder =
-            MmapRegionBuilder::new_with_bitmap(len_usize, AtomicBitmap::with_len(len_usize))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+        let builder = MmapRegionBuilder::new_with_bitmap(len_usize, VmmWrites::with_len(len_usize))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
         let builder = match &file {
             None => builder
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE),

@@ -97,7 +97,9 @@ impl Outputs {
         if Arc::ptr_eq(&self.console, &self.stdout) {
             warn_console_lost(&stdout);
         }
-        if self.carries_data(&self.records) || self.carries_data(&self.report) {
+        // With the console elsewhere, stdout carries the command's results.
+        let results = !Arc::ptr_eq(&self.console, &self.stdout);
+        if results || self.carries_data(&self.records) || self.carries_data(&self.report) {
             check_output("stdout", &stdout)
         } else {
             true

@@ -9,6 +9,8 @@ const WORD: u64 = 64;
 pub struct PageBitmap {
     words: Vec<u64>,
     pages: u64,
+    /// Set bits, kept up to date so an empty bitmap is never scanned.
+    ones: u64,
 }
 
 impl PageBitmap {
@@ -17,6 +19,7 @@ impl PageBitmap {
         PageBitmap {
             words: vec![0; pages.div_ceil(WORD) as usize],
             pages,
+            ones: 0,
         }
     }
 
@@ -29,14 +32,16 @@ impl PageBitmap {
     }
 
     pub fn set(&mut self, page: u64) {
-        if page < self.pages {
+        if page < self.pages && !self.get(page) {
             self.words[(page / WORD) as usize] |= 1 << (page % WORD);
+            self.ones += 1;
         }
     }
 
     pub fn clear(&mut self, page: u64) {
-        if page < self.pages {
+        if self.get(page) {
             self.words[(page / WORD) as usize] &= !(1 << (page % WORD));
+            self.ones -= 1;
         }
     }
 
@@ -47,28 +52,38 @@ impl PageBitmap {
     /// Sets every page whose bit is set in `words` (KVM's layout); bits
     /// beyond the bitmap's pages are ignored.
     pub fn or_words(&mut self, words: &[u64]) {
-        for (mine, theirs) in self.words.iter_mut().zip(words) {
+        let last = self.words.len().saturating_sub(1);
+        let tail = self.tail_mask();
+        for (i, (mine, theirs)) in self.words.iter_mut().zip(words).enumerate() {
+            let theirs = if i == last { theirs & tail } else { *theirs };
+            self.ones += u64::from((theirs & !*mine).count_ones());
             *mine |= theirs;
         }
-        self.trim();
     }
 
     /// Sets every page.
     pub fn fill(&mut self) {
         self.words.fill(u64::MAX);
-        self.trim();
+        let tail = self.tail_mask();
+        if let Some(last) = self.words.last_mut() {
+            *last &= tail;
+        }
+        self.ones = self.pages;
     }
 
     pub fn clear_all(&mut self) {
-        self.words.fill(0);
+        if self.ones > 0 {
+            self.words.fill(0);
+            self.ones = 0;
+        }
     }
 
     pub fn count(&self) -> u64 {
-        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+        self.ones
     }
 
     pub fn is_clear(&self) -> bool {
-        self.words.iter().all(|&w| w == 0)
+        self.ones == 0
     }
 
     /// The set pages in `[first, end)`, ascending, at most `limit` of them.
@@ -91,6 +106,56 @@ impl PageBitmap {
             page = word_end;
         }
         out
+    }
+
+    /// Takes the set pages in `[first, end)`, ascending, at most `limit`:
+    /// pushes `base + page * 4096` for each to `out` (when given) and, with
+    /// `reset`, clears exactly those, a word at a time. Returns how many.
+    pub fn take(
+        &mut self,
+        first: u64,
+        end: u64,
+        limit: usize,
+        reset: bool,
+        mut out: Option<(&mut Vec<u64>, u64)>,
+    ) -> usize {
+        let end = end.min(self.pages);
+        let mut taken = 0;
+        let mut page = first;
+        while page < end && taken < limit && self.ones > 0 {
+            let index = (page / WORD) as usize;
+            let word_end = ((index as u64 + 1) * WORD).min(end);
+            let mut mask = u64::MAX << (page % WORD);
+            if word_end % WORD != 0 {
+                mask &= (1 << (word_end % WORD)) - 1;
+            }
+            let mut bits = self.words[index] & mask;
+            let ones = bits.count_ones() as usize;
+            let took = if out.is_none() && ones <= limit - taken {
+                // Counting only, and the whole word fits: no bit-by-bit walk.
+                taken += ones;
+                bits
+            } else {
+                let mut took = 0u64;
+                while bits != 0 && taken < limit {
+                    let bit = bits & bits.wrapping_neg();
+                    if let Some((out, base)) = out.as_mut() {
+                        let page = index as u64 * WORD + u64::from(bit.trailing_zeros());
+                        out.push(*base + page * 4096);
+                    }
+                    took |= bit;
+                    bits &= bits - 1;
+                    taken += 1;
+                }
+                took
+            };
+            if reset {
+                self.words[index] &= !took;
+                self.ones -= u64::from(took.count_ones());
+            }
+            page = word_end;
+        }
+        taken
     }
 
     /// The words of this bitmap restricted to pages `[first, end)`: bits
@@ -116,13 +181,11 @@ impl PageBitmap {
             .collect()
     }
 
-    /// Clears bits past the last page (a partial last word).
-    fn trim(&mut self) {
-        let tail = self.pages % WORD;
-        if tail != 0 {
-            if let Some(last) = self.words.last_mut() {
-                *last &= (1 << tail) - 1;
-            }
+    /// The bits of the last word that are pages.
+    fn tail_mask(&self) -> u64 {
+        match self.pages % WORD {
+            0 => u64::MAX,
+            tail => (1 << tail) - 1,
         }
     }
 }
@@ -160,6 +223,38 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn take_returns_and_resets_exactly_what_a_naive_scan_finds(
+            pages in 1u64..400,
+            set in prop::collection::vec(0u64..400, 0..80),
+            first in 0u64..400,
+            len in 0u64..400,
+            limit in 0usize..100,
+            reset in any::<bool>(),
+        ) {
+            let mut b = PageBitmap::new(pages);
+            for &p in &set {
+                b.set(p);
+            }
+            let end = first.saturating_add(len);
+            let naive: Vec<u64> = (first..end.min(pages)).filter(|&p| b.get(p)).take(limit).collect();
+            let mut after = b.clone();
+            if reset {
+                for &p in &naive {
+                    after.clear(p);
+                }
+            }
+            let mut counted = b.clone();
+            let mut got = Vec::new();
+            prop_assert_eq!(b.take(first, end, limit, reset, Some((&mut got, 0))), naive.len());
+            prop_assert_eq!(got, naive.iter().map(|p| p * 4096).collect::<Vec<_>>());
+            prop_assert_eq!(&b, &after);
+            prop_assert_eq!(counted.take(first, end, limit, reset, None), naive.len());
+            prop_assert_eq!(&counted, &after);
+            let ones: u64 = counted.words().iter().map(|w| u64::from(w.count_ones())).sum();
+            prop_assert_eq!(counted.count(), ones);
+        }
+
         #[test]
         fn set_pages_matches_a_naive_scan(
             pages in 1u64..400,

@@ -47,7 +47,12 @@ pub fn harvest_bitmap(
             .fd
             .get_dirty_log(r.slot as u32, (slot.pages * super::GRANULARITY) as usize)
             .map_err(kvm_error("KVM_GET_DIRTY_LOG"))?;
-        let masked = PageBitmap::masked_words(&words, r.first, r.end);
+        // A whole slot needs no masking.
+        let masked = if r.first == 0 && r.end == slot.pages {
+            words
+        } else {
+            PageBitmap::masked_words(&words, r.first, r.end)
+        };
         let count: u64 = masked.iter().map(|w| u64::from(w.count_ones())).sum();
         if count == 0 {
             continue;
@@ -125,9 +130,8 @@ pub fn harvest_vmm_writes(mem: &GuestMemoryMmap, mut found: impl FnMut(usize, &[
     let mut taken = 0;
     for (slot, region) in mem.iter().enumerate() {
         // The region's own bitmap (`MmapRegion::bitmap`), not a slice of it.
-        let words = std::ops::Deref::deref(region).bitmap().get_and_reset();
-        let count: u64 = words.iter().map(|w| u64::from(w.count_ones())).sum();
-        if count > 0 {
+        if let Some(words) = std::ops::Deref::deref(region).bitmap().take() {
+            let count: u64 = words.iter().map(|w| u64::from(w.count_ones())).sum();
             found(slot, &words);
             taken += count;
         }

@@ -169,6 +169,21 @@ impl WriteWatch {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The VM: for measurements that compare the write watch with bare
+    /// dirty-log ioctls (`benches/dirty.rs`).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Empties the dirty rings (harvest and reset) with nothing done with
+    /// the entries: the bare loop `benches/dirty.rs` compares with. Returns
+    /// the entries taken.
+    pub fn drain_rings_unwatched(&self) -> Result<u64, WatchError> {
+        let mut st = self.lock();
+        let rings = st.rings.iter_mut().enumerate();
+        source::harvest_rings(&self.vm, &self.slots, rings, None, |_, _, _| {}).map(|(n, _)| n)
+    }
+
     /// The source this VM can track with.
     pub fn available_source(&self) -> Source {
         if self.has_ring {
@@ -277,6 +292,31 @@ impl WriteWatch {
         reset: bool,
         max_count: Option<usize>,
     ) -> Result<WatchResult, WatchError> {
+        let mut addresses = Vec::new();
+        let (_, harvest) = self.get_into(start, len, reset, max_count, Some(&mut addresses))?;
+        Ok(result(addresses, harvest))
+    }
+
+    /// `get` that only counts the pages (GetWriteWatch with the addresses
+    /// thrown away): the same harvest and reset, no list built.
+    pub fn get_count(
+        &self,
+        start: u64,
+        len: u64,
+        reset: bool,
+        max_count: Option<usize>,
+    ) -> Result<(usize, HarvestStats), WatchError> {
+        self.get_into(start, len, reset, max_count, None)
+    }
+
+    fn get_into(
+        &self,
+        start: u64,
+        len: u64,
+        reset: bool,
+        max_count: Option<usize>,
+        out: Option<&mut Vec<u64>>,
+    ) -> Result<(usize, HarvestStats), WatchError> {
         let limit = check_count(max_count)?;
         let ranges = self.slots.split(start, len)?;
         let mut st = self.lock();
@@ -286,8 +326,8 @@ impl WriteWatch {
             .watches
             .get_mut(&WatchId::Gpa)
             .expect("open while tracking");
-        let addresses = watch.take_gpa(&self.slots, &ranges, reset, limit);
-        Ok(result(addresses, harvest))
+        let count = watch.take_gpa(&self.slots, &ranges, reset, limit, out);
+        Ok((count, harvest))
     }
 
     /// `ResetWriteWatch` over guest-physical `[start, start + len)`.

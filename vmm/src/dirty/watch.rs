@@ -50,36 +50,31 @@ impl Watch {
     }
 
     /// The written guest-physical pages in `ranges` (ascending), at most
-    /// `limit`; with `reset`, exactly those returned are cleared.
+    /// `limit`, as addresses into `out` when given; with `reset`, exactly
+    /// those taken are cleared. Returns how many.
     pub fn take_gpa(
         &mut self,
         slots: &Slots,
         ranges: &[SlotRange],
         reset: bool,
         limit: usize,
-    ) -> Vec<u64> {
-        let mut out = Vec::new();
+        mut out: Option<&mut Vec<u64>>,
+    ) -> usize {
+        let mut taken = 0;
         for r in ranges {
-            let pages = self.pending[r.slot].set_pages(r.first, r.end, limit - out.len());
-            if reset {
-                for &p in &pages {
-                    self.pending[r.slot].clear(p);
-                }
-            }
-            out.extend(pages.into_iter().map(|p| slots.address(r.slot, p)));
-            if out.len() == limit {
+            let sink = out.as_deref_mut().map(|o| (o, slots.address(r.slot, 0)));
+            taken += self.pending[r.slot].take(r.first, r.end, limit - taken, reset, sink);
+            if taken == limit {
                 break;
             }
         }
-        out
+        taken
     }
 
     /// Clears the written state of `ranges`.
     pub fn reset_gpa(&mut self, ranges: &[SlotRange]) {
         for r in ranges {
-            for p in self.pending[r.slot].set_pages(r.first, r.end, usize::MAX) {
-                self.pending[r.slot].clear(p);
-            }
+            self.pending[r.slot].take(r.first, r.end, usize::MAX, true, None);
         }
     }
 }
@@ -257,16 +252,17 @@ mod tests {
             w.absorb_page(0, page);
         }
         let all = slots.split(0, 64 << 20).unwrap();
-        assert_eq!(w.take_gpa(&slots, &all, true, 2), vec![0x1000, 0x5000]);
-        assert_eq!(
-            w.take_gpa(&slots, &all, false, usize::MAX),
-            vec![0x9000, 200 * 4096]
-        );
+        let take = |w: &mut Watch, reset, limit| {
+            let mut out = Vec::new();
+            let n = w.take_gpa(&slots, &all, reset, limit, Some(&mut out));
+            assert_eq!(n, out.len());
+            out
+        };
+        assert_eq!(take(&mut w, true, 2), vec![0x1000, 0x5000]);
+        assert_eq!(take(&mut w, false, usize::MAX), vec![0x9000, 200 * 4096]);
         let part = slots.split(0x9000, 0x1000).unwrap();
         w.reset_gpa(&part);
-        assert_eq!(
-            w.take_gpa(&slots, &all, false, usize::MAX),
-            vec![200 * 4096]
-        );
+        assert_eq!(w.take_gpa(&slots, &all, false, usize::MAX, None), 1);
+        assert_eq!(take(&mut w, false, usize::MAX), vec![200 * 4096]);
     }
 }
