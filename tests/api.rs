@@ -397,6 +397,22 @@ fn an_output_that_fails_mid_run_is_reported_and_fails_the_run() {
             stderr(&out)
         );
     }
+    // `watch` prints its results on stdout: losing them fails the run too.
+    let out = writewatch()
+        .args([
+            "watch",
+            "--intervals",
+            "1",
+            "--interval",
+            "0.3",
+            "--wss",
+            "4M",
+        ])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 121, "{}", stderr(&out));
+    assert!(stderr(&out).contains("stdout"), "{}", stderr(&out));
     // An unknown ring size or source is a usage error before boot.
     let out = run(&["run", "--dirty-ring-size", "1000"]);
     assert_one_line_error(&out, 125, "power of two");

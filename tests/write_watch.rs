@@ -111,7 +111,9 @@ fn a_small_ring_that_fills_up_loses_nothing() {
     if !kvm_available() {
         return;
     }
-    // 1024 entries per vCPU fill many times a second here.
+    // 1024 entries per vCPU fill many times a second here. On kvm_pvm the
+    // emulated ring-0 stores can also overrun so small a ring (entries are
+    // lost: WRITE_WATCH.md); then everything must count as written.
     let lines = watch(&[
         "--source",
         "ring",
@@ -122,7 +124,19 @@ fn a_small_ring_that_fills_up_loses_nothing() {
         "--wss",
         "32M",
     ]);
-    assert_exact(&lines, "ring of 1024");
+    for line in &lines {
+        assert_eq!(line["missed"], 0, "{line}");
+    }
+    if lines.iter().all(|l| l["ring_overruns"] == 0) {
+        assert_exact(&lines, "ring of 1024");
+    } else {
+        let overrun = lines.iter().find(|l| l["ring_overruns"] != 0).unwrap();
+        let ram_pages = 256 << 20 >> 12;
+        assert_eq!(
+            overrun["pages"], ram_pages,
+            "after an overrun every page counts: {overrun}"
+        );
+    }
 }
 
 #[test]

@@ -140,6 +140,10 @@ pub struct DirtyRing {
     count: u32,
     /// Index (modulo `count`) of the next entry to harvest.
     next: u32,
+    /// Harvests that took entries (by any thread).
+    harvests: u64,
+    /// `harvests` at the last full-ring exit that found nothing published.
+    empty_full_at: Option<u64>,
 }
 
 // SAFETY: the ring is a shared mapping that KVM writes concurrently anyway;
@@ -177,6 +181,8 @@ impl DirtyRing {
             entries,
             count: bytes / entry,
             next: 0,
+            harvests: 0,
+            empty_full_at: None,
         })
     }
 
@@ -209,16 +215,24 @@ impl DirtyRing {
             // Acquire: the slot and offset KVM wrote before publishing.
             if entry.0.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
                 if resync && taken == 0 {
-                    lost = true;
                     if self.skip_to_published() {
+                        lost = true;
                         continue;
                     }
-                    // KVM stopped the vCPU for a full ring that holds
-                    // nothing: it counts positions it overwrote as used.
-                    // Hand back one; the vCPU exits again at once while the
-                    // count stays above KVM's limit, and once below, the
-                    // entries it publishes show where the gap ends.
-                    self.hand_back(1);
+                    // A full-ring exit with nothing published: another
+                    // thread may have harvested the ring just after KVM
+                    // decided to exit (then the vCPU simply runs on), or
+                    // KVM counts positions it overwrote as used. Only a
+                    // second such exit with no harvest in between proves
+                    // the latter: then hand back one position; the vCPU
+                    // exits again at once while the count stays above
+                    // KVM's limit, and once below, the entries it
+                    // publishes show where the gap ends.
+                    if self.empty_full_at == Some(self.harvests) {
+                        lost = true;
+                        self.hand_back(1);
+                    }
+                    self.empty_full_at = Some(self.harvests);
                 }
                 break;
             }
@@ -227,6 +241,10 @@ impl DirtyRing {
             entry.0.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
             self.next = self.next.wrapping_add(1);
             taken += 1;
+        }
+        if taken > 0 {
+            self.harvests += 1;
+            self.empty_full_at = None;
         }
         Harvested {
             taken,
