@@ -145,21 +145,9 @@ pub fn parse_number(text: &str) -> Option<u64> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+/// The body of every write-watch query: a range, what to do with it, and
+/// for virtual ranges whose memory (exactly one of `pid` and `cr3`).
 struct QueryBody {
-    #[serde(deserialize_with = "number")]
-    start: u64,
-    #[serde(deserialize_with = "number")]
-    len: u64,
-    #[serde(default)]
-    reset: bool,
-    max_count: Option<usize>,
-    #[serde(default)]
-    format: Format,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VaBody {
     pid: Option<u64>,
     #[serde(default, deserialize_with = "maybe_number")]
     cr3: Option<u64>,
@@ -198,7 +186,7 @@ fn body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, RequestError> {
 }
 
 fn va(bytes: &[u8], with_query: bool) -> Result<(Target, Query), RequestError> {
-    let b: VaBody = body(bytes)?;
+    let b: QueryBody = body(bytes)?;
     let target = match (b.pid, b.cr3) {
         (Some(pid), None) => Target::Pid(pid),
         (None, Some(cr3)) => Target::Cr3(cr3),
@@ -265,6 +253,12 @@ pub fn parse(method: &str, url: &str, bytes: &[u8]) -> Result<ApiAction, Request
         ("DELETE", "/write-watch") => no_body(ApiAction::StopTracking)?,
         ("POST", "/write-watch/get") => {
             let b: QueryBody = body(bytes)?;
+            if b.pid.is_some() || b.cr3.is_some() {
+                return Err(RequestError::new(
+                    400,
+                    "guest-physical queries take no pid or cr3 (see /write-watch/va)",
+                ));
+            }
             ApiAction::Get(Query {
                 range: Range {
                     start: b.start,

@@ -8,47 +8,23 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::AppError;
-use super::session::{Controls, Session};
-use super::watch::{DEFAULT_RING_ENTRIES, announced, give_up, spec, stop_workload};
+use super::session::Controls;
+use super::watch::{give_up, stop_workload, with_ring, workload_of, workload_session};
 use crate::cli::DirtyRateArgs;
 use crate::dirty::{Initial, Source};
 use crate::runner::StopReason;
-use crate::workload::Kind;
 
 pub fn run(args: &DirtyRateArgs, process_start: Instant) -> Result<u8, AppError> {
-    let mut vm = args.vm.clone();
-    match (args.source, vm.dirty_ring_size) {
-        (Source::Ring, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
-        (Source::Bitmap, Some(_)) => {
-            return Err(AppError::Usage(
-                "--dirty-ring-size goes with --source ring (a VM with a ring has no bitmap)".into(),
-            ));
-        }
-        _ => {}
-    }
-    Session {
-        name: "dirty-rate",
-        args: &vm,
-        guest_words: spec(&args.workload).guest_words(),
-        selftest: false,
-        default_timeout: None,
-        api_sock: None,
-        console_on_stderr: true,
-        subscribe: &["workload"],
-    }
-    .run(process_start, |controls| measure(controls, args))
+    let vm = with_ring(&args.vm, args.source == Source::Ring)?;
+    workload_session("dirty-rate", &vm, &args.workload)
+        .run(process_start, |controls| measure(controls, args))
 }
 
 fn measure(controls: Controls, args: &DirtyRateArgs) -> Option<u8> {
     let vm = controls.vm;
-    // The fork workload is a process: it announces no arena.
-    let workload = match args.workload.workload {
-        Kind::Fork => None,
-        _ => match announced(&controls) {
-            Ok(w) => Some(w),
-            Err(why) if vm.is_running() => return give_up(vm, why),
-            Err(_) => return None,
-        },
+    let workload = match workload_of(&controls, args.workload.workload) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let ww = vm.write_watch();
     if let Err(e) = ww.start(args.source, Initial::Clean) {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::AppError;
 use super::session::{Controls, Session};
-use crate::cli::{WatchArgs, WatchSource, WorkloadArgs};
+use crate::cli::{VmArgs, WatchArgs, WatchSource, WorkloadArgs};
 use crate::dirty::{Initial, Source, WriteWatch};
 use crate::exit_status;
 use crate::runner::{StopReason, VmHandle};
@@ -42,27 +42,44 @@ pub fn run(args: &WatchArgs, process_start: Instant) -> Result<u8, AppError> {
             "--verify needs a workload that writes interval numbers; fork writes process memory (tests/write_watch_va.rs checks that)".into(),
         ));
     }
-    let mut vm = args.vm.clone();
-    match (args.source, vm.dirty_ring_size) {
-        (WatchSource::Ring, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
-        (WatchSource::Bitmap | WatchSource::Off, Some(_)) => {
+    let vm = with_ring(&args.vm, args.source == WatchSource::Ring)?;
+    workload_session("watch", &vm, &args.workload)
+        .run(process_start, |controls| watch(controls, args))
+}
+
+/// `vm` with a dirty ring when the source is the ring (the default size
+/// unless one is given); a ring size without the ring source is refused.
+pub fn with_ring(vm: &VmArgs, ring: bool) -> Result<VmArgs, AppError> {
+    let mut vm = vm.clone();
+    match (ring, vm.dirty_ring_size) {
+        (true, None) => vm.dirty_ring_size = Some(DEFAULT_RING_ENTRIES),
+        (false, Some(_)) => {
             return Err(AppError::Usage(
                 "--dirty-ring-size goes with --source ring (a VM with a ring has no bitmap)".into(),
             ));
         }
         _ => {}
     }
+    Ok(vm)
+}
+
+/// A session running `workload`, its console on stderr (stdout carries the
+/// command's results), waiting for the `workload` record.
+pub fn workload_session<'a>(
+    name: &'static str,
+    vm: &'a VmArgs,
+    workload: &WorkloadArgs,
+) -> Session<'a> {
     Session {
-        name: "watch",
-        args: &vm,
-        guest_words: spec(&args.workload).guest_words(),
+        name,
+        args: vm,
+        guest_words: spec(workload).guest_words(),
         selftest: false,
         default_timeout: None,
         api_sock: None,
         console_on_stderr: true,
         subscribe: &["workload"],
     }
-    .run(process_start, |controls| watch(controls, args))
 }
 
 /// Ends the run because of `why` (said on stderr); the exit code.
@@ -72,8 +89,22 @@ pub fn give_up(vm: &VmHandle, why: String) -> Option<u8> {
     Some(exit_status::VMM_ERROR)
 }
 
+/// The workload the guest announced, if `kind` announces one (the fork
+/// workload is a process and does not); `Err` with the exit code when the
+/// run must end.
+pub fn workload_of(controls: &Controls, kind: Kind) -> Result<Option<Announced>, Option<u8>> {
+    if kind == Kind::Fork {
+        return Ok(None);
+    }
+    match announced(controls) {
+        Ok(w) => Ok(Some(w)),
+        Err(why) if controls.vm.is_running() => Err(give_up(controls.vm, why)),
+        Err(_) => Err(None),
+    }
+}
+
 /// Waits for the guest's `workload` record.
-pub fn announced(controls: &Controls) -> Result<Announced, String> {
+fn announced(controls: &Controls) -> Result<Announced, String> {
     let started = Instant::now();
     while controls.vm.is_running() && started.elapsed() < ANNOUNCE_TIMEOUT {
         if let Ok(record) = controls.records[0].recv_timeout(Duration::from_millis(50)) {
@@ -96,14 +127,9 @@ pub fn stop_workload(vm: &VmHandle, workload: &Announced) {
 
 fn watch(controls: Controls, args: &WatchArgs) -> Option<u8> {
     let vm = controls.vm;
-    // The fork workload is a process: it announces no arena.
-    let workload = match args.workload.workload {
-        Kind::Fork => None,
-        _ => match announced(&controls) {
-            Ok(w) => Some(w),
-            Err(why) if vm.is_running() => return give_up(vm, why),
-            Err(_) => return None,
-        },
+    let workload = match workload_of(&controls, args.workload.workload) {
+        Ok(w) => w,
+        Err(code) => return code,
     };
     let ww = vm.write_watch();
     let source = match args.source {

@@ -382,22 +382,28 @@ impl WriteWatch {
         max_count: Option<usize>,
     ) -> Result<WatchResult, WatchError> {
         let limit = check_count(max_count)?;
-        slots::check_range(start, len)?;
-        let mut st = self.lock();
-        Self::tracking(&st)?;
-        let id = Self::va_watch_for(&st, cr3, start, len)?;
-        let harvest = self.harvest(&mut st, &self.slots.everything())?;
-        let watch = st.watches.get_mut(&id).expect("found above");
-        let WatchKind::Va(va) = &mut watch.kind else {
-            unreachable!("va_watch_for returns virtual watches")
-        };
-        va.consume(&self.memory, &self.slots, &mut watch.pending)?;
-        let addresses = va.take(start, start + len, reset, limit);
-        Ok(result(addresses, harvest))
+        self.with_va(cr3, start, len, |va, harvest| {
+            result(va.take(start, start + len, reset, limit), harvest)
+        })
     }
 
     /// `ResetWriteWatch` over virtual `[start, start + len)` of `cr3`.
     pub fn reset_va(&self, cr3: u64, start: u64, len: u64) -> Result<HarvestStats, WatchError> {
+        self.with_va(cr3, start, len, |va, harvest| {
+            va.take(start, start + len, true, usize::MAX);
+            harvest
+        })
+    }
+
+    /// Brings the watch covering `[start, start + len)` of `cr3` up to date
+    /// (harvest, then the page-table walk) and hands it to `answer`.
+    fn with_va<R>(
+        &self,
+        cr3: u64,
+        start: u64,
+        len: u64,
+        answer: impl FnOnce(&mut VaWatch, HarvestStats) -> R,
+    ) -> Result<R, WatchError> {
         slots::check_range(start, len)?;
         let mut st = self.lock();
         Self::tracking(&st)?;
@@ -408,8 +414,7 @@ impl WriteWatch {
             unreachable!("va_watch_for returns virtual watches")
         };
         va.consume(&self.memory, &self.slots, &mut watch.pending)?;
-        va.take(start, start + len, true, usize::MAX);
-        Ok(harvest)
+        Ok(answer(va, harvest))
     }
 
     /// Opens a watch for a VMM component (dirty rate, migration): every page

@@ -143,22 +143,8 @@ static CALL_LOCK: Mutex<()> = Mutex::new(());
 
 /// Runs `func(arg)` on CPU `target` (not the calling one) and waits for it.
 pub fn call_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallError> {
-    if target >= MAX_CPUS
-        || !percpu::cpu(target).online.load(Ordering::Acquire)
-        || target == percpu::index()
-    {
-        return Err(CallError::Offline(target));
-    }
-    let _guard = CALL_LOCK.lock();
+    let before = post_call(target, func, arg)?;
     let slot = percpu::cpu(target);
-    if slot.call_fn.load(Ordering::Acquire) != 0 {
-        // An earlier call timed out and is still pending there.
-        return Err(CallError::Busy(target));
-    }
-    let before = slot.calls_done.load(Ordering::Acquire);
-    slot.call_arg.store(arg, Ordering::Relaxed);
-    slot.call_fn.store(func as usize, Ordering::Release);
-    lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_CALL as u8));
     wait_for(|| slot.calls_done.load(Ordering::Acquire) != before)
         .map_err(|_| CallError::Timeout(target))
 }
@@ -166,6 +152,12 @@ pub fn call_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallErr
 /// Starts `func(arg)` on CPU `target` (not the calling one) and returns at
 /// once; the call may run for as long as it likes (a workload does).
 pub fn spawn_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallError> {
+    post_call(target, func, arg).map(|_| ())
+}
+
+/// Puts `func(arg)` in `target`'s mailbox and interrupts it; returns the
+/// target's count of finished calls from before.
+fn post_call(target: usize, func: fn(usize), arg: usize) -> Result<u64, CallError> {
     if target >= MAX_CPUS
         || !percpu::cpu(target).online.load(Ordering::Acquire)
         || target == percpu::index()
@@ -175,12 +167,14 @@ pub fn spawn_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallEr
     let _guard = CALL_LOCK.lock();
     let slot = percpu::cpu(target);
     if slot.call_fn.load(Ordering::Acquire) != 0 {
+        // An earlier call timed out (or runs for good) and is still there.
         return Err(CallError::Busy(target));
     }
+    let before = slot.calls_done.load(Ordering::Acquire);
     slot.call_arg.store(arg, Ordering::Relaxed);
     slot.call_fn.store(func as usize, Ordering::Release);
     lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_CALL as u8));
-    Ok(())
+    Ok(before)
 }
 
 /// Serialises shootdowns; holds the address being invalidated.
