@@ -17,6 +17,7 @@ use crate::guest_image;
 use crate::layout::{KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::migration::state::GuestFacts;
 use crate::output::Sink;
 use crate::vstate::dirty_log::{DirtyLogExt, DirtyRing};
 use crate::vstate::kvm::{KvmError, KvmSystem};
@@ -118,10 +119,36 @@ pub struct Machine {
     pub first_output: Arc<OnceLock<Instant>>,
     /// The guest TSC frequency, for turning guest cycle counts into time.
     pub tsc_khz: Option<u32>,
+    /// The MSRs a vCPU's saved state holds (`KVM_GET_MSR_INDEX_LIST`).
+    pub msr_list: Arc<Vec<u32>>,
+    /// Bytes of a vCPU's XSAVE area.
+    pub xsave_size: usize,
+    /// What the VMM knows from the guest's records (carried by a migration).
+    pub facts: GuestFacts,
+}
+
+/// How the machine's first state comes about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Load the kernel and put vCPU 0 at its PVH entry.
+    Boot,
+    /// Leave RAM and vCPUs empty: a migration or snapshot fills them.
+    Restore,
 }
 
 /// Builds the machine `config` describes, its console printing to `stdout`.
 pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError> {
+    assemble(config, stdout, Start::Boot)
+}
+
+/// Builds the machine `config` describes with nothing loaded, for a
+/// migration or a snapshot to fill (its kernel and command line are not
+/// used: the guest arrives whole).
+pub fn build_for_restore(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError> {
+    assemble(config, stdout, Start::Restore)
+}
+
+fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machine, BuildError> {
     let kvm = KvmSystem::open()?;
     let max_vcpus = MAX_VCPUS.min(kvm.max_vcpus as u32);
     if config.vcpus == 0 || config.vcpus > max_vcpus {
@@ -133,15 +160,21 @@ pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError
     if config.mem_bytes < MIN_MEM {
         return Err(BuildError::MemTooSmall(format_size(config.mem_bytes)));
     }
-    let (image, name) = kernel_image(&config.kernel)?;
     let memory = memory::create_guest_memory(config.mem_bytes, config.backing, kvm.phys_bits())?;
-    let kernel = loader::load_kernel(
-        &memory,
-        &image,
-        &name,
-        config.mem_bytes,
-        KERNEL_MIN_WORKING_SET,
-    )?;
+    let entry = match start {
+        Start::Boot => {
+            let (image, name) = kernel_image(&config.kernel)?;
+            let kernel = loader::load_kernel(
+                &memory,
+                &image,
+                &name,
+                config.mem_bytes,
+                KERNEL_MIN_WORKING_SET,
+            )?;
+            Some(kernel.entry.0)
+        }
+        Start::Restore => None,
+    };
 
     let vm = Vm::new(&kvm, &memory)?;
     let ring_bytes = config
@@ -164,14 +197,17 @@ pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    vcpus[0].set_pvh_entry(kernel.entry.0)?;
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
-    // The guest learns its CPU count and TSC rate from the command line.
-    let tsc_word = tsc_khz
-        .map(|khz| format!(" tsc_khz={khz}"))
-        .unwrap_or_default();
-    let cmdline = format!("cpus={}{tsc_word} {}", config.vcpus, config.cmdline);
-    loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
+    if let Some(entry) = entry {
+        vcpus[0].set_pvh_entry(entry)?;
+        // The guest learns its CPU count and TSC rate from the command line.
+        let tsc_word = tsc_khz
+            .map(|khz| format!(" tsc_khz={khz}"))
+            .unwrap_or_default();
+        let cmdline = format!("cpus={}{tsc_word} {}", config.vcpus, config.cmdline);
+        loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
+    }
+    let xsave_size = vm.xsave_size();
 
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(BuildError::SerialIrq)?;
     vm.fd
@@ -190,6 +226,9 @@ pub fn build(config: &VmConfig, stdout: Arc<Sink>) -> Result<Machine, BuildError
         memory,
         first_output,
         tsc_khz,
+        msr_list: Arc::new(kvm.msr_index_list.clone()),
+        xsave_size,
+        facts: GuestFacts::default(),
     })
 }
 

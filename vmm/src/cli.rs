@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::request::Format;
+use crate::api::request::MigrateRequest;
 use crate::config::{Backing, DEFAULT_MEM, KernelSource, VmConfig, parse_size};
 use crate::dirty::Source;
+use crate::migration::convergence::OnTimeout;
+use crate::migration::transport::Address;
 use crate::workload::{Kind, Mapping};
 
 #[derive(Debug, Parser)]
@@ -35,6 +38,139 @@ pub enum Command {
     DirtyRate(DirtyRateArgs),
     /// Drive a VM started with `run --api-sock` (like Cloud Hypervisor's ch-remote).
     Ctl(CtlArgs),
+    /// Live-migrate the guest of `run --api-sock PATH` to a `run --incoming ADDR`,
+    /// showing progress; exit 0 once it runs there.
+    Migrate(MigrateArgs),
+    /// Write a snapshot of the guest of `run --api-sock PATH` to a file (full, or --diff).
+    Snapshot(SnapshotArgs),
+    /// Run experiments on this machine and report what they measured.
+    #[command(subcommand)]
+    Experiment(ExperimentCommand),
+}
+
+/// How a migration converges (every option has QEMU's or Cloud Hypervisor's default).
+#[derive(Clone, Debug, Args)]
+pub struct MigrationOptions {
+    /// Longest pause the guest should see, in ms: pre-copy stops when the rest fits it at
+    /// the bandwidth measured.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    pub downtime_ms: u64,
+    /// Bandwidth cap for pre-copy, MiB/s (default: none).
+    #[arg(long, value_name = "MIB")]
+    pub max_bandwidth: Option<u64>,
+    /// Pre-copy rounds before --on-timeout applies.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    pub max_rounds: u32,
+    /// Seconds pre-copy may take before --on-timeout applies (default: no limit).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub migrate_timeout: Option<f64>,
+    /// At max rounds or the timeout: cancel (the guest stays here) or force (pause and copy).
+    #[arg(long, value_enum, default_value_t = OnTimeout::Force)]
+    pub on_timeout: OnTimeout,
+    /// Throttle the vCPUs (20 %, then +10 % up to 99 %) when rounds stop shrinking.
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// Skip hashing guest RAM at both ends (it adds to the downtime).
+    #[arg(long)]
+    pub no_verify_ram: bool,
+}
+
+impl MigrationOptions {
+    pub fn request(&self, to: &Address) -> MigrateRequest {
+        MigrateRequest {
+            to: to.to_string(),
+            downtime_ms: self.downtime_ms,
+            max_bandwidth_mib: self.max_bandwidth,
+            max_rounds: self.max_rounds,
+            timeout_s: self.migrate_timeout,
+            on_timeout: self.on_timeout,
+            auto_converge: self.auto_converge,
+            verify_ram: !self.no_verify_ram,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The API socket of the VM to send.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// Where the destination waits: tcp:HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ADDR")]
+    pub to: Address,
+    #[command(flatten)]
+    pub options: MigrationOptions,
+    /// Print the final statistics as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The API socket of the VM.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    /// The file to write (it must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Only the pages written since the last snapshot of this VM.
+    #[arg(long)]
+    pub diff: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ExperimentCommand {
+    /// Migrate a guest workload between two writewatch processes on this machine and
+    /// tabulate the rounds, bandwidth, downtime and integrity.
+    Migrate(ExperimentArgs),
+}
+
+/// Where pre-copy takes dirty pages from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackingSource {
+    Bitmap,
+    Ring,
+}
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// What the guest writes.
+    #[arg(long, value_enum, default_value_t = Kind::Uniform)]
+    pub workload: Kind,
+    /// Write rate of the whole guest in MiB/s; a comma-separated list runs a sweep.
+    #[arg(long, default_value = "8", value_delimiter = ',', value_name = "MIB")]
+    pub rate: Vec<u64>,
+    /// Guest RAM.
+    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
+    pub mem: u64,
+    /// Working-set size (default: half of --mem).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub wss: Option<u64>,
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub vcpus: u32,
+    /// The dirty-log source; a comma-separated list runs each.
+    #[arg(long, value_enum, default_value = "bitmap", value_delimiter = ',')]
+    pub source: Vec<TrackingSource>,
+    /// Also run each case with auto-converge (with --auto-converge only: only with it).
+    #[arg(long)]
+    pub compare_auto_converge: bool,
+    #[arg(long)]
+    pub auto_converge: bool,
+    /// Back guest RAM with hugetlb pages on both sides.
+    #[arg(long)]
+    pub hugetlb: bool,
+    /// Seconds the workload runs before the migration starts.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_timeout, value_name = "SECS")]
+    pub warmup: f64,
+    #[command(flatten)]
+    pub options: MigrationOptions,
+    /// Write results.json, rounds.csv, summary.csv and SVG plots here.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the results as JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A guest write workload (`mode=workload`, docs/GUEST_ABI.md).
@@ -215,6 +351,32 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 1.0, value_parser = parse_timeout)]
         period: f64,
     },
+    /// Start a live migration (returns at once; see `migration`, or use `writewatch migrate`).
+    Migrate {
+        /// Where the destination waits: tcp:HOST:PORT or unix:PATH.
+        #[arg(long, value_name = "ADDR")]
+        to: Address,
+        #[command(flatten)]
+        options: MigrationOptions,
+    },
+    /// The current or last migration's progress and statistics.
+    Migration,
+    /// Cancel the running migration (the guest stays here).
+    CancelMigration,
+    /// Write a snapshot to a file.
+    Snapshot {
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Only the pages written since the last snapshot.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// The guest's workload (what it announced, writes so far).
+    Workload {
+        /// Tell the workload to stop (a checking workload then verifies its memory and exits).
+        #[arg(long)]
+        stop: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +386,14 @@ pub struct RunArgs {
     /// Serve the control API (HTTP/1.1 + JSON, docs/api.yaml) on this Unix socket.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Wait for a live migration at tcp:HOST:PORT or unix:PATH and run the guest that
+    /// arrives (its vCPUs and RAM come with it; --mem and --vcpus are ignored).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["restore", "kernel"])]
+    pub incoming: Option<Address>,
+    /// Restore a snapshot and run it: a full snapshot, then the diffs that follow it in
+    /// order.
+    #[arg(long, value_name = "FILE", num_args = 1.., conflicts_with = "kernel")]
+    pub restore: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Args)]

@@ -16,6 +16,7 @@ pub mod guest_image;
 pub mod layout;
 pub mod loader;
 pub mod memory;
+pub mod migration;
 pub mod output;
 pub mod report;
 pub mod runner;

@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             eprintln!("writewatch: {why}");
             ExitCode::from(USAGE)
         }
+        Err(app::AppError::Signal(sig)) => {
+            eprintln!("writewatch: stopped by signal {sig} before the guest ran");
+            ExitCode::from(writewatch::signals::exit_code(sig))
+        }
         Err(e) => {
             eprintln!("writewatch: error: {e}");
             ExitCode::from(VMM_ERROR)

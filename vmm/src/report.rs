@@ -39,6 +39,10 @@ pub struct RunReport {
     pub vmm_peak_rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub selftest: Option<SelftestSummary>,
+    /// How the guest came (`incoming`, `restored`) or went (`outgoing`),
+    /// when it moved (docs/REPORTS.md, "Migration").
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub migration: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +72,7 @@ impl RunReport {
             StopReason::KvmFailure { .. } => ("kvm-failure", None),
             StopReason::Signal(_) => ("signal", None),
             StopReason::Requested(_) => ("requested", None),
+            StopReason::Migrated(_) => ("migrated", None),
         };
         RunReport {
             command,
@@ -96,6 +101,7 @@ impl RunReport {
                 failed_count: t.failed_count(),
                 failed: t.failed_names().to_vec(),
             }),
+            migration: serde_json::Map::new(),
         }
     }
 }

@@ -35,6 +35,22 @@ pub fn block_termination_signals() {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 }
 
+/// Takes a SIGINT or SIGTERM that arrived (blocked) since the last look,
+/// without waiting: how a phase without a VM yet (waiting for a migration)
+/// notices it should end.
+pub fn take_pending() -> Option<i32> {
+    let set = signal_set();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `set` is a valid, initialised signal set, `zero` a valid
+    // timeout, and a null siginfo pointer is allowed; the signals are
+    // blocked, so this only dequeues one if pending.
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) };
+    (sig > 0).then_some(sig)
+}
+
 /// Starts the thread that turns SIGINT/SIGTERM into a stop of `vm`.
 pub fn forward_to(vm: VmHandle) {
     let _ = thread::Builder::new()

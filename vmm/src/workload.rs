@@ -109,6 +109,9 @@ pub struct Announced {
     pub map: String,
     pub cpus: u64,
     pub rate_mib: u64,
+    /// The workload checks its own memory when stopped (`check`).
+    #[serde(default)]
+    pub check: bool,
     /// Guest-physical address of the control page.
     pub control: u64,
     /// The arena's physical runs, `[start, len]` in bytes.
@@ -264,6 +267,7 @@ mod tests {
             map: "2m".into(),
             cpus: 1,
             rate_mib: 0,
+            check: false,
             control: 0x1000,
             arena: vec![[0x10_0000, 8 * GRANULARITY]],
             kernel_image: [0x20_0000, 0x1000],

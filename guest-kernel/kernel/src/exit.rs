@@ -19,6 +19,8 @@ pub enum ExitCode {
     Panic = 3,
     /// Unexpected exception in the kernel.
     Exception = 4,
+    /// A checking workload found memory that differs from what it wrote.
+    CheckFailed = 5,
 }
 
 /// Ends the VM with `code`.

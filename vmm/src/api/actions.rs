@@ -4,8 +4,13 @@
 
 use serde_json::{Value, json};
 
+use std::path::Path;
+use std::sync::Arc;
+
 use super::request::{ApiAction, Format, Query, RequestError, Target};
 use crate::dirty::{WatchError, WatchResult};
+use crate::migration::snapshot::{self, SnapshotError};
+use crate::migration::{Migrations, send};
 use crate::runner::{ControlError, VmHandle, VmState};
 
 fn watch_failure(e: WatchError) -> RequestError {
@@ -21,6 +26,7 @@ fn control_failure(e: ControlError) -> RequestError {
     let status = match e {
         ControlError::Stopped => 503,
         ControlError::AlreadyPaused | ControlError::NotPaused => 409,
+        ControlError::Save(_) => 500,
     };
     RequestError::new(status, e.to_string())
 }
@@ -60,8 +66,53 @@ pub fn coalesce(addresses: &[u64], page: u64) -> Vec<[u64; 2]> {
     runs
 }
 
+fn snapshot_failure(e: SnapshotError) -> RequestError {
+    let status = match &e {
+        SnapshotError::File { .. } | SnapshotError::NoBase => 400,
+        SnapshotError::Control(ControlError::Stopped) => 503,
+        _ => 500,
+    };
+    RequestError::new(status, e.to_string())
+}
+
+/// Starts a migration on a thread of its own; its progress is at
+/// `GET /migration`.
+fn migrate(
+    vm: &VmHandle,
+    migrations: &Arc<Migrations>,
+    request: &super::request::MigrateRequest,
+) -> Result<Value, RequestError> {
+    let options = request.options()?;
+    if !vm.is_running() {
+        return Err(control_failure(ControlError::Stopped));
+    }
+    let status = send::initial_status(vm, &options.to);
+    if !migrations.tracker.begin(status.clone()) {
+        return Err(RequestError::new(409, "a migration is already running"));
+    }
+    let (vm, tracker) = (vm.clone(), migrations.tracker.clone());
+    let spawned = std::thread::Builder::new()
+        .name("migration".into())
+        .spawn(move || {
+            // The outcome is in the tracker's status.
+            let _ = send::migrate(&vm, &options, &tracker);
+        });
+    if let Err(e) = spawned {
+        migrations.tracker.update(|s| {
+            s.phase = crate::migration::status::Phase::Failed;
+            s.error = Some(format!("cannot start the migration thread: {e}"));
+        });
+        return Err(RequestError::new(500, "cannot start the migration thread"));
+    }
+    Ok(json!(status))
+}
+
 /// Carries out `action`.
-pub fn execute(action: ApiAction, vm: &VmHandle) -> Result<Value, RequestError> {
+pub fn execute(
+    action: ApiAction,
+    vm: &VmHandle,
+    migrations: &Arc<Migrations>,
+) -> Result<Value, RequestError> {
     let ww = vm.write_watch();
     let query = |q: &Query, result: Result<WatchResult, WatchError>| {
         result.map(|r| render(&r, q.format)).map_err(watch_failure)
@@ -138,6 +189,47 @@ pub fn execute(action: ApiAction, vm: &VmHandle) -> Result<Value, RequestError> 
             .dirty_rate(period)
             .map(|r| json!(r))
             .map_err(watch_failure),
+        ApiAction::Migrate(request) => migrate(vm, migrations, &request),
+        ApiAction::MigrationStatus => migrations
+            .tracker
+            .read()
+            .map(|s| json!(s))
+            .ok_or_else(|| RequestError::new(404, "no migration has run")),
+        ApiAction::CancelMigration => {
+            if migrations.tracker.cancel() {
+                Ok(json!({"cancelling": true}))
+            } else {
+                Err(RequestError::new(409, "no migration is running"))
+            }
+        }
+        ApiAction::Snapshot { to, diff } => {
+            if migrations
+                .tracker
+                .get()
+                .is_some_and(|s| s.phase.is_active())
+            {
+                return Err(RequestError::new(409, "a migration is running"));
+            }
+            snapshot::take(vm, Path::new(&to), diff, &migrations.snapshots)
+                .map(|t| json!(t))
+                .map_err(snapshot_failure)
+        }
+        ApiAction::Workload => {
+            let announced = vm
+                .workload()
+                .ok_or_else(|| RequestError::new(404, "the guest announced no workload"))?;
+            let writes = announced.writes(vm.memory());
+            Ok(json!({"workload": announced, "writes": writes}))
+        }
+        ApiAction::StopWorkload => {
+            let announced = vm
+                .workload()
+                .ok_or_else(|| RequestError::new(404, "the guest announced no workload"))?;
+            announced
+                .stop(vm.memory())
+                .map(|()| json!({"stopping": true}))
+                .map_err(|e| RequestError::new(500, e.to_string()))
+        }
     }
 }
 

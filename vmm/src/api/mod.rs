@@ -18,6 +18,7 @@ use std::thread::{self, JoinHandle};
 use serde_json::json;
 use tiny_http::{Header, Response, Server};
 
+use crate::migration::Migrations;
 use crate::runner::VmHandle;
 use request::{MAX_BODY, RequestError};
 
@@ -58,11 +59,17 @@ impl ApiServer {
     /// also removes the socket.
     pub fn serve(self, vm: VmHandle) -> Serving {
         let server = self.server.clone();
+        let migrations = Arc::new(Migrations::default());
+        let shared = migrations.clone();
         let thread = thread::Builder::new()
             .name("api".into())
-            .spawn(move || accept_loop(&server, &vm))
+            .spawn(move || accept_loop(&server, &vm, &shared))
             .ok();
-        Serving { api: self, thread }
+        Serving {
+            api: self,
+            thread,
+            migrations,
+        }
     }
 }
 
@@ -70,6 +77,23 @@ impl ApiServer {
 pub struct Serving {
     api: ApiServer,
     thread: Option<JoinHandle<()>>,
+    migrations: Arc<Migrations>,
+}
+
+impl Serving {
+    /// The last migration this API started, as it ended (for the report).
+    pub fn migration(&self) -> Option<crate::migration::status::Status> {
+        self.migrations.tracker.get()
+    }
+
+    /// After a migration: serves on until a client has read how it ended
+    /// (`writewatch migrate` polls for it), for at most `limit`.
+    pub fn linger_for_outcome(&self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        while !self.migrations.tracker.outcome_read() && std::time::Instant::now() < until {
+            thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }
 
 impl Drop for Serving {
@@ -87,7 +111,7 @@ impl Drop for ApiServer {
     }
 }
 
-fn accept_loop(server: &Server, vm: &VmHandle) {
+fn accept_loop(server: &Server, vm: &VmHandle, migrations: &Arc<Migrations>) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     for request in server.incoming_requests() {
         if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
@@ -98,11 +122,11 @@ fn accept_loop(server: &Server, vm: &VmHandle) {
             );
             continue;
         }
-        let (vm, counter) = (vm.clone(), in_flight.clone());
+        let (vm, counter, migrations) = (vm.clone(), in_flight.clone(), migrations.clone());
         let spawned = thread::Builder::new()
             .name("api-request".into())
             .spawn(move || {
-                handle(request, &vm);
+                handle(request, &vm, &migrations);
                 counter.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -111,7 +135,7 @@ fn accept_loop(server: &Server, vm: &VmHandle) {
     }
 }
 
-fn handle(mut request: tiny_http::Request, vm: &VmHandle) {
+fn handle(mut request: tiny_http::Request, vm: &VmHandle, migrations: &Arc<Migrations>) {
     if request.body_length().is_some_and(|n| n > MAX_BODY) {
         let why = format!("request body over {MAX_BODY} bytes");
         return respond(request, Err(RequestError::new(413, why)));
@@ -131,7 +155,7 @@ fn handle(mut request: tiny_http::Request, vm: &VmHandle) {
             format!("request body over {MAX_BODY} bytes"),
         )),
         Ok(_) => request::parse(request.method().as_str(), request.url(), &body)
-            .and_then(|action| actions::execute(action, vm)),
+            .and_then(|action| actions::execute(action, vm, migrations)),
     };
     respond(request, result);
 }

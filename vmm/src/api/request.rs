@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::dirty::{Initial, Source};
+use crate::migration::convergence::{OnTimeout, Policy};
+use crate::migration::send;
+use crate::migration::transport::Address;
 use crate::runner::VmState;
 
 /// The largest request body accepted (413 beyond).
@@ -67,6 +70,129 @@ pub enum ApiAction {
     DirtyRate {
         period: Duration,
     },
+    Migrate(MigrateRequest),
+    MigrationStatus,
+    CancelMigration,
+    Snapshot {
+        to: String,
+        diff: bool,
+    },
+    Workload,
+    StopWorkload,
+}
+
+/// A migration as a request asks for it; every field but `to` has the
+/// default QEMU and Cloud Hypervisor users expect.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// `tcp:HOST:PORT` or `unix:PATH`, where `run --incoming` waits.
+    pub to: String,
+    /// The longest pause the guest should see (stop and copy when the rest
+    /// fits it at the measured bandwidth).
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+    /// MiB per second pre-copy may send (none: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_mib: Option<u64>,
+    #[serde(default = "default_max_rounds")]
+    pub max_rounds: u32,
+    /// Seconds pre-copy may take (none: no limit but the rounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<f64>,
+    /// What happens at max rounds or the timeout.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: OnTimeout,
+    /// Throttle the vCPUs when rounds stop shrinking (QEMU's auto-converge).
+    #[serde(default)]
+    pub auto_converge: bool,
+    /// Hash all RAM at both ends and require equality.
+    #[serde(default = "default_true")]
+    pub verify_ram: bool,
+}
+
+fn default_downtime_ms() -> u64 {
+    Policy::default().downtime.as_millis() as u64
+}
+
+fn default_max_rounds() -> u32 {
+    Policy::default().max_rounds
+}
+
+fn default_on_timeout() -> OnTimeout {
+    Policy::default().on_timeout
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl MigrateRequest {
+    /// A request with the defaults, to `to`.
+    pub fn to(to: &str) -> Self {
+        MigrateRequest {
+            to: to.to_string(),
+            downtime_ms: default_downtime_ms(),
+            max_bandwidth_mib: None,
+            max_rounds: default_max_rounds(),
+            timeout_s: None,
+            on_timeout: default_on_timeout(),
+            auto_converge: false,
+            verify_ram: true,
+        }
+    }
+
+    /// The source's options, or why they make no sense.
+    pub fn options(&self) -> Result<send::Options, RequestError> {
+        let bad = |why: String| RequestError::new(400, why);
+        let to: Address = self.to.parse().map_err(bad)?;
+        if !(1..=600_000).contains(&self.downtime_ms) {
+            return Err(bad("downtime_ms must be 1..=600000".into()));
+        }
+        if !(1..=100_000).contains(&self.max_rounds) {
+            return Err(bad("max_rounds must be 1..=100000".into()));
+        }
+        if self.max_bandwidth_mib == Some(0) || self.max_bandwidth_mib.is_some_and(|b| b > 1 << 30)
+        {
+            return Err(bad("max_bandwidth_mib must be 1..=1073741824".into()));
+        }
+        let timeout = match self.timeout_s {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 && t <= 1e6 => Some(Duration::from_secs_f64(t)),
+            Some(_) => {
+                return Err(bad(
+                    "timeout_s must be a number of seconds in (0, 1e6]".into()
+                ));
+            }
+        };
+        Ok(send::Options {
+            to,
+            policy: Policy {
+                downtime: Duration::from_millis(self.downtime_ms),
+                max_rounds: self.max_rounds,
+                timeout,
+                on_timeout: self.on_timeout,
+                auto_converge: self.auto_converge,
+                ..Policy::default()
+            },
+            max_bandwidth: self.max_bandwidth_mib.map(|m| m << 20),
+            verify_ram: self.verify_ram,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    to: String,
+    #[serde(default)]
+    diff: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadBody {
+    stop: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +242,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/write-watch/va/get"),
     ("POST", "/write-watch/va/reset"),
     ("GET", "/dirty-rate"),
+    ("PUT", "/migration"),
+    ("GET", "/migration"),
+    ("DELETE", "/migration"),
+    ("PUT", "/snapshot"),
+    ("GET", "/workload"),
+    ("PATCH", "/workload"),
 ];
 
 /// Accepts a JSON number or a string holding one (`"0x1000"`, `"4096"`).
@@ -305,6 +437,34 @@ pub fn parse(method: &str, url: &str, bytes: &[u8]) -> Result<ApiAction, Request
             }
             no_body(ApiAction::DirtyRate { period })?
         }
+        ("PUT", "/migration") => {
+            let request: MigrateRequest = body(bytes)?;
+            request.options()?;
+            ApiAction::Migrate(request)
+        }
+        ("GET", "/migration") => no_body(ApiAction::MigrationStatus)?,
+        ("DELETE", "/migration") => no_body(ApiAction::CancelMigration)?,
+        ("PUT", "/snapshot") => {
+            let b: SnapshotBody = body(bytes)?;
+            if b.to.is_empty() {
+                return Err(RequestError::new(400, "\"to\" must name a file"));
+            }
+            ApiAction::Snapshot {
+                to: b.to,
+                diff: b.diff,
+            }
+        }
+        ("GET", "/workload") => no_body(ApiAction::Workload)?,
+        ("PATCH", "/workload") => {
+            let b: WorkloadBody = body(bytes)?;
+            if !b.stop {
+                return Err(RequestError::new(
+                    400,
+                    "the only change is {\"stop\": true}",
+                ));
+            }
+            ApiAction::StopWorkload
+        }
         (
             _,
             ""
@@ -317,7 +477,10 @@ pub fn parse(method: &str, url: &str, bytes: &[u8]) -> Result<ApiAction, Request
             | "/write-watch/va"
             | "/write-watch/va/get"
             | "/write-watch/va/reset"
-            | "/dirty-rate",
+            | "/dirty-rate"
+            | "/migration"
+            | "/snapshot"
+            | "/workload",
         ) => {
             return Err(RequestError::new(
                 405,
@@ -387,6 +550,16 @@ impl ApiAction {
                 format!("/dirty-rate?period_ms={}", period.as_millis()),
                 None,
             ),
+            ApiAction::Migrate(request) => ("PUT", "/migration".into(), Some(json!(request))),
+            ApiAction::MigrationStatus => ("GET", "/migration".into(), None),
+            ApiAction::CancelMigration => ("DELETE", "/migration".into(), None),
+            ApiAction::Snapshot { to, diff } => (
+                "PUT",
+                "/snapshot".into(),
+                Some(json!({"to": to, "diff": diff})),
+            ),
+            ApiAction::Workload => ("GET", "/workload".into(), None),
+            ApiAction::StopWorkload => ("PATCH", "/workload".into(), Some(json!({"stop": true}))),
         }
     }
 }
@@ -474,6 +647,29 @@ mod tests {
             400
         );
         assert_eq!(status("GET", "/dirty-rate?period_ms=0", ""), 400);
+        assert_eq!(status("PUT", "/migration", r#"{"to":"udp:x:1"}"#), 400);
+        assert_eq!(
+            status("PUT", "/migration", r#"{"to":"tcp:h:1","downtime_ms":0}"#),
+            400
+        );
+        assert_eq!(
+            status(
+                "PUT",
+                "/migration",
+                r#"{"to":"tcp:h:1","max_bandwidth_mib":0}"#
+            ),
+            400
+        );
+        assert_eq!(
+            status(
+                "PUT",
+                "/migration",
+                r#"{"to":"tcp:h:1","on_timeout":"pray"}"#
+            ),
+            400
+        );
+        assert_eq!(status("PUT", "/snapshot", r#"{"to":""}"#), 400);
+        assert_eq!(status("PATCH", "/workload", r#"{"stop":false}"#), 400);
         assert_eq!(status("GET", "/dirty-rate?period_ms=999999", ""), 400);
     }
 
@@ -560,6 +756,35 @@ mod tests {
             (1u64..=60_000).prop_map(|ms| ApiAction::DirtyRate {
                 period: Duration::from_millis(ms)
             }),
+            (
+                prop_oneof![Just("tcp:127.0.0.1:4444"), Just("unix:/tmp/m.sock")],
+                1u64..=600_000,
+                prop::option::of(1u64..=1 << 20),
+                1u32..=100,
+                prop::option::of(1u32..=1000),
+                prop_oneof![Just(OnTimeout::Cancel), Just(OnTimeout::Force)],
+                any::<bool>(),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(to, downtime_ms, bw, max_rounds, timeout, on_timeout, auto, verify)| {
+                        ApiAction::Migrate(MigrateRequest {
+                            to: to.into(),
+                            downtime_ms,
+                            max_bandwidth_mib: bw,
+                            max_rounds,
+                            timeout_s: timeout.map(f64::from),
+                            on_timeout,
+                            auto_converge: auto,
+                            verify_ram: verify,
+                        })
+                    }
+                ),
+            Just(ApiAction::MigrationStatus),
+            Just(ApiAction::CancelMigration),
+            ("[a-z/]{1,20}", any::<bool>()).prop_map(|(to, diff)| ApiAction::Snapshot { to, diff }),
+            Just(ApiAction::Workload),
+            Just(ApiAction::StopWorkload),
         ]
     }
 

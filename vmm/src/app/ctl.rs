@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::api::client;
 use crate::api::request::{ApiAction, Query, Range, Target};
-use crate::cli::{CtlArgs, CtlCommand, GetArgs, RangeArgs, TargetArgs};
+use crate::cli::{CtlArgs, CtlCommand, GetArgs, RangeArgs, SnapshotArgs, TargetArgs};
 use crate::dirty::Initial;
 use crate::exit_status;
 use crate::runner::VmState;
@@ -82,13 +82,36 @@ pub fn action(command: &CtlCommand) -> ApiAction {
         CtlCommand::DirtyRate { period } => ApiAction::DirtyRate {
             period: Duration::from_secs_f64(*period),
         },
+        CtlCommand::Migrate { to, options } => ApiAction::Migrate(options.request(to)),
+        CtlCommand::Migration => ApiAction::MigrationStatus,
+        CtlCommand::CancelMigration => ApiAction::CancelMigration,
+        CtlCommand::Snapshot { to, diff } => snapshot_action(to, *diff),
+        CtlCommand::Workload { stop: true } => ApiAction::StopWorkload,
+        CtlCommand::Workload { stop: false } => ApiAction::Workload,
+    }
+}
+
+/// The VMM writes the file, perhaps from another directory: name it whole.
+fn snapshot_action(to: &std::path::Path, diff: bool) -> ApiAction {
+    let to = std::path::absolute(to).unwrap_or_else(|_| to.to_path_buf());
+    ApiAction::Snapshot {
+        to: to.display().to_string(),
+        diff,
     }
 }
 
 pub fn run(args: &CtlArgs) -> u8 {
-    let action = action(&args.command);
+    send(&args.api_sock, &action(&args.command), args.json)
+}
+
+/// `writewatch snapshot`: `ctl snapshot` under its own name.
+pub fn snapshot(args: &SnapshotArgs) -> u8 {
+    send(&args.api_sock, &snapshot_action(&args.to, args.diff), false)
+}
+
+fn send(api_sock: &std::path::Path, action: &ApiAction, json: bool) -> u8 {
     let (method, url, body) = action.to_http();
-    let reply = match client::call(&args.api_sock, method, &url, body.as_ref(), None) {
+    let reply = match client::call(api_sock, method, &url, body.as_ref(), None) {
         Ok(reply) => reply,
         Err(e) => {
             eprintln!("writewatch: error: {e}");
@@ -102,10 +125,10 @@ pub fn run(args: &CtlArgs) -> u8 {
     }
     // A reader that stops early (`| head`) is no error of ours.
     let mut out = io::stdout().lock();
-    let _ = if args.json {
+    let _ = if json {
         writeln!(out, "{}", reply.body)
     } else {
-        print_summary(&mut out, &action, &reply.body)
+        print_summary(&mut out, action, &reply.body)
     };
     0
 }

@@ -2,6 +2,7 @@
 
 mod ctl;
 mod dirty_rate;
+mod migrate;
 mod observer;
 mod outputs;
 mod session;
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::api::ApiError;
 use crate::builder::BuildError;
-use crate::cli::Command;
+use crate::cli::{Command, ExperimentCommand};
 use crate::output::OpenError;
-use session::Session;
+use session::{Arrival, Session};
 
 /// How long `selftest` lets the guest run unless `--timeout` says otherwise.
 const SELFTEST_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -29,6 +30,12 @@ pub enum AppError {
     /// Options that make no sense together (exit 2, like clap's own).
     #[error("{0}")]
     Usage(String),
+    /// The guest did not arrive (migration) or could not be restored.
+    #[error("{0}")]
+    Arrival(String),
+    /// SIGINT/SIGTERM before there was a guest to stop.
+    #[error("stopped by signal {0} before the guest ran")]
+    Signal(i32),
 }
 
 /// Runs `command`; returns the process exit code.
@@ -43,6 +50,11 @@ pub fn execute(command: Command, process_start: Instant) -> Result<u8, AppError>
             api_sock: run.api_sock.clone(),
             console_on_stderr: false,
             subscribe: &[],
+            arrival: match (&run.incoming, run.restore.is_empty()) {
+                (Some(at), _) => Arrival::Incoming(at.clone()),
+                (None, false) => Arrival::Restore(run.restore.clone()),
+                (None, true) => Arrival::Boot,
+            },
         }
         .run(process_start, |_| None),
         Command::Selftest(args) => Session {
@@ -54,10 +66,16 @@ pub fn execute(command: Command, process_start: Instant) -> Result<u8, AppError>
             api_sock: None,
             console_on_stderr: false,
             subscribe: &[],
+            arrival: Arrival::Boot,
         }
         .run(process_start, |_| None),
         Command::Watch(args) => watch::run(&args, process_start),
         Command::DirtyRate(args) => dirty_rate::run(&args, process_start),
         Command::Ctl(args) => Ok(ctl::run(&args)),
+        Command::Migrate(args) => Ok(migrate::run(&args)),
+        Command::Snapshot(args) => Ok(ctl::snapshot(&args)),
+        Command::Experiment(ExperimentCommand::Migrate(_)) => Err(AppError::Usage(
+            "experiment migrate is not built yet".into(),
+        )),
     }
 }

@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::AppError;
@@ -12,9 +13,14 @@ use super::observer::AppObserver;
 use super::outputs::Outputs;
 use crate::api::ApiServer;
 use crate::builder;
+use crate::builder::Machine;
 use crate::cli::VmArgs;
+use crate::config::VmConfig;
 use crate::devices::records::Record;
 use crate::exit_status;
+use crate::migration::receive::{self, Handover};
+use crate::migration::snapshot;
+use crate::migration::transport::{Address, Listener};
 use crate::output::STALL_LIMIT;
 use crate::output::Sink;
 use crate::report::RunReport;
@@ -39,6 +45,30 @@ pub struct Session<'a> {
     pub console_on_stderr: bool,
     /// Record types the controller wants from the start of the run.
     pub subscribe: &'a [&'a str],
+    pub arrival: Arrival,
+}
+
+/// Where the guest comes from.
+pub enum Arrival {
+    /// Boot the kernel.
+    Boot,
+    /// Wait for a live migration at this address.
+    Incoming(Address),
+    /// Restore a full snapshot and its diffs.
+    Restore(Vec<PathBuf>),
+}
+
+/// Why a phase without a VM yet should end: a signal, or `--timeout`.
+fn interruption(deadline: Option<Instant>) -> impl Fn() -> Option<String> {
+    move || {
+        if let Some(sig) = crate::signals::take_pending() {
+            return Some(format!("signal {sig}"));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some("--timeout expired".into());
+        }
+        None
+    }
 }
 
 /// What a controller gets: the running VM, records it subscribed to, and
@@ -70,11 +100,15 @@ impl Session<'_> {
             self.console_on_stderr,
         )?;
         let api = self.api_sock.as_deref().map(ApiServer::bind).transpose()?;
-        let machine = builder::build(&config, outputs.console.clone())?;
         let timeout = config
             .timeout_secs
             .map(Duration::from_secs_f64)
             .or(self.default_timeout);
+        let (machine, handover, mut moved) = self.arrive(
+            &config,
+            outputs.console.clone(),
+            timeout.map(|t| process_start + t),
+        )?;
         let observer = AppObserver::new(self.selftest, outputs.records.clone());
         let (subscriptions, receivers): (Vec<_>, Vec<_>) = self
             .subscribe
@@ -85,6 +119,14 @@ impl Session<'_> {
             })
             .unzip();
         let running = runner::start(machine, timeout, observer, subscriptions);
+        if let Some(handover) = handover {
+            let report = handover.resumed();
+            eprintln!(
+                "writewatch: the guest arrived ({} pages in {} rounds); downtime {:.1} ms",
+                report.pages, report.rounds, report.downtime_ms
+            );
+            moved.insert("incoming".into(), serde_json::json!(report));
+        }
         let handle = running.handle();
         signals::forward_to(handle.clone());
         let api = api.map(|api| api.serve(handle.clone()));
@@ -95,6 +137,12 @@ impl Session<'_> {
         });
         drop(handle);
         let (outcome, observer) = running.wait();
+        if let (Some(api), StopReason::Migrated(_)) = (&api, &outcome.reason) {
+            api.linger_for_outcome(Duration::from_secs(2));
+        }
+        if let Some(status) = api.as_ref().and_then(|api| api.migration()) {
+            moved.insert("outgoing".into(), serde_json::json!(status));
+        }
         drop(api);
         observer.summarise();
 
@@ -131,11 +179,70 @@ impl Session<'_> {
             observer.tally.as_ref(),
             outputs.console.dropped(),
         );
+        let report = RunReport {
+            migration: moved,
+            ..report
+        };
         let json = serde_json::to_string_pretty(&report).unwrap_or_default();
         complete &= outputs.write_report(&json, deadline);
         complete &= outputs.finish_stdout(deadline);
         drop(outcome);
         Ok(failed_output(complete, exit_code))
+    }
+}
+
+/// The machine to run, the hand-over to finish once it runs (migration),
+/// and what the report says about how it came.
+type Arrived = (
+    Machine,
+    Option<Handover>,
+    serde_json::Map<String, serde_json::Value>,
+);
+
+impl Session<'_> {
+    /// The machine to run: booted, arrived by migration (with the
+    /// hand-over still to finish once it runs), or restored.
+    fn arrive(
+        &self,
+        config: &VmConfig,
+        console: Arc<crate::output::Sink>,
+        deadline: Option<Instant>,
+    ) -> Result<Arrived, AppError> {
+        let mut moved = serde_json::Map::new();
+        match &self.arrival {
+            Arrival::Boot => Ok((builder::build(config, console)?, None, moved)),
+            Arrival::Incoming(at) => {
+                let listener = Listener::bind(at)
+                    .map_err(|e| AppError::Arrival(format!("--incoming {at}: {e}")))?;
+                eprintln!(
+                    "writewatch: waiting for a migration at {}",
+                    listener.local()
+                );
+                let interrupted = interruption(deadline);
+                let arrived = receive::incoming(&listener, config, console, &interrupted).map_err(
+                    |e| match e {
+                        receive::ReceiveError::Interrupted(why) if why.starts_with("signal ") => {
+                            AppError::Signal(why[7..].parse().unwrap_or(libc::SIGTERM))
+                        }
+                        e => AppError::Arrival(format!("the incoming migration failed: {e}")),
+                    },
+                )?;
+                let (machine, handover) = arrived.split();
+                Ok((machine, Some(handover), moved))
+            }
+            Arrival::Restore(files) => {
+                let (machine, restored) = snapshot::restore(files, config, console)
+                    .map_err(|e| AppError::Arrival(format!("--restore: {e}")))?;
+                eprintln!(
+                    "writewatch: restored {} pages from {} file(s) in {:.1} ms",
+                    restored.pages,
+                    restored.files.len(),
+                    restored.ms
+                );
+                moved.insert("restored".into(), serde_json::json!(restored));
+                Ok((machine, None, moved))
+            }
+        }
     }
 }
 
@@ -158,6 +265,10 @@ fn stop_code(outcome: &RunOutcome, timeout: Option<Duration>, controller: Option
             };
         }
         StopReason::Requested(_) => return controller.unwrap_or(0),
+        StopReason::Migrated(to) => {
+            eprintln!("writewatch: the guest migrated to {to}; it runs there now");
+            return controller.unwrap_or(0);
+        }
         StopReason::Signal(sig) => {
             eprintln!("writewatch: stopped by signal {sig}; the guest was stopped cleanly");
             return signals::exit_code(*sig);

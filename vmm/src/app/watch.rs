@@ -79,6 +79,7 @@ pub fn workload_session<'a>(
         api_sock: None,
         console_on_stderr: true,
         subscribe: &["workload"],
+        arrival: super::session::Arrival::Boot,
     }
 }
 

@@ -113,6 +113,16 @@ impl PortDevices {
         }
     }
 
+    /// The devices' state for a snapshot (the exit device and the record
+    /// doorbell have none).
+    pub fn save(&self) -> serial::ConsoleState {
+        self.lock_console().save()
+    }
+
+    pub fn restore(&self, console: &serial::ConsoleState) -> Result<(), serial::ConsoleStateError> {
+        self.lock_console().restore(console)
+    }
+
     fn lock_console(&self) -> std::sync::MutexGuard<'_, Console> {
         // A vCPU thread that panicked while holding the lock leaves a console
         // that is still usable: the UART state is plain registers.

@@ -51,6 +51,29 @@ pub struct Console {
     uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
 }
 
+/// The UART's registers and receive FIFO, as a snapshot carries them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsoleState {
+    pub divisor_low: u8,
+    pub divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleStateError {
+    #[error("the serial port state is not usable: {0}")]
+    Bad(String),
+    #[error("cannot wire the restored serial port's interrupt: {0}")]
+    Irq(#[source] io::Error),
+}
+
 impl Console {
     /// A console printing to `stdout`, raising `irq`, and recording its
     /// first output byte in `first_byte`.
@@ -59,6 +82,52 @@ impl Console {
         Console {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    pub fn save(&self) -> ConsoleState {
+        let s = self.uart.state();
+        ConsoleState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes `state` (the console keeps its output and interrupt line).
+    pub fn restore(&mut self, state: &ConsoleState) -> Result<(), ConsoleStateError> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.divisor_low,
+            baud_divisor_high: state.divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(ConsoleStateError::Irq)?;
+        let writer = self.uart.writer();
+        let out = ConsoleOut {
+            first_byte: writer.first_byte.clone(),
+            stdout: writer.stdout.clone(),
+        };
+        self.uart = Serial::from_state(&s, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map_err(|e| ConsoleStateError::Bad(format!("{e:?}")))?;
+        Ok(())
     }
 
     pub fn write(&mut self, offset: u8, value: u8) {

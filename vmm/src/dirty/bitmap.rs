@@ -181,6 +181,20 @@ impl PageBitmap {
             .collect()
     }
 
+    /// Runs of set pages as `(first, count)`, ascending, skipping clear
+    /// words whole.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs {
+            bitmap: self,
+            page: 0,
+        }
+    }
+
+    /// Sets every page set in `other` (of the same size).
+    pub fn union(&mut self, other: &PageBitmap) {
+        self.or_words(&other.words);
+    }
+
     /// The bits of the last word that are pages.
     fn tail_mask(&self) -> u64 {
         match self.pages % WORD {
@@ -190,10 +204,72 @@ impl PageBitmap {
     }
 }
 
+/// See `PageBitmap::runs`.
+pub struct Runs<'a> {
+    bitmap: &'a PageBitmap,
+    page: u64,
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let words = &self.bitmap.words;
+        let pages = self.bitmap.pages;
+        // The first set page at or after `page`.
+        let mut first = None;
+        while self.page < pages {
+            let i = (self.page / WORD) as usize;
+            let word = words[i] & (u64::MAX << (self.page % WORD));
+            if word != 0 {
+                first = Some(i as u64 * WORD + u64::from(word.trailing_zeros()));
+                break;
+            }
+            self.page = (i as u64 + 1) * WORD;
+        }
+        let first = first.filter(|&f| f < pages)?;
+        // Then the first clear page after it.
+        self.page = first;
+        while self.page < pages {
+            let i = (self.page / WORD) as usize;
+            let word = !words[i] & (u64::MAX << (self.page % WORD));
+            if word != 0 {
+                self.page = (i as u64 * WORD + u64::from(word.trailing_zeros())).min(pages);
+                break;
+            }
+            self.page = (i as u64 + 1) * WORD;
+        }
+        self.page = self.page.min(pages);
+        Some((first, self.page - first))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn runs_cover_exactly_the_set_pages(
+            pages in 1u64..400,
+            set in proptest::collection::vec(0u64..400, 0..200),
+        ) {
+            let mut b = PageBitmap::new(pages);
+            for &p in set.iter().filter(|&&p| p < pages) {
+                b.set(p);
+            }
+            let mut from_runs = Vec::new();
+            let mut last_end = None;
+            for (first, count) in b.runs() {
+                prop_assert!(count > 0);
+                prop_assert!(last_end.is_none_or(|end| first > end), "runs are maximal and ascending");
+                from_runs.extend(first..first + count);
+                last_end = Some(first + count);
+            }
+            prop_assert_eq!(from_runs, b.set_pages(0, pages, usize::MAX));
+        }
+    }
 
     #[test]
     fn set_get_clear_and_count() {

@@ -77,7 +77,7 @@ pub struct TrackerStats {
 }
 
 /// A guest process as the guest reported it (`process` records).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u64,
     pub cr3: u64,

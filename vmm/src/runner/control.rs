@@ -3,8 +3,8 @@
 //! gives direct access to the thread-safe parts (the write-watch layer and
 //! guest memory).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -14,6 +14,8 @@ use super::StopReason;
 use crate::devices::records::Record;
 use crate::dirty::WriteWatch;
 use crate::memory::GuestMemoryMmap;
+use crate::migration::state::MachineState;
+use crate::workload::Announced;
 
 /// A request to the main loop; `Reply` is where the answer goes.
 pub enum Control {
@@ -24,6 +26,10 @@ pub enum Control {
     /// Sends every later record whose type is `kind` to the sender (records
     /// that do not fit its bound are dropped for that subscriber only).
     Subscribe(String, Sender<Record>),
+    /// The machine's complete state; the VM must be paused.
+    SaveState(Sender<Result<MachineState, ControlError>>),
+    /// The share of time every vCPU sleeps, in percent (auto-converge).
+    Throttle(u8),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -34,6 +40,8 @@ pub enum ControlError {
     AlreadyPaused,
     #[error("the VM is not paused")]
     NotPaused,
+    #[error("saving the machine state failed: {0}")]
+    Save(String),
 }
 
 /// How long pausing took: from the request until no vCPU was in the guest.
@@ -72,6 +80,9 @@ pub struct VmHandle {
     pub(super) started: Instant,
     /// Set once the run has ended.
     pub(super) ended: Arc<AtomicBool>,
+    /// The guest's workload, once its `workload` record came (or it came
+    /// with a migrated machine).
+    pub(super) workload: Arc<Mutex<Option<Announced>>>,
 }
 
 impl VmHandle {
@@ -94,6 +105,26 @@ impl VmHandle {
 
     pub fn status(&self) -> Result<VmStatus, ControlError> {
         self.ask(Control::Status)
+    }
+
+    /// The complete machine state (vCPUs, VM, devices); pause first.
+    pub fn save_state(&self) -> Result<MachineState, ControlError> {
+        self.ask(Control::SaveState)?
+    }
+
+    /// Makes every vCPU sleep `percent` of its time (0 lifts it).
+    pub fn set_throttle(&self, percent: u8) -> Result<(), ControlError> {
+        self.control
+            .send(Control::Throttle(percent))
+            .map_err(|_| ControlError::Stopped)
+    }
+
+    /// What the guest announced about its workload, if anything.
+    pub fn workload(&self) -> Option<Announced> {
+        self.workload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Ends the run with `reason` (a signal, a controller's decision).

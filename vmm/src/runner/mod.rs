@@ -23,8 +23,8 @@ mod run_state;
 mod vcpu_loop;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,16 @@ pub use control::{Control, ControlError, PauseInfo, VmHandle, VmState, VmStatus}
 
 use crate::builder::Machine;
 use crate::devices::GuestEvent;
+use crate::devices::PortDevices;
 use crate::devices::records::{Record, RecordError};
 use crate::dirty::{ProcessInfo, WriteWatch};
+use crate::migration::state::MachineState;
 use crate::vstate::regs::RegisterDump;
+use crate::vstate::vm_state;
+use crate::workload::Announced;
 use exits::ExitCounters;
-use run_state::RunState;
-use vcpu_loop::{VcpuContext, VcpuMessage, VcpuReport, vcpu_loop};
+use run_state::{RunState, THROTTLE_SLICE};
+use vcpu_loop::{ParkedTask, VcpuContext, VcpuMessage, VcpuReport, vcpu_loop};
 
 /// Offset from SIGRTMIN of the signal that kicks a vCPU out of `KVM_RUN`.
 const KICK_SIGNAL_OFFSET: i32 = 0;
@@ -49,6 +53,8 @@ const KICK_SIGNAL_OFFSET: i32 = 0;
 const CHANNEL_CAPACITY: usize = 16;
 /// How often a record the observer refused is offered again.
 const RETRY: Duration = Duration::from_millis(10);
+/// How long saving the machine state may wait for a vCPU thread.
+const SAVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +72,8 @@ pub enum StopReason {
     Signal(i32),
     /// A controller (`watch`, the API) ended the run; the text says why.
     Requested(String),
+    /// The guest now runs in another VMM (the migration's destination).
+    Migrated(String),
 }
 
 /// What the main loop tells the caller's side about records.
@@ -141,7 +149,11 @@ pub fn start<O: Observer>(
         memory: machine.memory.clone(),
         started: Instant::now(),
         ended: Arc::new(AtomicBool::new(false)),
+        workload: Arc::new(Mutex::new(machine.facts.workload.clone())),
     };
+    for process in &machine.facts.processes {
+        machine.watch.note_process(Some(process.clone()), None);
+    }
     let deadline = timeout.map(|t| handle.started + t);
     let main_handle = handle.clone();
     let main = thread::Builder::new()
@@ -169,6 +181,10 @@ struct MainLoop<O> {
     state: Arc<RunState>,
     exits: Arc<ExitCounters>,
     watch: Arc<WriteWatch>,
+    devices: Arc<PortDevices>,
+    /// What saving a vCPU's state needs: KVM's MSR list, the XSAVE size.
+    msr_list: Arc<Vec<u32>>,
+    xsave_size: usize,
     handle: VmHandle,
     vcpus: usize,
     mem_bytes: u64,
@@ -200,7 +216,9 @@ impl<O: Observer> MainLoop<O> {
             tsc_khz,
             memory,
             watch,
-            ..
+            msr_list,
+            xsave_size,
+            facts,
         } = machine;
         let state = Arc::new(RunState::new(vcpus.len()));
         let exits = Arc::new(ExitCounters::default());
@@ -211,13 +229,16 @@ impl<O: Observer> MainLoop<O> {
             state: state.clone(),
             exits: exits.clone(),
             watch: watch.clone(),
+            devices: devices.clone(),
+            msr_list,
+            xsave_size,
             handle,
             vcpus: vcpus.len(),
             mem_bytes: watch.ram_bytes(),
             outbox: VecDeque::new(),
             subscribers,
             ready: None,
-            records: 0,
+            records: facts.records,
             bad_records: 0,
         };
         let mut spawn_error = None;
@@ -301,11 +322,18 @@ impl<O: Observer> MainLoop<O> {
         kick: i32,
     ) -> StopReason {
         let quiet = never();
+        let mut last_kick = Instant::now();
         loop {
             // Checked on every turn: a queue that never empties must not
             // outlast the deadline.
             if self.deadline.is_some_and(|d| Instant::now() >= d) {
                 return StopReason::Timeout;
+            }
+            let throttled = self.state.throttle() > 0;
+            if throttled && last_kick.elapsed() >= THROTTLE_SLICE {
+                // A vCPU that does not exit never reaches its throttle point.
+                self.kick_running(threads, kick);
+                last_kick = Instant::now();
             }
             while let Some(record) = self.outbox.front() {
                 if !self.observer.record(record, false) {
@@ -325,6 +353,9 @@ impl<O: Observer> MainLoop<O> {
             if !self.outbox.is_empty() {
                 wait = wait.min(RETRY);
             }
+            if throttled {
+                wait = wait.min(THROTTLE_SLICE);
+            }
             select! {
                 recv(from_vcpus) -> message => match message {
                     Ok(message) => {
@@ -341,7 +372,7 @@ impl<O: Observer> MainLoop<O> {
                 },
                 recv(control) -> request => {
                     if let Ok(request) = request {
-                        if let Some(reason) = self.on_control(request, threads, kick) {
+                        if let Some(reason) = self.on_control(request, vcpu_rx, threads, kick) {
                             return reason;
                         }
                     }
@@ -372,6 +403,15 @@ impl<O: Observer> MainLoop<O> {
         match record.kind.as_str() {
             "ready" if self.ready.is_none() => self.ready = Some(Instant::now()),
             "process" | "process_exit" => self.note_process(&record),
+            "workload" => {
+                if let Ok(announced) = Announced::from_record(&record) {
+                    *self
+                        .handle
+                        .workload
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(announced);
+                }
+            }
             _ => {}
         }
         self.subscribers.retain(|(kind, tx)| {
@@ -417,6 +457,7 @@ impl<O: Observer> MainLoop<O> {
     fn on_control(
         &mut self,
         request: Control,
+        vcpu_rx: &Receiver<VcpuMessage>,
         threads: &[JoinHandle<VcpuReport>],
         kick: i32,
     ) -> Option<StopReason> {
@@ -443,8 +484,95 @@ impl<O: Observer> MainLoop<O> {
             }
             Control::Subscribe(kind, tx) => self.subscribers.push((kind, tx)),
             Control::Stop(reason) => return Some(reason),
+            Control::SaveState(reply) => {
+                let (result, ended) = self.save_state(vcpu_rx, threads);
+                let _ = reply.send(result);
+                return ended;
+            }
+            Control::Throttle(percent) => self.state.set_throttle(percent),
         }
         None
+    }
+
+    /// Kicks every vCPU that is in the guest out of it once.
+    fn kick_running(&self, threads: &[JoinHandle<VcpuReport>], kick: i32) {
+        for (i, t) in threads.iter().enumerate() {
+            if self.state.in_guest(i) && !t.is_finished() {
+                let _ = t.kill(kick);
+            }
+        }
+    }
+
+    /// Saves the paused machine: each parked vCPU thread saves its own
+    /// vCPU (KVM wants vCPU ioctls from the thread that runs it), meanwhile
+    /// this loop keeps taking what vCPU threads send (one may be finishing
+    /// a record before it parks). Also returns why the run must end, if a
+    /// vCPU ended meanwhile.
+    fn save_state(
+        &mut self,
+        vcpu_rx: &Receiver<VcpuMessage>,
+        threads: &[JoinHandle<VcpuReport>],
+    ) -> (Result<MachineState, ControlError>, Option<StopReason>) {
+        if !self.state.is_paused() {
+            return (Err(ControlError::NotPaused), None);
+        }
+        let (tx, rx) = bounded(self.vcpus);
+        for (i, thread) in threads.iter().enumerate() {
+            let task = ParkedTask::SaveState {
+                msr_list: self.msr_list.clone(),
+                xsave_size: self.xsave_size,
+                reply: tx.clone(),
+            };
+            if thread.is_finished() || !self.state.post(i, task) {
+                return (
+                    Err(ControlError::Save(format!("vCPU {i} has stopped"))),
+                    None,
+                );
+            }
+        }
+        drop(tx);
+        let mut saved: Vec<Option<_>> = (0..self.vcpus).map(|_| None).collect();
+        let mut ended = None;
+        let give_up = Instant::now() + SAVE_WAIT;
+        let mut failure = None;
+        while saved.iter().any(Option::is_none) && failure.is_none() {
+            let left = give_up.saturating_duration_since(Instant::now());
+            select! {
+                recv(rx) -> reply => match reply {
+                    Ok((index, Ok(state))) => saved[index as usize] = Some(state),
+                    Ok((_, Err(why))) => failure = Some(why),
+                    Err(_) => failure = Some("a vCPU thread ended while saving".into()),
+                },
+                recv(vcpu_rx) -> message => {
+                    if let Ok(message) = message {
+                        if let Some(reason) = self.on_vcpu(message) {
+                            ended = Some(reason);
+                        }
+                    }
+                },
+                default(left) => failure = Some(format!("a vCPU thread did not save its state within {SAVE_WAIT:?}")),
+            }
+        }
+        for i in 0..self.vcpus {
+            // A thread that ended never takes its task.
+            let _ = self.state.unclaimed(i);
+        }
+        if let Some(why) = failure {
+            return (Err(ControlError::Save(why)), ended);
+        }
+        let vm = match vm_state::VmState::save(&self.watch.vm().fd) {
+            Ok(vm) => vm,
+            Err(e) => return (Err(ControlError::Save(e.to_string())), ended),
+        };
+        let state = MachineState {
+            vcpus: saved.into_iter().flatten().collect(),
+            vm,
+            console: self.devices.save(),
+            workload: self.handle.workload(),
+            processes: self.watch.processes(),
+            records: self.records,
+        };
+        (Ok(state), ended)
     }
 
     /// Parks every vCPU and waits until none is in the guest.

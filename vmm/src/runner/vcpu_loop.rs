@@ -16,6 +16,21 @@ use crate::devices::{GuestEvent, PortDevices};
 use crate::dirty::WriteWatch;
 use crate::vstate::regs::RegisterDump;
 use crate::vstate::vcpu::Vcpu;
+use crate::vstate::vcpu_state::VcpuState;
+
+/// How many exits finishing an instruction before a save may take.
+const MAX_EXITS_TO_FINISH: usize = 64;
+
+/// Work a parked vCPU thread does for the main loop.
+pub enum ParkedTask {
+    /// Finish any instruction left half done, then save the vCPU's state
+    /// (`msr_list` and `xsave_size` as `VcpuState::save` takes them).
+    SaveState {
+        msr_list: Arc<Vec<u32>>,
+        xsave_size: usize,
+        reply: Sender<(u32, Result<VcpuState, String>)>,
+    },
+}
 
 pub enum VcpuMessage {
     Guest(GuestEvent),
@@ -47,34 +62,23 @@ enum Exit {
 pub fn vcpu_loop(mut vcpu: Vcpu, cx: &VcpuContext) -> VcpuReport {
     let index = vcpu.index;
     let i = index as usize;
-    while cx.state.before_run(i) == Next::Run {
+    let mut slice = std::time::Instant::now();
+    loop {
+        cx.state.throttle_point(&mut slice);
+        match cx.state.before_run(i) {
+            Next::Run => {}
+            Next::Stop => break,
+            Next::Task(task) => {
+                if let Some(message) = parked_task(&mut vcpu, cx, task) {
+                    let _ = cx.tx.send(message);
+                    break;
+                }
+                continue;
+            }
+        }
         let exit = classify(&mut vcpu);
         cx.state.after_run(i);
-        let message = match exit {
-            Exit::Io(kind) => {
-                cx.exits.count(kind);
-                port_io(&mut vcpu, cx)
-            }
-            Exit::Quiet(kind) => {
-                cx.exits.count(kind);
-                None
-            }
-            Exit::RingFull => {
-                cx.exits.count(ExitKind::DirtyRingFull);
-                // The ring must be emptied before this vCPU may run again.
-                cx.watch.ring_full(i).err().map(|e| {
-                    VcpuMessage::Stopped(StopReason::KvmFailure {
-                        vcpu: index,
-                        detail: format!("harvesting a full dirty ring: {e}"),
-                    })
-                })
-            }
-            Exit::Ends(kind, reason) => {
-                cx.exits.count(kind);
-                Some(VcpuMessage::Stopped(reason))
-            }
-        };
-        if let Some(message) = message {
+        if let Some(message) = handle(&mut vcpu, cx, exit) {
             // Every message returned here ends this vCPU; a send cannot fail
             // while the main thread still cares (it joins us before leaving).
             let _ = cx.tx.send(message);
@@ -83,6 +87,81 @@ pub fn vcpu_loop(mut vcpu: Vcpu, cx: &VcpuContext) -> VcpuReport {
     }
     VcpuReport {
         dump: RegisterDump::capture(index, &vcpu.fd),
+    }
+}
+
+/// Does `task` on this parked vCPU; returns a message if the vCPU ended.
+fn parked_task(vcpu: &mut Vcpu, cx: &VcpuContext, task: ParkedTask) -> Option<VcpuMessage> {
+    match task {
+        ParkedTask::SaveState {
+            msr_list,
+            xsave_size,
+            reply,
+        } => {
+            // An exit the VMM handled leaves its instruction unfinished
+            // until the next KVM_RUN (an `out` would run again on the
+            // destination): let KVM finish it, handling any exit it needs.
+            // A `rep outs` of a huge count exits once per batch: give up on
+            // one that does not finish within a bound.
+            vcpu.set_immediate_exit(true);
+            let mut ended = None;
+            let mut finished = false;
+            for _ in 0..MAX_EXITS_TO_FINISH {
+                match classify(vcpu) {
+                    Exit::Quiet(ExitKind::Signal) => {
+                        finished = true;
+                        break;
+                    }
+                    exit => {
+                        ended = handle(vcpu, cx, exit);
+                        if ended.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+            vcpu.set_immediate_exit(false);
+            let result = match (&ended, finished) {
+                (Some(_), _) => Err(format!("vCPU {} ended while being saved", vcpu.index)),
+                (None, false) => Err(format!(
+                    "vCPU {} is in a string I/O instruction that did not finish within {MAX_EXITS_TO_FINISH} exits",
+                    vcpu.index
+                )),
+                (None, true) => VcpuState::save(vcpu.index, &vcpu.fd, &msr_list, xsave_size)
+                    .map_err(|e| e.to_string()),
+            };
+            let _ = reply.send((vcpu.index, result));
+            ended
+        }
+    }
+}
+
+/// Acts on one exit; returns the message that ends this vCPU, if any.
+fn handle(vcpu: &mut Vcpu, cx: &VcpuContext, exit: Exit) -> Option<VcpuMessage> {
+    let index = vcpu.index;
+    match exit {
+        Exit::Io(kind) => {
+            cx.exits.count(kind);
+            port_io(vcpu, cx)
+        }
+        Exit::Quiet(kind) => {
+            cx.exits.count(kind);
+            None
+        }
+        Exit::RingFull => {
+            cx.exits.count(ExitKind::DirtyRingFull);
+            // The ring must be emptied before this vCPU may run again.
+            cx.watch.ring_full(index as usize).err().map(|e| {
+                VcpuMessage::Stopped(StopReason::KvmFailure {
+                    vcpu: index,
+                    detail: format!("harvesting a full dirty ring: {e}"),
+                })
+            })
+        }
+        Exit::Ends(kind, reason) => {
+            cx.exits.count(kind);
+            Some(VcpuMessage::Stopped(reason))
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct KvmSystem {
     pub max_vcpus: usize,
     /// Size of each vCPU's `kvm_run` mapping.
     pub vcpu_mmap_size: usize,
+    /// The MSRs KVM can save and restore (`KVM_GET_MSR_INDEX_LIST`).
+    pub msr_index_list: Vec<u32>,
 }
 
 impl KvmSystem {
@@ -70,11 +72,17 @@ impl KvmSystem {
         let vcpu_mmap_size = kvm
             .get_vcpu_mmap_size()
             .map_err(|_| KvmError::MissingCap("KVM_GET_VCPU_MMAP_SIZE"))?;
+        let msr_index_list = kvm
+            .get_msr_index_list()
+            .map_err(|_| KvmError::MissingCap("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
         Ok(KvmSystem {
             kvm,
             supported_cpuid,
             max_vcpus,
             vcpu_mmap_size,
+            msr_index_list,
         })
     }
 

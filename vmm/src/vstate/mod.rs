@@ -5,4 +5,6 @@ pub mod dirty_log;
 pub mod kvm;
 pub mod regs;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;

@@ -124,6 +124,14 @@ impl Vcpu {
         self.fd.run()
     }
 
+    /// The next `run` returns at once (`EINTR`) after finishing whatever
+    /// instruction the last exit left half done (a port or MMIO access the
+    /// VMM has just handled), or with the next exit that instruction needs.
+    /// State saved after such a run is at an instruction boundary.
+    pub fn set_immediate_exit(&mut self, on: bool) {
+        self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
     /// After `run` returned `IoIn` or `IoOut`: the access with its element
     /// size, which `VcpuExit` does not carry (it gives `size * count` bytes
     /// only, so `rep insb` and `insd` look alike). `None` if KVM's exit data

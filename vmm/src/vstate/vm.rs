@@ -3,7 +3,7 @@
 use kvm_bindings::{
     KVM_MEM_LOG_DIRTY_PAGES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region,
 };
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Cap, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::memory::GuestMemoryMmap;
@@ -54,6 +54,15 @@ impl Vm {
         };
         fd.create_pit2(pit).map_err(VmError::Pit)?;
         Ok(vm)
+    }
+
+    /// Bytes of a vCPU's XSAVE area: what `KVM_CAP_XSAVE2` reports, or the
+    /// legacy 4 KiB where KVM has no such capability.
+    pub fn xsave_size(&self) -> usize {
+        match self.fd.check_extension_int(Cap::Xsave2) {
+            size if size > 0 => size as usize,
+            _ => std::mem::size_of::<kvm_bindings::kvm_xsave>(),
+        }
     }
 
     /// Turns KVM's dirty logging on or off for every RAM slot (a flags-only

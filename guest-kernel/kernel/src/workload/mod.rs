@@ -5,6 +5,15 @@
 //! of the page, so the VMM can tell from the page itself whether it was
 //! written in an interval: the method of Linux's KVM `dirty_log_test`.
 //!
+//! With `check` (integrity checking, for migrations and snapshots) each
+//! write also stores a value unique to it at bytes 8..16 of the page, and
+//! the same value in a shadow table outside the arena, each CPU writing
+//! only its own stripe of pages (page `p` belongs to CPU `p % cpus`, so a
+//! page and its shadow entry always change together). Every page is
+//! written once before the workload is announced. When told to stop, each
+//! CPU compares its pages with the shadow table; CPU 0 reports the result
+//! in a `workload_check` record and exits 5 if anything differs.
+//!
 //! The arena is written through the kernel's direct map (2 MiB and 1 GiB
 //! pages) or, with `map=4k`, through 4 KiB mappings made for it. Nothing
 //! faults, so even a 4 GiB arena is ready at once. The MM core is not built
@@ -16,7 +25,7 @@
 mod arena;
 mod pattern;
 
-use crate::arch::x86_64::paging::virt_to_phys;
+use crate::arch::x86_64::paging::{phys_to_virt, virt_to_phys};
 use crate::arch::x86_64::{cpu, msr, smp};
 use crate::boot::start_info::BootInfo;
 use crate::exit::{ExitCode, exit};
@@ -65,9 +74,49 @@ struct Workload {
     /// TSC cycles per `BATCH` writes of one CPU, when a rate is set.
     cycles_per_batch: Option<u64>,
     seed: u64,
+    /// With `check`: the shadow table.
+    shadow: Option<Shadow>,
 }
 
 static WORKLOAD: Once<Workload> = Once::new();
+
+/// With `check`: one u64 per arena page, the value its last write stored.
+struct Shadow {
+    /// Guest-physical address of entry 0.
+    phys: u64,
+}
+
+/// Per CPU, after `stop`: pages compared, how many differed, and the
+/// first that did (arena index + 1; 0: none).
+static CHECKED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static MISMATCHES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static FIRST_BAD: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+impl Shadow {
+    #[inline]
+    fn entry(&self, page: u64) -> *mut u64 {
+        phys_to_virt(self.phys + page * 8) as *mut u64
+    }
+}
+
+/// The page CPU `me` of `cpus` writes in place of `page`: the one of its
+/// own stripe in the same group of `cpus` pages.
+#[inline]
+fn own_page(page: u64, me: u64, cpus: u64, pages: u64) -> u64 {
+    let own = page - page % cpus + me;
+    if own < pages { own } else { me }
+}
+
+/// Carves the shadow table (8 bytes per page of an arena of at most
+/// `limit` pages) from the start of the first range that holds it.
+fn carve_shadow(ranges: &mut [(u64, u64)], limit: u64) -> Option<Shadow> {
+    let total: u64 = ranges.iter().map(|&(s, e)| (e - s) / 4096).sum();
+    let bytes = (limit.min(total) * 8).next_multiple_of(4096);
+    let range = ranges.iter_mut().find(|(s, e)| *e - *s >= bytes + 4096)?;
+    let phys = range.0.next_multiple_of(4096);
+    range.0 = phys + bytes;
+    Some(Shadow { phys })
+}
 
 /// A size with an optional K/M/G suffix.
 fn parse_size(text: &str) -> Option<u64> {
@@ -107,6 +156,7 @@ pub fn run(info: &BootInfo) -> ! {
     let mut seed = 0x5eed;
     let mut tsc_khz = 0u64;
     let mut first = 0u64;
+    let mut check = false;
     for word in info.cmdline.raw.split_ascii_whitespace() {
         match word.split_once('=') {
             Some(("workload", name)) => match Pattern::parse(name) {
@@ -127,15 +177,24 @@ pub fn run(info: &BootInfo) -> ! {
                 first = parse_size(addr).unwrap_or_else(|| panic!("bad first={addr}"))
             }
             None if word == "wait" => wait = true,
+            None if word == "check" => check = true,
             _ => {}
         }
     }
     // The arena starts at the first free RAM at or above `first=`.
-    let ranges: alloc::vec::Vec<(u64, u64)> = frames::hand_off(KERNEL_RESERVE)
+    let mut ranges: alloc::vec::Vec<(u64, u64)> = frames::hand_off(KERNEL_RESERVE)
         .into_iter()
         .filter(|&(_, end)| end > first)
         .map(|(start, end)| (start.max(first), end))
         .collect();
+    let shadow = if check {
+        match carve_shadow(&mut ranges, wss / 4096) {
+            Some(shadow) => Some(shadow),
+            None => panic!("no RAM for the workload's check table"),
+        }
+    } else {
+        None
+    };
     let mut arena = Arena::new(&ranges, wss / 4096);
     if arena.pages == 0 {
         panic!("no RAM left for the workload arena");
@@ -158,18 +217,33 @@ pub fn run(info: &BootInfo) -> ! {
         cpus,
         cycles_per_batch,
         seed,
+        shadow,
     });
+    let online = |&target: &usize| percpu::cpu(target).online.load(Ordering::Acquire);
+    if workload.shadow.is_some() {
+        // Every page holds its check value before anyone looks.
+        for target in (1..MAX_CPUS).filter(online) {
+            if let Err(e) = smp::spawn_on(target, fill, target) {
+                panic!("starting the fill on cpu {target}: {e:?}");
+            }
+        }
+        fill(0);
+        while FILLED.load(Ordering::Acquire) < cpus {
+            core::hint::spin_loop();
+        }
+    }
     if !wait {
         CONTROL.interval.store(1, Ordering::Release);
     }
     let (image_start, image_end) = crate::kernel_image();
     crate::record!(
-        r#"{{"type":"workload","kind":"{}","pages":{},"map":"{}","cpus":{},"rate_mib":{},"control":{},"arena":{},"kernel_image":[{},{}]}}"#,
+        r#"{{"type":"workload","kind":"{}","pages":{},"map":"{}","cpus":{},"rate_mib":{},"check":{},"control":{},"arena":{},"kernel_image":[{},{}]}}"#,
         pattern.name(),
         workload.arena.pages,
         if map_4k { "4k" } else { "2m" },
         cpus,
         rate_mib,
+        check,
         virt_to_phys(&CONTROL as *const Control as u64),
         Runs(&workload.arena),
         image_start,
@@ -183,7 +257,6 @@ pub fn run(info: &BootInfo) -> ! {
         if map_4k { "4 KiB" } else { "2 MiB" },
         rate_mib
     );
-    let online = |&target: &usize| percpu::cpu(target).online.load(Ordering::Acquire);
     for target in (1..MAX_CPUS).filter(online) {
         if let Err(e) = smp::spawn_on(target, worker, target) {
             panic!("starting the workload on cpu {target}: {e:?}");
@@ -192,6 +265,99 @@ pub fn run(info: &BootInfo) -> ! {
     worker(0);
     while CONTROL.done.load(Ordering::Acquire) < cpus {
         cpu::enable_and_halt();
+    }
+    if workload.shadow.is_some() {
+        report_check(workload)
+    }
+    exit(ExitCode::Success)
+}
+
+/// CPUs done filling their stripes.
+static FILLED: AtomicU64 = AtomicU64::new(0);
+
+/// The check value of CPU `me`'s `n`th write: unique across CPUs and writes.
+#[inline]
+fn check_value(me: u64, n: u64) -> u64 {
+    (me << 48) | (n + 1)
+}
+
+/// Writes page `page` (interval number, and with a shadow its check value).
+#[inline]
+fn write_page(w: &Workload, page: u64, interval: u64, value: u64) {
+    let at = w.arena.address(page);
+    // SAFETY: `page < arena.pages`, so the address is a mapped arena page
+    // that only workload CPUs write, with plain stores; with a shadow, only
+    // this CPU writes this page and its entry (its stripe).
+    unsafe {
+        core::ptr::write_volatile(at as *mut u64, interval);
+        if let Some(shadow) = &w.shadow {
+            core::ptr::write_volatile((at + 8) as *mut u64, value);
+            core::ptr::write_volatile(shadow.entry(page), value);
+        }
+    }
+}
+
+/// With `check`: writes every page of this CPU's stripe once.
+fn fill(cpu_index: usize) {
+    let Some(w) = WORKLOAD.get() else {
+        return;
+    };
+    let me = cpu_index as u64;
+    let mut page = me;
+    let mut n = 0;
+    while page < w.arena.pages {
+        write_page(w, page, 0, check_value(me, n));
+        n += 1;
+        page += w.cpus;
+    }
+    CONTROL.writes[cpu_index].store(n, Ordering::Relaxed);
+    FILLED.fetch_add(1, Ordering::AcqRel);
+}
+
+/// With `check`, after `stop`: compares this CPU's stripe with the shadow.
+fn verify(w: &Workload, shadow: &Shadow, cpu_index: usize) {
+    let (mut checked, mut bad, mut first_bad) = (0u64, 0u64, 0u64);
+    let mut page = cpu_index as u64;
+    while page < w.arena.pages {
+        // SAFETY: as in `write_page`; every writer has stopped.
+        let (value, expected) = unsafe {
+            (
+                core::ptr::read_volatile((w.arena.address(page) + 8) as *const u64),
+                core::ptr::read_volatile(shadow.entry(page)),
+            )
+        };
+        if value != expected || value == 0 {
+            bad += 1;
+            if first_bad == 0 {
+                first_bad = page + 1;
+            }
+        }
+        checked += 1;
+        page += w.cpus;
+    }
+    CHECKED[cpu_index].store(checked, Ordering::Relaxed);
+    MISMATCHES[cpu_index].store(bad, Ordering::Relaxed);
+    FIRST_BAD[cpu_index].store(first_bad, Ordering::Release);
+}
+
+/// CPU 0, once all have verified: the `workload_check` record and verdict.
+fn report_check(w: &Workload) -> ! {
+    let sum =
+        |a: &[AtomicU64; MAX_CPUS]| -> u64 { a.iter().map(|c| c.load(Ordering::Acquire)).sum() };
+    let (checked, bad) = (sum(&CHECKED), sum(&MISMATCHES));
+    let first_bad = FIRST_BAD
+        .iter()
+        .map(|f| f.load(Ordering::Acquire))
+        .filter(|&f| f != 0)
+        .min()
+        .map_or(0, |page| virt_to_phys(w.arena.address(page - 1)));
+    crate::record!(
+        r#"{{"type":"workload_check","pages":{},"checked":{checked},"mismatches":{bad},"first_bad":{first_bad}}}"#,
+        w.arena.pages
+    );
+    crate::println!("workload check: {checked} pages compared, {bad} differ");
+    if bad != 0 || checked != w.arena.pages {
+        exit(ExitCode::CheckFailed)
     }
     exit(ExitCode::Success)
 }
@@ -207,7 +373,11 @@ fn worker(cpu_index: usize) {
     }
     let me = cpu_index as u64;
     let mut rng = Rng::new(w.seed ^ (me + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let mut n = 0u64;
+    // With a shadow, the fill's writes came first (rounded up to a batch,
+    // so the look at the control page comes at the first write).
+    let mut n = CONTROL.writes[cpu_index]
+        .load(Ordering::Relaxed)
+        .next_multiple_of(BATCH);
     let mut next = msr::rdtsc();
     loop {
         if n.is_multiple_of(BATCH) {
@@ -232,11 +402,15 @@ fn worker(cpu_index: usize) {
             }
         }
         let interval = CONTROL.interval.load(Ordering::Relaxed);
-        let page = w.pattern.pick(&mut rng, w.arena.pages, me, w.cpus, n);
-        // SAFETY: `page < arena.pages`, so the address is a mapped arena
-        // page that only workload CPUs write, with plain stores.
-        unsafe { core::ptr::write_volatile(w.arena.address(page) as *mut u64, interval) };
+        let mut page = w.pattern.pick(&mut rng, w.arena.pages, me, w.cpus, n);
+        if w.shadow.is_some() {
+            page = own_page(page, me, w.cpus, w.arena.pages);
+        }
+        write_page(w, page, interval, check_value(me, n));
         n += 1;
+    }
+    if let Some(shadow) = &w.shadow {
+        verify(w, shadow, cpu_index);
     }
     CONTROL.done.fetch_add(1, Ordering::AcqRel);
 }
