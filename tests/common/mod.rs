@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod migration;
 pub mod observe;
 pub mod pvh_elf;
 pub mod x86;

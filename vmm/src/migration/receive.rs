@@ -176,6 +176,15 @@ pub fn apply<R: Read>(
     }
 }
 
+/// A file holds nothing after its end frame.
+pub fn expect_eof<R: Read>(reader: &mut Reader<R>) -> Result<(), ReceiveError> {
+    if reader.at_eof()? {
+        Ok(())
+    } else {
+        Err(ReceiveError::Bad("data after the end frame".into()))
+    }
+}
+
 /// Compares guest RAM with the hash the stream ended with (if it has one);
 /// returns how long hashing took.
 pub fn verify_hash(machine: &Machine, end: &End) -> Result<f64, ReceiveError> {

@@ -449,8 +449,8 @@ impl Migration<'_> {
                     }
                     page += n as u64;
                     frames += 1;
-                    if frames % 64 == 0 {
-                        self.check_cancel()?;
+                    self.check_cancel()?;
+                    if frames % 16 == 0 {
                         let (bytes, elapsed_ms) = (out.bytes, self.ms());
                         self.tracker.update(|s| {
                             s.bytes_sent = bytes;

@@ -302,6 +302,7 @@ pub fn restore(
         let m = machine.as_ref().expect("built from the first file");
         let applied =
             receive::apply(&mut reader, &m.memory, &header, true, |_| {}).map_err(in_file)?;
+        receive::expect_eof(&mut reader).map_err(in_file)?;
         pages += applied.pages;
         let state = applied.state.expect("apply checked the state came");
         last = Some((applied.end, state));

@@ -397,6 +397,18 @@ impl<R: Read> Reader<R> {
         &self.input
     }
 
+    /// True if nothing follows (reads a byte to find out).
+    pub fn at_eof(&mut self) -> Result<bool, StreamError> {
+        let mut byte = [0u8; 1];
+        loop {
+            match self.input.read(&mut byte) {
+                Ok(n) => return Ok(n == 0),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StreamError::Io(e)),
+            }
+        }
+    }
+
     /// The next frame.
     pub fn frame(&mut self) -> Result<Frame, StreamError> {
         let index = self.next;
