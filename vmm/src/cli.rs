@@ -152,11 +152,9 @@ pub struct ExperimentArgs {
     /// The dirty-log source; a comma-separated list runs each.
     #[arg(long, value_enum, default_value = "bitmap", value_delimiter = ',')]
     pub source: Vec<TrackingSource>,
-    /// Also run each case with auto-converge (with --auto-converge only: only with it).
+    /// Run each case both without and with auto-converge (--auto-converge alone: only with).
     #[arg(long)]
     pub compare_auto_converge: bool,
-    #[arg(long)]
-    pub auto_converge: bool,
     /// Back guest RAM with hugetlb pages on both sides.
     #[arg(long)]
     pub hugetlb: bool,
@@ -452,5 +450,16 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "'{text}' is not a number of seconds greater than 0"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

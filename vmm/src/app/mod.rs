@@ -2,6 +2,7 @@
 
 mod ctl;
 mod dirty_rate;
+mod experiment;
 mod migrate;
 mod observer;
 mod outputs;
@@ -74,8 +75,6 @@ pub fn execute(command: Command, process_start: Instant) -> Result<u8, AppError>
         Command::Ctl(args) => Ok(ctl::run(&args)),
         Command::Migrate(args) => Ok(migrate::run(&args)),
         Command::Snapshot(args) => Ok(ctl::snapshot(&args)),
-        Command::Experiment(ExperimentCommand::Migrate(_)) => Err(AppError::Usage(
-            "experiment migrate is not built yet".into(),
-        )),
+        Command::Experiment(ExperimentCommand::Migrate(args)) => experiment::migrate(&args),
     }
 }

@@ -24,7 +24,7 @@ use super::WatchError;
 use super::bitmap::PageBitmap;
 use super::slots::{SlotRange, Slots};
 use crate::memory::GuestMemoryMmap;
-use crate::vstate::dirty_log::{DirtyLogExt, DirtyRing, PAGES_PER_WORD};
+use crate::vstate::dirty_log::{DirtyLogExt, DirtyRing, Overrun, PAGES_PER_WORD};
 use crate::vstate::vm::Vm;
 
 fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> WatchError {
@@ -103,8 +103,8 @@ pub fn harvest_rings<'a>(
     rings: impl IntoIterator<Item = (usize, &'a mut DirtyRing)>,
     stopped: Option<usize>,
     mut found: impl FnMut(usize, usize, u64),
-) -> Result<(u64, bool), WatchError> {
-    let (mut taken, mut lost) = (0, false);
+) -> Result<(u64, Option<Overrun>), WatchError> {
+    let (mut taken, mut lost) = (0, None);
     for (vcpu, ring) in rings {
         let got = ring.harvest(stopped == Some(vcpu), |slot_field, offset| {
             // The high 16 bits are the address space (always 0 here).
@@ -114,9 +114,9 @@ pub fn harvest_rings<'a>(
             }
         });
         taken += u64::from(got.taken);
-        lost |= got.lost;
+        lost = lost.or(got.lost);
     }
-    if taken > 0 || lost {
+    if taken > 0 || lost.is_some() {
         vm.fd
             .reset_dirty_rings()
             .map_err(kvm_error("KVM_RESET_DIRTY_RINGS"))?;

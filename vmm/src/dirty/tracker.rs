@@ -459,6 +459,20 @@ impl WriteWatch {
         Ok((taken, harvest))
     }
 
+    /// What a consumer's watch holds now, per slot, leaving it as it is:
+    /// pages written since its last take (migration skips them in a round,
+    /// since the next take returns them anyway).
+    pub fn peek_consumer(&self, consumer: ConsumerId) -> Result<Vec<PageBitmap>, WatchError> {
+        let mut st = self.lock();
+        Self::tracking(&st)?;
+        self.harvest(&mut st, &self.slots.everything())?;
+        let watch = st
+            .watches
+            .get(&WatchId::Internal(consumer.0))
+            .ok_or(WatchError::NotTracking)?;
+        Ok(watch.pending.clone())
+    }
+
     pub fn close_consumer(&self, consumer: ConsumerId) {
         self.lock().watches.remove(&WatchId::Internal(consumer.0));
     }
@@ -640,13 +654,14 @@ impl WriteWatch {
                 },
             )?;
             taken.ring_entries = entries;
-            if lost {
+            if let Some(how) = lost {
                 for w in watches.values_mut() {
                     w.pending.iter_mut().for_each(PageBitmap::fill);
                 }
                 if stats.ring_overruns == 0 {
                     eprintln!(
-                        "writewatch: warning: KVM overran a dirty ring and lost entries; every page now counts as written (use a larger --dirty-ring-size)"
+                        "writewatch: warning: KVM overran a dirty ring and lost entries ({}); every page now counts as written (use a larger --dirty-ring-size)",
+                        how.describe()
                     );
                 }
                 stats.ring_overruns += 1;

@@ -174,8 +174,9 @@ pub fn hash(mem: &GuestMemoryMmap) -> String {
         }
     }
     let digests = std::thread::scope(|scope| {
-        let (first, second) = pieces.split_at(pieces.len() / 2);
-        let worker = move |part: &[(u64, usize)]| {
+        let even: Vec<(u64, usize)> = pieces.iter().copied().step_by(2).collect();
+        let odd: Vec<(u64, usize)> = pieces.iter().copied().skip(1).step_by(2).collect();
+        let worker = |part: &[(u64, usize)]| {
             let mut buf = vec![0u8; HASH_PIECE];
             let (mut pagemap, mut populated) = (Populated::new(), Vec::new());
             let mut zero_digest: Option<(usize, u128)> = None;
@@ -199,9 +200,17 @@ pub fn hash(mem: &GuestMemoryMmap) -> String {
                 })
                 .collect::<Vec<_>>()
         };
-        let helper = scope.spawn(move || worker(second));
-        let mut digests = worker(first);
-        digests.extend(helper.join().unwrap_or_default());
+        // Interleaved, so both threads get written RAM wherever it is.
+        let helper = scope.spawn(move || worker(&odd));
+        let even_digests = worker(&even);
+        let odd_digests = helper.join().unwrap_or_default();
+        let mut digests = Vec::with_capacity(pieces.len());
+        for (i, d) in even_digests.into_iter().enumerate() {
+            digests.push(d);
+            if let Some(&o) = odd_digests.get(i) {
+                digests.push(o);
+            }
+        }
         digests
     });
     let bytes: Vec<u8> = digests.iter().flat_map(|d| d.to_le_bytes()).collect();

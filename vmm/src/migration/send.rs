@@ -106,7 +106,15 @@ type Out = Writer<Limited<BufWriter<Connection>>>;
 struct Sent {
     pages: u64,
     zero_pages: u64,
+    /// Written again before their turn came: left to the next round.
+    skipped_pages: u64,
 }
+
+/// How often a pre-copy round looks at what the guest wrote since the
+/// round's dirty set was taken: at most this often, and only after this
+/// many frames.
+const PEEK_EVERY: Duration = Duration::from_millis(50);
+const PEEK_FRAMES: u64 = 8;
 
 /// Migrates the guest of `vm` as `options` say, reporting to `tracker`
 /// (which must have been claimed with `Tracker::begin`). On success the
@@ -390,7 +398,10 @@ impl Migration<'_> {
     /// Sends the pages set in `dirty` (per slot, `slots` their starts).
     /// Round 0 skips pages that are all zero; later rounds send them as
     /// zero runs (they were written, so the destination may hold data).
-    /// `sent` collects the pages sent with contents.
+    /// `sent_pages`, given only while the guest runs, collects the pages
+    /// sent with contents; then pages the guest has written again since
+    /// `dirty` was taken are not sent now: the next take holds them, so
+    /// sending them now would only be resending them later.
     fn send(
         &self,
         out: &mut Out,
@@ -400,6 +411,9 @@ impl Migration<'_> {
         mut sent_pages: Option<&mut Vec<PageBitmap>>,
     ) -> Result<Sent, MigrateError> {
         let mut sent = Sent::default();
+        let running = sent_pages.is_some();
+        let mut redirtied: Option<Vec<PageBitmap>> = None;
+        let mut peeked = (Instant::now(), 0u64);
         let mut buf = vec![0u8; MAX_PAGES_PER_FRAME as usize * PAGE];
         let (mut pagemap, mut populated) = (ram::Populated::new(), Vec::new());
         let mut zeros: Vec<(u64, u32)> = Vec::new();
@@ -410,22 +424,43 @@ impl Migration<'_> {
                 while page < first + count {
                     let n = (first + count - page).min(u64::from(MAX_PAGES_PER_FRAME)) as usize;
                     let gpa = start + page * PAGE as u64;
+                    if running
+                        && frames >= peeked.1 + PEEK_FRAMES
+                        && peeked.0.elapsed() >= PEEK_EVERY
+                    {
+                        redirtied = Some(self.ww.peek_consumer(self.consumer)?);
+                        peeked = (Instant::now(), frames);
+                    }
                     let data = &mut buf[..n * PAGE];
                     ram::read_populated(self.mem, gpa, data, &mut pagemap, &mut populated)
                         .map_err(MigrateError::Memory)?;
-                    // Pages never written are zero without looking.
-                    let zero_at =
-                        |k: usize| !populated[k] || ram::is_zero(&data[k * PAGE..(k + 1) * PAGE]);
+                    // 0: send, 1: zero (never written, or all zero), 2: written
+                    // again since the take, so the next round sends it.
+                    let mut class = [0u8; MAX_PAGES_PER_FRAME as usize];
+                    for (k, c) in class[..n].iter_mut().enumerate() {
+                        *c = if redirtied
+                            .as_ref()
+                            .is_some_and(|r| r[slot].get(page + k as u64))
+                        {
+                            2
+                        } else if !populated[k] || ram::is_zero(&data[k * PAGE..(k + 1) * PAGE]) {
+                            1
+                        } else {
+                            0
+                        };
+                    }
                     let mut i = 0;
                     while i < n {
-                        let zero = zero_at(i);
+                        let kind = class[i];
                         let mut j = i + 1;
-                        while j < n && zero_at(j) == zero {
+                        while j < n && class[j] == kind {
                             j += 1;
                         }
                         let at = gpa + (i * PAGE) as u64;
                         let pages = (j - i) as u64;
-                        if zero {
+                        if kind == 2 {
+                            sent.skipped_pages += pages;
+                        } else if kind == 1 {
                             sent.zero_pages += pages;
                             if !skip_zero {
                                 zeros.push((at, pages as u32));
@@ -492,6 +527,7 @@ fn round_report(
         ms: duration.as_secs_f64() * 1e3,
         pages: sent.pages,
         zero_pages: sent.zero_pages,
+        skipped_pages: sent.skipped_pages,
         bytes,
         dirtied_pages: dirtied,
         dirty_rate_mib_s: (dirtied * PAGE as u64) as f64 / MIB / secs,

@@ -42,6 +42,9 @@ pub struct RoundReport {
     pub pages: u64,
     /// Pages found all zero: skipped in round 0, sent as zero runs later.
     pub zero_pages: u64,
+    /// Pages of the round's dirty set written again before their turn:
+    /// not sent in this round, since the next one holds them.
+    pub skipped_pages: u64,
     pub bytes: u64,
     /// Pages the guest dirtied while this round was sent.
     pub dirtied_pages: u64,

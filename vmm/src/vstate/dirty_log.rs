@@ -208,7 +208,7 @@ impl DirtyRing {
     /// does not exit for a full ring forever.
     pub fn harvest(&mut self, resync: bool, mut found: impl FnMut(u32, u64)) -> Harvested {
         let mut taken = 0;
-        let mut lost = false;
+        let mut lost = None;
         // A full lap at most: every entry taken is handed back as RESET.
         while taken < self.count {
             let entry = self.entry(self.next);
@@ -216,7 +216,7 @@ impl DirtyRing {
             if entry.0.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
                 if resync && taken == 0 {
                     if self.skip_to_published() {
-                        lost = true;
+                        lost = Some(Overrun::Gap);
                         continue;
                     }
                     // A full-ring exit with nothing published: another
@@ -229,7 +229,7 @@ impl DirtyRing {
                     // KVM's limit, and once below, the entries it
                     // publishes show where the gap ends.
                     if self.empty_full_at == Some(self.harvests) {
-                        lost = true;
+                        lost = Some(Overrun::EmptyFullExits);
                         self.hand_back(1);
                     }
                     self.empty_full_at = Some(self.harvests);
@@ -246,10 +246,10 @@ impl DirtyRing {
             self.harvests += 1;
             self.empty_full_at = None;
         }
-        Harvested {
-            taken,
-            lost: lost || taken == self.count,
+        if taken == self.count {
+            lost = Some(Overrun::FullLap);
         }
+        Harvested { taken, lost }
     }
 
     /// The flags word and published contents of the entry at `index`.
@@ -301,7 +301,28 @@ impl DirtyRing {
 pub struct Harvested {
     pub taken: u32,
     /// KVM overran the ring: entries were lost before they were taken.
-    pub lost: bool,
+    pub lost: Option<Overrun>,
+}
+
+/// How a harvest saw that KVM overran a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overrun {
+    /// Every position held a published entry: KVM wrote a whole lap.
+    FullLap,
+    /// Entries were published beyond positions holding nothing.
+    Gap,
+    /// Two full-ring exits in a row found nothing published.
+    EmptyFullExits,
+}
+
+impl Overrun {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Overrun::FullLap => "a harvest found the ring full",
+            Overrun::Gap => "entries were published past empty positions",
+            Overrun::EmptyFullExits => "two full-ring exits found nothing published",
+        }
+    }
 }
 
 impl Drop for DirtyRing {
