@@ -65,7 +65,7 @@ fn parse(bytes: &[u8]) -> Result<u64, String> {
     let mem =
         create_guest_memory(header.mem_bytes, Backing::Anon, 46).map_err(|e| e.to_string())?;
     let applied =
-        receive::apply(&mut reader, &mem, &header, true, |_| {}).map_err(|e| e.to_string())?;
+        receive::apply(&mut reader, &mem, &header, true, &|_, _| {}).map_err(|e| e.to_string())?;
     Ok(applied.pages)
 }
 

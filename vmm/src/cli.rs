@@ -363,6 +363,7 @@ pub enum CtlCommand {
     CancelMigration,
     /// Write a snapshot to a file.
     Snapshot {
+        /// The file to write (it must not exist).
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
         /// Only the pages written since the last snapshot.

@@ -13,6 +13,7 @@
 //! - `status`: progress and statistics of a migration.
 
 pub mod convergence;
+pub mod hash;
 pub mod ram;
 pub mod receive;
 pub mod send;

@@ -10,6 +10,7 @@ use std::io::{BufReader, BufWriter, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::hash::{self, IncomingHasher};
 use super::ram;
 use super::state::MachineState;
 use super::stream::{Ack, End, Header, Kind, Reader, Resumed, StreamError, Writer};
@@ -99,13 +100,14 @@ pub fn config_for(header: &Header, local: &VmConfig) -> VmConfig {
 }
 
 /// Applies frames from `reader` to guest RAM `mem` until the end frame.
-/// `need_state`: the stream must carry the machine state.
+/// `need_state`: the stream must carry the machine state. `wrote(gpa,
+/// len)` is told of each write into RAM, after it.
 pub fn apply<R: Read>(
     reader: &mut Reader<R>,
     mem: &GuestMemoryMmap,
     header: &Header,
     need_state: bool,
-    mut on_round: impl FnMut(u32),
+    wrote: &dyn Fn(u64, u64),
 ) -> Result<Applied, ReceiveError> {
     let mut state = None;
     let mut pages = 0u64;
@@ -128,6 +130,7 @@ pub fn apply<R: Read>(
                         data.len() / super::stream::PAGE
                     )));
                 }
+                wrote(gpa, data.len() as u64);
                 pages += (data.len() / super::stream::PAGE) as u64;
             }
             Kind::Zeros => {
@@ -137,12 +140,12 @@ pub fn apply<R: Read>(
                             "{count} zero pages at {gpa:#x} lie outside guest RAM"
                         )));
                     }
+                    wrote(gpa, u64::from(count) * super::stream::PAGE as u64);
                 }
             }
             Kind::Round => {
                 let mark: super::stream::RoundMark = frame.json()?;
                 rounds = rounds.max(mark.round + 1);
-                on_round(mark.round);
             }
             Kind::State => {
                 if state.is_some() {
@@ -185,14 +188,22 @@ pub fn expect_eof<R: Read>(reader: &mut Reader<R>) -> Result<(), ReceiveError> {
     }
 }
 
-/// Compares guest RAM with the hash the stream ended with (if it has one);
-/// returns how long hashing took.
-pub fn verify_hash(machine: &Machine, end: &End) -> Result<f64, ReceiveError> {
+/// Compares guest RAM with the hash the stream ended with (if it has one),
+/// finishing `hasher`'s work if one ran while the stream arrived; returns
+/// how long hashing took after the end.
+pub fn verify_hash(
+    machine: &Machine,
+    end: &End,
+    hasher: Option<IncomingHasher>,
+) -> Result<f64, ReceiveError> {
     let Some(want) = &end.ram_hash else {
         return Ok(0.0);
     };
     let began = Instant::now();
-    let got = ram::hash(&machine.memory);
+    let got = match hasher {
+        Some(h) => h.finish(&machine.memory),
+        None => hash::hash(&machine.memory),
+    };
     if &got != want {
         return Err(ReceiveError::HashMismatch {
             got,
@@ -408,8 +419,16 @@ fn receive<'a>(
     }
     check_header(&header)?;
     let mut machine = builder::build_for_restore(&config_for(&header, local), stdout)?;
-    let applied = apply(&mut reader, &machine.memory, &header, true, |_| {})?;
-    let hash_ms = verify_hash(&machine, &applied.end)?;
+    let hasher = header
+        .ram_hash
+        .then(|| IncomingHasher::start(&machine.memory));
+    let wrote = |gpa, len| {
+        if let Some(h) = &hasher {
+            h.wrote(gpa, len);
+        }
+    };
+    let applied = apply(&mut reader, &machine.memory, &header, true, &wrote)?;
+    let hash_ms = verify_hash(&machine, &applied.end, hasher)?;
     let state = applied
         .state
         .as_ref()

@@ -20,6 +20,7 @@ use std::io::{self, BufWriter, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::convergence::{Decision, Planner, Policy, Round};
+use super::hash::SourceHasher;
 use super::ram;
 use super::status::{Phase, RoundReport, Status, Tracker};
 use super::stream::{
@@ -225,6 +226,7 @@ impl Migration<'_> {
             ram: ram_ranges.iter().map(|&(s, l)| [s, l]).collect(),
             writer: format!("writewatch {}", env!("CARGO_PKG_VERSION")),
             snapshot: None,
+            ram_hash: self.options.verify_ram,
         };
         let limited = Limited {
             inner: BufWriter::with_capacity(1 << 20, conn),
@@ -233,6 +235,12 @@ impl Migration<'_> {
             written: 0,
         };
         let mut out = Writer::start(limited, &header).map_err(MigrateError::Lost)?;
+        // Hashed while pre-copy runs; the pause rehashes what was written.
+        let hasher = if self.options.verify_ram {
+            Some(SourceHasher::start(self.ww, self.mem)?)
+        } else {
+            None
+        };
         let slots: Vec<u64> = ram_ranges.iter().map(|&(s, _)| s).collect();
         let mut planner = Planner::new(self.options.policy.clone());
         // Opened all dirty: the first take is every page.
@@ -326,7 +334,7 @@ impl Migration<'_> {
         out.frame(Kind::State, &[&state_json])
             .map_err(MigrateError::Lost)?;
         let hash_began = Instant::now();
-        let ram_hash = self.options.verify_ram.then(|| ram::hash(self.mem));
+        let ram_hash = hasher.map(|h| h.finish(self.mem)).transpose()?;
         let hash_ms = hash_began.elapsed().as_secs_f64() * 1e3;
         let pages_sent = self.tracker.get().map_or(0, |s| s.pages_sent);
         out.json(

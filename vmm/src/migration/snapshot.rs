@@ -16,6 +16,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::hash;
 use super::ram;
 use super::receive::{self, ReceiveError};
 use super::stream::{
@@ -164,6 +165,7 @@ fn write(
             id: id.clone(),
             base: base.clone(),
         }),
+        ram_hash: true,
     };
     let mut out = Writer::start(BufWriter::with_capacity(1 << 20, file), &header).map_err(io)?;
     let mem = vm.memory();
@@ -205,7 +207,7 @@ fn write(
     }
     let state = vm.save_state()?;
     out.json(Kind::State, &state).map_err(io)?;
-    let ram_hash = ram::hash(mem);
+    let ram_hash = hash::hash(mem);
     out.json(
         Kind::End,
         &End {
@@ -301,7 +303,7 @@ pub fn restore(
         }
         let m = machine.as_ref().expect("built from the first file");
         let applied =
-            receive::apply(&mut reader, &m.memory, &header, true, |_| {}).map_err(in_file)?;
+            receive::apply(&mut reader, &m.memory, &header, true, &|_, _| {}).map_err(in_file)?;
         receive::expect_eof(&mut reader).map_err(in_file)?;
         pages += applied.pages;
         let state = applied.state.expect("apply checked the state came");
@@ -310,7 +312,7 @@ pub fn restore(
     }
     let mut machine = machine.ok_or_else(|| ReceiveError::Bad("no snapshot given".into()))?;
     let (end, state) = last.expect("at least one file");
-    receive::verify_hash(&machine, &end)?;
+    receive::verify_hash(&machine, &end, None)?;
     receive::restore(&mut machine, &state)?;
     Ok((
         machine,

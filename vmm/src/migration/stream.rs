@@ -114,6 +114,10 @@ pub struct Header {
     /// A snapshot's id, and for a diff the id of the snapshot it follows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotIds>,
+    /// The end frame will carry a RAM hash: the destination may hash
+    /// pieces as they arrive.
+    #[serde(default)]
+    pub ram_hash: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -472,6 +476,7 @@ mod tests {
             ram: vec![[0, 1 << 20]],
             writer: "test".into(),
             snapshot: None,
+            ram_hash: true,
         }
     }
 

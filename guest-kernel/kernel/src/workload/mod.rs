@@ -392,8 +392,11 @@ fn worker(cpu_index: usize) {
             if let Some(cycles) = w.cycles_per_batch {
                 next += cycles;
                 let now = msr::rdtsc();
-                if now > next + 100 * cycles {
-                    // Far behind (the vCPU was not running): do not burst.
+                if now > next + 4 * cycles {
+                    // Behind because the vCPU was not running (a host
+                    // throttle, a pause): do not burst to catch up, as a
+                    // CPU-bound writer could not either, or throttling
+                    // would not slow it down.
                     next = now;
                 }
                 while msr::rdtsc() < next {

@@ -9,6 +9,7 @@ use crate::cli::TrackingSource;
 use crate::migration::status::Status;
 
 const SIZE: (u32, u32) = (720, 420);
+const SWEEP_SIZE: (u32, u32) = (720, 900);
 const MIB: f64 = (1u64 << 20) as f64;
 const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
@@ -20,11 +21,12 @@ const COLOURS: [RGBColor; 4] = [
 /// Draws with `draw` into an SVG string; a failure leaves a note instead
 /// (plotting is never worth failing an experiment for).
 fn svg(
+    size: (u32, u32),
     draw: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> Result<(), String>,
 ) -> String {
     let mut out = String::new();
     let result = {
-        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
         root.fill(&WHITE)
             .map_err(|e| e.to_string())
             .and_then(|()| draw(&root))
@@ -44,7 +46,7 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// Pages sent and pages dirtied meanwhile, per round.
 pub fn dirty_per_round(name: &str, s: &Status) -> String {
-    svg(|root| {
+    svg(SIZE, |root| {
         let rounds = s.rounds.len().max(1) as f64;
         let top = s
             .rounds
@@ -108,7 +110,7 @@ pub fn dirty_per_round(name: &str, s: &Status) -> String {
 
 /// MiB sent over time; the paused part shaded.
 pub fn transfer(name: &str, s: &Status) -> String {
-    svg(|root| {
+    svg(SIZE, |root| {
         let mut points = vec![(0.0, 0.0)];
         let mut total = 0.0;
         for r in &s.rounds {
@@ -161,35 +163,41 @@ pub fn transfer(name: &str, s: &Status) -> String {
     })
 }
 
-/// Total time and downtime against the dirty rate, one line per source
-/// and auto-converge setting; a cross marks a forced (not converged) end.
+/// What the sweep plot shows, one panel each.
+type Metric = (&'static str, fn(&Status) -> Option<f64>);
+const SWEEP_METRICS: [Metric; 3] = [
+    ("total ms", |s| Some(s.elapsed_ms)),
+    ("downtime ms", |s| s.downtime_ms),
+    ("sent / lower bound", |s| {
+        Some(s.bytes_sent as f64 / s.lower_bound_bytes.max(1) as f64)
+    }),
+];
+
+/// Total time, downtime and the resending cost against the guest's write
+/// rate, one line per source and auto-converge setting; a cross marks a
+/// forced (not converged) end.
 pub fn sweep(outcomes: &[Outcome]) -> String {
-    svg(|root| {
+    svg(SWEEP_SIZE, |root| {
         let max_rate = outcomes
             .iter()
             .map(|o| o.case.rate_mib)
             .max()
             .unwrap_or(1)
             .max(1) as f64;
-        let max_ms = outcomes
-            .iter()
-            .filter_map(|o| o.status.as_ref())
-            .map(|s| s.elapsed_ms)
-            .fold(1.0, f64::max);
-        let (upper, lower) = root.split_vertically(SIZE.1 / 2);
+        let panels = root.split_evenly((SWEEP_METRICS.len(), 1));
         let mut series: Vec<(TrackingSource, bool)> = outcomes
             .iter()
             .map(|o| (o.case.source, o.case.auto_converge))
             .collect();
-        series.dedup();
         series.sort_by_key(|&(s, a)| (s == TrackingSource::Ring, a));
         series.dedup();
-        for (area, what, top) in [
-            (&upper, "total ms", max_ms),
-            (&lower, "downtime ms", max_ms),
-        ] {
+        for (area, &(what, metric)) in panels.iter().zip(&SWEEP_METRICS) {
+            let top = outcomes
+                .iter()
+                .filter_map(|o| o.status.as_ref().and_then(metric))
+                .fold(1.0, f64::max);
             let mut chart = ChartBuilder::on(area)
-                .caption(format!("{what} by dirty rate"), ("sans-serif", 16))
+                .caption(format!("{what} by write rate"), ("sans-serif", 16))
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(64)
@@ -197,7 +205,7 @@ pub fn sweep(outcomes: &[Outcome]) -> String {
                 .map_err(err)?;
             chart
                 .configure_mesh()
-                .x_desc("guest dirty rate, MiB/s")
+                .x_desc("guest write rate (--rate), MiB/s")
                 .y_desc(what)
                 .draw()
                 .map_err(err)?;
@@ -208,12 +216,11 @@ pub fn sweep(outcomes: &[Outcome]) -> String {
                     .filter(|o| o.case.source == source && o.case.auto_converge == auto)
                     .filter_map(|o| {
                         let s = o.status.as_ref()?;
-                        let y = if what == "total ms" {
-                            s.elapsed_ms
-                        } else {
-                            s.downtime_ms?
-                        };
-                        Some((o.case.rate_mib as f64, y, s.converged == Some(true)))
+                        Some((
+                            o.case.rate_mib as f64,
+                            metric(s)?,
+                            s.converged == Some(true),
+                        ))
                     })
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
