@@ -45,6 +45,15 @@ fn migrate_and_check(workload: &str, src: &[&str], dst: &[&str], how: &[&str]) -
     dest.stop_workload();
     let dest = dest.wait(LIMIT);
     dest.assert_intact();
+    // The console goes on where the guest runs: the check it prints after
+    // the move is on the destination's, the boot banner on the source's.
+    assert!(
+        dest.console.contains("workload check:") && !source.console.contains("workload check:"),
+        "source console:\n{}\ndestination console:\n{}",
+        source.console,
+        dest.console
+    );
+    assert!(!source.console.is_empty() && !dest.console.contains("writewatch guest kernel"));
     let incoming = &dest.report["migration"]["incoming"];
     assert!(incoming["pages"].as_u64().unwrap() > 0, "{incoming}");
     // The host hash was compared (the destination refuses otherwise).

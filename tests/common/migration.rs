@@ -31,6 +31,8 @@ pub struct Ended {
     pub stderr: String,
     pub report: Value,
     pub records: Vec<Value>,
+    /// What the guest printed on this side's console.
+    pub console: String,
 }
 
 impl Ended {
@@ -69,7 +71,7 @@ impl Side {
             .args(["--records", records.to_str().unwrap()])
             .args(["--timeout", "240"])
             .args(args)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -170,11 +172,14 @@ impl Side {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
+        let console =
+            std::fs::read_to_string(self.dir.path().join("console.txt")).unwrap_or_default();
         Ended {
             code,
             stderr,
             report,
             records,
+            console,
         }
     }
 }
