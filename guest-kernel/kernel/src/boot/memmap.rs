@@ -1,9 +1,10 @@
-//! The PVH memory map (`hvm_memmap_table_entry` list), kept in a fixed-size
-//! table so it can be built before the heap exists.
+//! The PVH memory map: the loader's `hvm_memmap_table_entry` array, read
+//! where the loader left it rather than copied, so it may have any number
+//! of entries (QEMU's q35 gives nine), exists before the heap does, and
+//! costs no boot time to keep (ring-0 code is slow on kvm_pvm, see
+//! `arch::x86_64::idt`). `memory::frames` never hands out its frames.
 
-/// Most entries kept; the writewatch VMM produces at most four, and
-/// every entry costs boot time (ring-0 code is slow on kvm_pvm, see `arch::x86_64::idt`).
-pub const MAX_REGIONS: usize = 8;
+use crate::arch::x86_64::paging::phys_to_virt;
 
 /// What a memory-map range is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,54 +46,74 @@ impl Region {
     }
 }
 
-/// The memory map.
+/// The memory map: the loader's table, read in place.
+#[derive(Clone, Copy)]
 pub struct MemMap {
-    regions: [Region; MAX_REGIONS],
-    len: usize,
-    dropped: usize,
+    /// Physical address of the first `hvm_memmap_table_entry`.
+    paddr: u64,
+    entries: u32,
 }
 
+/// Bytes per `hvm_memmap_table_entry` (addr, size, type, reserved).
+const ENTRY: u64 = 24;
+
 impl MemMap {
-    /// An empty map.
-    pub const fn new() -> Self {
-        MemMap {
-            regions: [Region {
-                start: 0,
-                size: 0,
-                kind: RegionKind::Reserved,
-            }; MAX_REGIONS],
-            len: 0,
-            dropped: 0,
-        }
+    /// The table of `entries` entries at physical `paddr`, which must lie in
+    /// the boot direct map (the first GiB) and stay intact: the frame
+    /// allocator never hands out [`MemMap::table`].
+    pub const fn in_place(paddr: u64, entries: u32) -> Self {
+        MemMap { paddr, entries }
     }
 
-    /// Appends a region (counted in [`MemMap::dropped`] when full).
-    pub fn push(&mut self, region: Region) {
-        if self.len < MAX_REGIONS {
-            self.regions[self.len] = region;
-            self.len += 1;
-        } else {
-            self.dropped += 1;
+    /// Entries in the table.
+    pub fn len(&self) -> usize {
+        self.entries as usize
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// `[start, end)` of the table itself.
+    pub fn table(&self) -> (u64, u64) {
+        (self.paddr, self.paddr + u64::from(self.entries) * ENTRY)
+    }
+
+    /// Entry `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Region> {
+        if i >= self.len() {
+            return None;
         }
+        let at = self.paddr + i as u64 * ENTRY;
+        Some(Region {
+            start: read_phys(at),
+            size: read_phys(at + 8),
+            kind: RegionKind::from_raw(read_phys(at + 16)),
+        })
     }
 
     /// All regions, in loader order.
-    pub fn regions(&self) -> &[Region] {
-        &self.regions[..self.len]
+    pub fn regions(&self) -> impl Iterator<Item = Region> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
     }
 
     /// The RAM regions.
-    pub fn ram(&self) -> impl Iterator<Item = &Region> {
-        self.regions().iter().filter(|r| r.kind == RegionKind::Ram)
+    pub fn ram(&self) -> impl Iterator<Item = Region> + '_ {
+        self.regions().filter(|r| r.kind == RegionKind::Ram)
     }
 
     /// Total bytes of RAM.
     pub fn ram_bytes(&self) -> u64 {
         self.ram().map(|r| r.size).sum()
     }
+}
 
-    /// Regions that did not fit in the table.
-    pub fn dropped(&self) -> usize {
-        self.dropped
-    }
+/// Reads a `T` at physical `phys` through the direct map.
+fn read_phys<T: Copy>(phys: u64) -> T {
+    // SAFETY: `in_place` requires the table to lie in the boot direct map
+    // (checked by `start_info::parse`), and no frame of it is ever handed
+    // out, so it is mapped and unchanged; `read_unaligned` takes any
+    // alignment.
+    unsafe { core::ptr::read_unaligned(phys_to_virt(phys) as *const T) }
 }

@@ -2,11 +2,13 @@
 //! memory map), as in Xen's `public/arch-x86/hvm/start_info.h`.
 
 use super::cmdline::Cmdline;
-use super::memmap::{MemMap, Region, RegionKind};
+use super::memmap::MemMap;
 use crate::arch::x86_64::paging::phys_to_virt;
 
 /// `hvm_start_info.magic`.
 const MAGIC: u32 = 0x336e_c578;
+/// What the boot page tables direct-map (`boot::entry`).
+const BOOT_DIRECT_MAP: u64 = 1 << 30;
 /// Longest command line read (the VMM allows 4095 bytes).
 const CMDLINE_MAX: usize = 4096;
 
@@ -17,6 +19,8 @@ pub enum StartInfoError {
     BadMagic(u32),
     /// Version 0 has no memory map.
     NoMemoryMap,
+    /// The memory map lies outside the first GiB (the boot direct map).
+    MemoryMapTooHigh(u64),
 }
 
 /// Boot facts parsed from `hvm_start_info`.
@@ -48,15 +52,9 @@ pub fn parse(phys: u64) -> Result<BootInfo, StartInfoError> {
     let memmap_paddr: u64 = read_phys(phys + 40);
     let memmap_entries: u32 = read_phys(phys + 48);
 
-    let mut memmap = MemMap::new();
-    for i in 0..u64::from(memmap_entries) {
-        let entry = memmap_paddr + i * 24;
-        let kind: u32 = read_phys(entry + 16);
-        memmap.push(Region {
-            start: read_phys(entry),
-            size: read_phys(entry + 8),
-            kind: RegionKind::from_raw(kind),
-        });
+    let memmap = MemMap::in_place(memmap_paddr, memmap_entries);
+    if memmap.table().1 > BOOT_DIRECT_MAP {
+        return Err(StartInfoError::MemoryMapTooHigh(memmap_paddr));
     }
     Ok(BootInfo {
         cmdline: Cmdline::parse(read_cmdline(cmdline_paddr)),

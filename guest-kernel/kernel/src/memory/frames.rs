@@ -9,28 +9,30 @@
 //! handed out.
 
 use crate::arch::x86_64::paging::{PAGE_SIZE, phys_to_virt};
-use crate::boot::memmap::{MAX_REGIONS, MemMap};
+use crate::boot::memmap::MemMap;
 use spin::Mutex;
 
 /// Lowest physical address handed out (below: firmware-like data, the SMP
 /// trampoline, start_info, the command line).
 const LOW_LIMIT: u64 = 0x10_0000;
 
-/// A free physical range `[start, end)`.
-#[derive(Clone, Copy)]
-struct Range {
-    start: u64,
-    end: u64,
-}
-
-/// The allocator state.
+/// The allocator state. The bump pointer walks the memory map's RAM
+/// regions in loader order, stepping over the holes; the map is read in
+/// place, so it may have any number of regions.
 pub struct FrameAllocator {
-    ranges: [Range; MAX_REGIONS],
-    nranges: usize,
-    /// Range the bump pointer is in.
-    current: usize,
-    /// Next never-used frame in `ranges[current]`.
+    map: MemMap,
+    /// Never handed out: the kernel image and the memory map's own table.
+    holes: [(u64, u64); 2],
+    /// The memory-map entry the bump pointer is in.
+    region: usize,
+    /// Its usable `[start, end)`, once read (the map is not re-read for
+    /// every frame: each ring-0 instruction counts on kvm_pvm).
+    bounds: Option<(u64, u64)>,
+    /// Next never-used address (0: the start of `region`).
     next: u64,
+    /// After [`hand_off`]: the bump pointer stops at this address of this
+    /// entry.
+    limit: Option<(usize, u64)>,
     /// Physical address of the first freed frame (0 = none); each freed frame
     /// stores the address of the next one in its first 8 bytes.
     free_head: u64,
@@ -39,34 +41,86 @@ pub struct FrameAllocator {
 }
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {
-    ranges: [Range { start: 0, end: 0 }; MAX_REGIONS],
-    nranges: 0,
-    current: 0,
+    map: MemMap::in_place(0, 0),
+    holes: [(0, 0); 2],
+    region: 0,
+    bounds: None,
     next: 0,
+    limit: None,
     free_head: 0,
     in_use: 0,
 });
 
-/// Hands the RAM of `memmap`, minus `[0, 1 MiB)` and the kernel image
-/// `[kernel_start, kernel_end)`, to the allocator.
+/// Hands the RAM of `memmap`, minus `[0, 1 MiB)`, the kernel image
+/// `[kernel_start, kernel_end)` and the map's own table, to the allocator.
 pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64) {
     let mut frames = FRAMES.lock();
-    let mut add = |start: u64, end: u64| {
-        let start = start.max(LOW_LIMIT).next_multiple_of(PAGE_SIZE);
-        let end = end & !(PAGE_SIZE - 1);
-        if start < end && frames.nranges < MAX_REGIONS {
-            let n = frames.nranges;
-            frames.ranges[n] = Range { start, end };
-            frames.nranges += 1;
+    frames.map = *memmap;
+    frames.holes = [(kernel_start, kernel_end), memmap.table()];
+    frames.region = 0;
+    frames.bounds = None;
+    frames.next = 0;
+}
+
+impl FrameAllocator {
+    /// The usable `[start, end)` of entry `i` (empty unless RAM), clipped
+    /// to the low limit, page-aligned, and to the limit after a hand-off.
+    fn usable(&self, i: usize) -> Option<(u64, u64)> {
+        let r = self.map.get(i)?;
+        let mut end = r.end() & !(PAGE_SIZE - 1);
+        if r.kind != crate::boot::memmap::RegionKind::Ram {
+            end = 0;
         }
-    };
-    for region in memmap.ram() {
-        // Split around the kernel image.
-        add(region.start, region.end().min(kernel_start));
-        add(region.start.max(kernel_end), region.end());
+        if let Some((at, limit)) = self.limit {
+            if i > at {
+                end = 0;
+            } else if i == at {
+                end = end.min(limit);
+            }
+        }
+        Some((r.start.max(LOW_LIMIT).next_multiple_of(PAGE_SIZE), end))
     }
-    frames.current = 0;
-    frames.next = frames.ranges[0].start;
+
+    /// The lowest `start' >= start` where `bytes` bytes miss every hole.
+    fn past_holes(&self, mut start: u64, bytes: u64) -> u64 {
+        // Each pass moves past at least one hole, so two passes per hole.
+        for _ in 0..2 * self.holes.len() {
+            let Some(&(_, end)) = self
+                .holes
+                .iter()
+                .find(|&&(hs, he)| start < he && start.saturating_add(bytes) > hs)
+            else {
+                break;
+            };
+            start = end.next_multiple_of(PAGE_SIZE);
+        }
+        start
+    }
+
+    /// `[start, end)` minus the holes, in pieces.
+    fn pieces(&self, start: u64, end: u64, out: &mut alloc::vec::Vec<(u64, u64)>) {
+        let mut at = start;
+        while at < end {
+            let next = self.past_holes(at, PAGE_SIZE);
+            if next > at {
+                at = next;
+                continue;
+            }
+            // Up to the next hole that starts after `at`.
+            let stop = self
+                .holes
+                .iter()
+                .filter(|&&(hs, he)| hs > at && he > hs)
+                .map(|&(hs, _)| hs & !(PAGE_SIZE - 1))
+                .min()
+                .unwrap_or(end)
+                .min(end);
+            if stop > at {
+                out.push((at, stop));
+            }
+            at = stop.max(at + PAGE_SIZE);
+        }
+    }
 }
 
 /// Allocates `count` physically contiguous frames (from the bump area only);
@@ -74,20 +128,25 @@ pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64) {
 pub fn alloc_contiguous(count: u64) -> Option<u64> {
     let mut f = FRAMES.lock();
     let bytes = count.checked_mul(PAGE_SIZE)?;
-    while f.current < f.nranges {
-        let end = f.ranges[f.current].end;
-        if let Some(new_next) = f.next.checked_add(bytes).filter(|&n| n <= end) {
-            let start = f.next;
-            f.next = new_next;
+    loop {
+        let (start, end) = match f.bounds {
+            Some(bounds) => bounds,
+            None => {
+                let bounds = f.usable(f.region)?;
+                f.bounds = Some(bounds);
+                bounds
+            }
+        };
+        let at = f.past_holes(f.next.max(start), bytes);
+        if at.checked_add(bytes).is_some_and(|e| e <= end) {
+            f.next = at + bytes;
             f.in_use += count;
-            return Some(start);
+            return Some(at);
         }
-        f.current += 1;
-        if f.current < f.nranges {
-            f.next = f.ranges[f.current].start;
-        }
+        f.region += 1;
+        f.bounds = None;
+        f.next = 0;
     }
-    None
 }
 
 /// Keeps `reserve` bytes after the bump pointer for later kernel allocations
@@ -96,19 +155,23 @@ pub fn alloc_contiguous(count: u64) -> Option<u64> {
 pub fn hand_off(reserve: u64) -> alloc::vec::Vec<(u64, u64)> {
     let mut f = FRAMES.lock();
     let mut out = alloc::vec::Vec::new();
-    if f.current >= f.nranges {
+    let Some((start, end)) = f.usable(f.region) else {
         return out;
+    };
+    let keep_end = f
+        .next
+        .max(start)
+        .saturating_add(reserve)
+        .next_multiple_of(PAGE_SIZE)
+        .min(end.max(start));
+    f.pieces(keep_end, end, &mut out);
+    let mut i = f.region + 1;
+    while let Some((s, e)) = f.usable(i) {
+        f.pieces(s, e, &mut out);
+        i += 1;
     }
-    let cur = f.current;
-    let keep_end = f.next.saturating_add(reserve).min(f.ranges[cur].end);
-    if keep_end < f.ranges[cur].end {
-        out.push((keep_end, f.ranges[cur].end));
-    }
-    f.ranges[cur].end = keep_end;
-    for i in cur + 1..f.nranges {
-        out.push((f.ranges[i].start, f.ranges[i].end));
-    }
-    f.nranges = cur + 1;
+    f.limit = Some((f.region, keep_end));
+    f.bounds = None;
     out
 }
 
