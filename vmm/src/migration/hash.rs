@@ -36,6 +36,7 @@ pub fn hash(mem: &GuestMemoryMmap) -> String {
 /// only the pieces written since they were hashed (the rest was hashed
 /// while the guest ran, or while the stream arrived). The digest is the
 /// xxh3-128 of the pieces' xxh3-128s, in address order.
+#[derive(Clone)]
 pub struct PieceHashes {
     /// `(gpa, len)` of each piece, in address order.
     pieces: Vec<(u64, usize)>,

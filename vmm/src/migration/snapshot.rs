@@ -11,12 +11,13 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::hash;
+use super::hash::PieceHashes;
 use super::ram;
 use super::receive::{self, ReceiveError};
 use super::stream::{
@@ -47,7 +48,23 @@ pub enum SnapshotError {
 #[derive(Default)]
 pub struct Chain {
     last_id: Option<String>,
+    /// Collects the pages written since the last snapshot.
     consumer: Option<ConsumerId>,
+    /// The RAM hash of the last snapshot, by piece: a diff rehashes only
+    /// the pieces it writes.
+    hashes: Option<PieceHashes>,
+}
+
+/// What a snapshot that succeeded changes in its chain. Until it has
+/// succeeded nothing changes, so a failed snapshot loses no written page
+/// from the next diff.
+struct Next {
+    /// The consumer collecting pages from this pause on: the chain's own
+    /// (diff), or one opened for this full snapshot.
+    consumer: ConsumerId,
+    opened: bool,
+    hashes: PieceHashes,
+    id: String,
 }
 
 /// What taking a snapshot did.
@@ -109,14 +126,36 @@ pub fn take(
         vm.pause()?;
     }
     let paused = Instant::now();
-    let result = write(vm, file, diff, base.clone(), &mut chain);
+    let ww = vm.write_watch();
+    let result = write(vm, file, diff, base.clone(), &chain).and_then(|(taken, next)| {
+        match fs::rename(&partial, path) {
+            Ok(()) => Ok((taken, next)),
+            Err(e) => {
+                if next.opened {
+                    ww.close_consumer(next.consumer);
+                }
+                Err(file_error(format!("cannot rename: {e}")))
+            }
+        }
+    });
+    // Still paused: the consumer starts clean from this pause.
+    let result = result.and_then(|(taken, next)| {
+        if next.opened {
+            if let Some(old) = chain.consumer.replace(next.consumer) {
+                ww.close_consumer(old);
+            }
+        }
+        ww.take_consumer(next.consumer)?;
+        chain.hashes = Some(next.hashes);
+        chain.last_id = Some(next.id);
+        Ok(taken)
+    });
     if !was_paused {
         let _ = vm.resume();
     }
     let paused_ms = paused.elapsed().as_secs_f64() * 1e3;
     match result {
         Ok(mut taken) => {
-            fs::rename(&partial, path).map_err(|e| file_error(format!("cannot rename: {e}")))?;
             taken.path = shown;
             taken.paused_ms = paused_ms;
             Ok(taken)
@@ -128,30 +167,57 @@ pub fn take(
     }
 }
 
+/// Writes the snapshot of the paused guest to `file`; the chain is left
+/// as it was (`take` applies `Next` once the file is in place).
 fn write(
     vm: &VmHandle,
     file: File,
     diff: bool,
     base: Option<String>,
-    chain: &mut Chain,
-) -> Result<Taken, SnapshotError> {
+    chain: &Chain,
+) -> Result<(Taken, Next), SnapshotError> {
     let ww = vm.write_watch();
-    let io = |e: std::io::Error| SnapshotError::Memory(format!("writing the snapshot: {e}"));
-    // The pages to write, and a clean consumer from this pause on.
-    let pages: Vec<PageBitmap> = if diff {
-        let consumer = chain.consumer.ok_or(SnapshotError::NoBase)?;
-        ww.take_consumer(consumer)?.0
+    // The pages to write: for a diff what the chain's consumer holds (read,
+    // not taken), for a full snapshot every page, through a new consumer.
+    let (consumer, opened) = if diff {
+        (chain.consumer.ok_or(SnapshotError::NoBase)?, false)
     } else {
         if ww.tracking_source().is_none() {
             ww.start(ww.available_source(), Initial::Clean)?;
         }
-        if let Some(old) = chain.consumer.take() {
-            ww.close_consumer(old);
-        }
-        let consumer = ww.open_consumer(true)?;
-        chain.consumer = Some(consumer);
-        ww.take_consumer(consumer)?.0
+        (ww.open_consumer(true)?, true)
     };
+    let result = write_pages(vm, file, diff, base, chain, consumer);
+    match result {
+        Ok((taken, hashes)) => Ok((
+            taken.clone(),
+            Next {
+                consumer,
+                opened,
+                hashes,
+                id: taken.id,
+            },
+        )),
+        Err(e) => {
+            if opened {
+                ww.close_consumer(consumer);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn write_pages(
+    vm: &VmHandle,
+    file: File,
+    diff: bool,
+    base: Option<String>,
+    chain: &Chain,
+    consumer: ConsumerId,
+) -> Result<(Taken, PieceHashes), SnapshotError> {
+    let ww = vm.write_watch();
+    let io = |e: std::io::Error| SnapshotError::Memory(format!("writing the snapshot: {e}"));
+    let pages: Vec<PageBitmap> = ww.peek_consumer(consumer)?;
     let ranges = ww.ram_ranges();
     let id = new_id();
     let header = Header {
@@ -207,7 +273,20 @@ fn write(
     }
     let state = vm.save_state()?;
     out.json(Kind::State, &state).map_err(io)?;
-    let ram_hash = hash::hash(mem);
+    // A diff's hash: the last snapshot's pieces, those it writes hashed again.
+    let mut hashes = match (diff, &chain.hashes) {
+        (true, Some(last)) => last.clone(),
+        _ => PieceHashes::new(mem),
+    };
+    for (bitmap, &(start, _)) in pages.iter().zip(&ranges) {
+        for (first, count) in bitmap.runs() {
+            for i in hashes.pieces_of(start + first * PAGE as u64, count * PAGE as u64) {
+                hashes.forget(i);
+            }
+        }
+    }
+    hashes.fill(mem, 2, &AtomicBool::new(false));
+    let ram_hash = hashes.digest().expect("every piece was hashed");
     out.json(
         Kind::End,
         &End {
@@ -226,17 +305,19 @@ fn write(
         .map_err(|e| io(e.into_error()))?
         .sync_all()
         .map_err(io)?;
-    chain.last_id = Some(id.clone());
-    Ok(Taken {
-        path: String::new(),
-        id,
-        base,
-        pages: sent,
-        zero_pages,
-        bytes,
-        paused_ms: 0.0,
-        ram_hash,
-    })
+    Ok((
+        Taken {
+            path: String::new(),
+            id,
+            base,
+            pages: sent,
+            zero_pages,
+            bytes,
+            paused_ms: 0.0,
+            ram_hash,
+        },
+        hashes,
+    ))
 }
 
 /// What restoring a chain did.
