@@ -26,7 +26,7 @@ set +e
 qemu-system-x86_64 -accel tcg -cpu max -smp "$smp" -m "$mem" \
     -nodefaults -display none -no-reboot -serial stdio \
     -device isa-debug-exit,iobase=0xf4,iosize=4 \
-    -append "cpus=$smp $*" -kernel "$kernel"
+    -append "$*" -kernel "$kernel"
 status=$?
 set -e
 # A guest that wrote v to port 0xf4 made QEMU exit with (v << 1) | 1.

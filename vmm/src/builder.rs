@@ -200,12 +200,13 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
     if let Some(entry) = entry {
         vcpus[0].set_pvh_entry(entry)?;
-        // The guest learns its CPU count and TSC rate from the command line.
+        // The guest learns its CPUs from the ACPI MADT, and the TSC rate
+        // from the command line.
         let tsc_word = tsc_khz
-            .map(|khz| format!(" tsc_khz={khz}"))
+            .map(|khz| format!("tsc_khz={khz} "))
             .unwrap_or_default();
-        let cmdline = format!("cpus={}{tsc_word} {}", config.vcpus, config.cmdline);
-        loader::write_boot_info(&memory, config.mem_bytes, cmdline.trim_end())?;
+        let cmdline = format!("{tsc_word}{}", config.cmdline);
+        loader::write_boot_info(&memory, config.mem_bytes, config.vcpus, cmdline.trim())?;
     }
     let xsave_size = vm.xsave_size();
 

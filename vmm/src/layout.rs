@@ -12,6 +12,10 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 /// The command line's capacity, including its terminating NUL.
 pub const CMDLINE_CAPACITY: usize = 4096;
 
+/// Where the ACPI tables start (the RSDP first), in the reserved area
+/// between the EBDA and 1 MiB, where a PC's firmware keeps them.
+pub const ACPI_START: u64 = 0xe_0000;
+
 /// End of conventional low memory (the start of the EBDA on a PC).
 pub const EBDA_START: u64 = 0x9_fc00;
 /// Start of RAM above the legacy BIOS area; kernels load here or above.

@@ -4,6 +4,7 @@
 //! `memory`, the kernel via `loader`, port devices in `devices`); `runner`
 //! runs it; `app` maps the CLI's subcommands onto both.
 
+pub mod acpi;
 pub mod api;
 pub mod app;
 pub mod builder;

@@ -13,7 +13,7 @@ use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
 use linux_loader::loader::elf::{Elf, Error as ElfError, PvhBootCapability};
 use linux_loader::loader::{Error as LoaderError, KernelLoader, load_cmdline};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     CMDLINE_CAPACITY, CMDLINE_START, EBDA_START, HIGH_RAM_START, PVH_MEMMAP, PVH_START_INFO,
@@ -115,10 +115,12 @@ pub fn load_kernel(
     })
 }
 
-/// Writes the command line, the memory map and `hvm_start_info`.
+/// Writes the command line, the memory map, the ACPI tables for `vcpus`
+/// and `hvm_start_info`.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
+    vcpus: u32,
     cmdline: &str,
 ) -> Result<(), LoadError> {
     let mut line = Cmdline::new(CMDLINE_CAPACITY).map_err(|e| LoadError::Cmdline(e.to_string()))?;
@@ -129,11 +131,17 @@ pub fn write_boot_info(
     load_cmdline(mem, GuestAddress(CMDLINE_START), &line)
         .map_err(|e| LoadError::Cmdline(e.to_string()))?;
 
+    let acpi = crate::acpi::tables(vcpus);
+    for (addr, table) in &acpi {
+        mem.write_slice(table, GuestAddress(*addr))
+            .map_err(|e| LoadError::BootInfo(format!("writing the ACPI tables: {e}")))?;
+    }
     let memmap = memory_map(mem_bytes);
     let start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: acpi[0].0,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
         ..Default::default()

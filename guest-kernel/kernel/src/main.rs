@@ -68,7 +68,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     percpu::cpu(0).online.store(true, Ordering::Release);
     cpu::enable_interrupts();
-    let cpus = info.cmdline.cpus.unwrap_or(1) as usize;
+    let cpus = info.cpus() as usize;
     if let Err(e) = smp::start_aps(cpus) {
         panic!("starting {cpus} cpus: {e:?}");
     }

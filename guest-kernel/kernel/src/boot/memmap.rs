@@ -4,7 +4,7 @@
 //! costs no boot time to keep (ring-0 code is slow on kvm_pvm, see
 //! `arch::x86_64::idt`). `memory::frames` never hands out its frames.
 
-use crate::arch::x86_64::paging::phys_to_virt;
+use super::phys::read as read_phys;
 
 /// What a memory-map range is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,13 +107,4 @@ impl MemMap {
     pub fn ram_bytes(&self) -> u64 {
         self.ram().map(|r| r.size).sum()
     }
-}
-
-/// Reads a `T` at physical `phys` through the direct map.
-fn read_phys<T: Copy>(phys: u64) -> T {
-    // SAFETY: `in_place` requires the table to lie in the boot direct map
-    // (checked by `start_info::parse`), and no frame of it is ever handed
-    // out, so it is mapped and unchanged; `read_unaligned` takes any
-    // alignment.
-    unsafe { core::ptr::read_unaligned(phys_to_virt(phys) as *const T) }
 }

@@ -1,8 +1,10 @@
 //! Boot: the PVH entry code and what the loader hands over.
 
+pub mod acpi;
 pub mod cmdline;
 pub mod entry;
 pub mod memmap;
+pub mod phys;
 pub mod start_info;
 
 use spin::Once;

@@ -1,14 +1,14 @@
 //! `hvm_start_info`: what the PVH loader tells the kernel (command line and
 //! memory map), as in Xen's `public/arch-x86/hvm/start_info.h`.
 
+use super::acpi;
 use super::cmdline::Cmdline;
 use super::memmap::MemMap;
+use super::phys::{read as read_phys, readable};
 use crate::arch::x86_64::paging::phys_to_virt;
 
 /// `hvm_start_info.magic`.
 const MAGIC: u32 = 0x336e_c578;
-/// What the boot page tables direct-map (`boot::entry`).
-const BOOT_DIRECT_MAP: u64 = 1 << 30;
 /// Longest command line read (the VMM allows 4095 bytes).
 const CMDLINE_MAX: usize = 4096;
 
@@ -29,13 +29,17 @@ pub struct BootInfo {
     pub cmdline: Cmdline,
     /// The memory map.
     pub memmap: MemMap,
+    /// CPUs the ACPI MADT lists, if the loader gave an RSDP and the MADT
+    /// names them as this kernel starts them (APIC IDs 0..n).
+    pub acpi_cpus: Option<u32>,
 }
 
-/// Reads a `T` at physical `phys` through the direct map.
-fn read_phys<T: Copy>(phys: u64) -> T {
-    // SAFETY: the loader's structures lie in the first MiB, which the boot
-    // page tables direct-map; `read_unaligned` tolerates any alignment.
-    unsafe { core::ptr::read_unaligned(phys_to_virt(phys) as *const T) }
+impl BootInfo {
+    /// The CPUs to start: `cpus=N` if given (an override), else what the
+    /// ACPI MADT lists, else one.
+    pub fn cpus(&self) -> u32 {
+        self.cmdline.cpus.or(self.acpi_cpus).unwrap_or(1)
+    }
 }
 
 /// Parses the start info at physical address `phys`.
@@ -53,12 +57,15 @@ pub fn parse(phys: u64) -> Result<BootInfo, StartInfoError> {
     let memmap_entries: u32 = read_phys(phys + 48);
 
     let memmap = MemMap::in_place(memmap_paddr, memmap_entries);
-    if memmap.table().1 > BOOT_DIRECT_MAP {
+    let (table, end) = memmap.table();
+    if !readable(table, end - table) {
         return Err(StartInfoError::MemoryMapTooHigh(memmap_paddr));
     }
+    let rsdp_paddr: u64 = read_phys(phys + 32);
     Ok(BootInfo {
         cmdline: Cmdline::parse(read_cmdline(cmdline_paddr)),
         memmap,
+        acpi_cpus: acpi::cpus(rsdp_paddr),
     })
 }
 

@@ -119,10 +119,20 @@ pub fn cmdline() -> TestResult {
         "real cmdline {:?} not parsed as selftest",
         real.raw
     );
+    Ok(())
+}
+
+pub fn acpi() -> TestResult {
+    let info = boot::info();
     ensure!(
-        real.cpus.is_some(),
-        "VMM did not pass cpus= in {:?}",
-        real.raw
+        info.acpi_cpus.is_some(),
+        "no CPUs from the ACPI MADT (rsdp_paddr missing, or tables unusable)"
+    );
+    ensure!(
+        info.cmdline.cpus.is_none() || info.cmdline.cpus == info.acpi_cpus,
+        "cpus= says {:?}, the MADT {:?}",
+        info.cmdline.cpus,
+        info.acpi_cpus
     );
     Ok(())
 }

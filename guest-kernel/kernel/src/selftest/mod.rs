@@ -50,6 +50,10 @@ const TESTS: &[Test] = &[
         run: basic::cmdline,
     },
     Test {
+        name: "acpi: CPUs from the MADT",
+        run: basic::acpi,
+    },
+    Test {
         name: "frames: allocate, free, reuse",
         run: basic::frames,
     },

@@ -12,14 +12,14 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Number of CPUs the VMM says it created.
 fn expected_cpus() -> usize {
-    crate::boot::info().cmdline.cpus.unwrap_or(1) as usize
+    crate::boot::info().cpus() as usize
 }
 
 pub fn all_online() -> TestResult {
     let online = percpu::online_count();
     ensure!(
         online == expected_cpus(),
-        "{online} cpus online, cpus={}",
+        "{online} cpus online, {} expected",
         expected_cpus()
     );
     for i in 0..expected_cpus() {
