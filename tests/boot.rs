@@ -120,6 +120,14 @@ fn default_guest_runs_a_user_program_and_reports() {
     let wall = report["wall_ms"].as_f64().unwrap();
     assert!(0.0 < first && first <= ready && ready <= wall, "{report}");
     assert!(report["vm_exits"]["io_out"].as_u64().unwrap() > 0);
+    // The guest tells its platform: kvm_pvm exactly when the host runs it.
+    let on_pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    assert_eq!(
+        report["guest_platform"],
+        if on_pvm { "kvm_pvm" } else { "other" },
+        "{report}"
+    );
+    assert_eq!(report["guest_kernel_mode"], "ring0", "{report}");
     let records = std::fs::read_to_string(&records_path).unwrap();
     assert!(
         records.lines().any(|l| l.contains(r#""type":"ready""#)),

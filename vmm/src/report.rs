@@ -21,6 +21,10 @@ pub struct RunReport {
     pub first_output_ms: Option<f64>,
     /// From process start to the guest's first `ready` record.
     pub ready_ms: Option<f64>,
+    /// What the guest kernel's `ready` record says: the platform it found
+    /// (`kvm_pvm`, `other`) and where it runs its kernel work (`ring0`).
+    pub guest_platform: Option<String>,
+    pub guest_kernel_mode: Option<String>,
     /// From process start to the end of the run.
     pub wall_ms: f64,
     pub vm_exits: BTreeMap<&'static str, u64>,
@@ -81,6 +85,8 @@ impl RunReport {
             guest_exit_code,
             first_output_ms: outcome.first_output.map(since_start),
             ready_ms: outcome.ready.map(since_start),
+            guest_platform: outcome.guest_kernel.platform.clone(),
+            guest_kernel_mode: outcome.guest_kernel.kernel_mode.clone(),
             wall_ms: since_start(Instant::now()),
             vm_exits: outcome.exits.clone(),
             vm_exits_total: outcome.exits.values().sum(),

@@ -27,7 +27,7 @@ mod timer;
 mod workload;
 
 use arch::x86_64::paging::{KERNEL_VMA, virt_to_phys};
-use arch::x86_64::{cpu, idt, lapic, pic, smp};
+use arch::x86_64::{cpu, idt, lapic, pic, platform, smp};
 use boot::cmdline::Mode;
 use core::sync::atomic::Ordering;
 
@@ -72,13 +72,16 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if let Err(e) = smp::start_aps(cpus) {
         panic!("starting {cpus} cpus: {e:?}");
     }
+    // Kernel work runs in ring 0 on every platform so far; the platform is
+    // what decides whether a ring-3 kernel context would pay (PLATFORM.md).
+    let platform = platform::detect().name();
     println!(
-        "writewatch guest kernel: {} cpus, {} MiB RAM, cmdline \"{}\"",
+        "writewatch guest kernel: {} cpus, {} MiB RAM, platform {platform}, kernel mode ring0, cmdline \"{}\"",
         percpu::online_count(),
         info.memmap.ram_bytes() >> 20,
         info.cmdline.raw
     );
-    record!(r#"{{"type":"ready"}}"#);
+    record!(r#"{{"type":"ready","platform":"{platform}","kernel_mode":"ring0"}}"#);
     if info.cmdline.mode == Ok(Mode::Workload) {
         // The write workload takes the RAM the MM core would manage.
         workload::run(info);

@@ -87,6 +87,32 @@ pub trait Observer: Send + 'static {
     fn bad_record(&mut self, error: &RecordError);
 }
 
+/// What a guest kernel says of itself in its `ready` record; short words
+/// only (anything else a guest sends there is ignored).
+#[derive(Clone, Debug, Default)]
+pub struct GuestKernel {
+    pub platform: Option<String>,
+    pub kernel_mode: Option<String>,
+}
+
+impl GuestKernel {
+    fn from_ready(line: &[u8]) -> Self {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(line) else {
+            return GuestKernel::default();
+        };
+        let word = |key: &str| {
+            value[key]
+                .as_str()
+                .filter(|w| w.len() <= 32 && w.bytes().all(|b| b.is_ascii_graphic()))
+                .map(str::to_string)
+        };
+        GuestKernel {
+            platform: word("platform"),
+            kernel_mode: word("kernel_mode"),
+        }
+    }
+}
+
 /// Everything a run produced besides console output.
 pub struct RunOutcome {
     pub reason: StopReason,
@@ -94,6 +120,9 @@ pub struct RunOutcome {
     pub exits: BTreeMap<&'static str, u64>,
     pub first_output: Option<Instant>,
     pub ready: Option<Instant>,
+    /// What the `ready` record said of the guest kernel: its platform and
+    /// where it runs its kernel work (GUEST_ABI.md, "Records").
+    pub guest_kernel: GuestKernel,
     pub records: u64,
     pub bad_records: u64,
     pub tsc_khz: Option<u32>,
@@ -192,6 +221,7 @@ struct MainLoop<O> {
     outbox: VecDeque<Record>,
     subscribers: Vec<(String, Sender<Record>)>,
     ready: Option<Instant>,
+    guest_kernel: GuestKernel,
     records: u64,
     bad_records: u64,
 }
@@ -238,6 +268,7 @@ impl<O: Observer> MainLoop<O> {
             outbox: VecDeque::new(),
             subscribers,
             ready: None,
+            guest_kernel: GuestKernel::default(),
             records: facts.records,
             bad_records: 0,
         };
@@ -302,6 +333,7 @@ impl<O: Observer> MainLoop<O> {
             exits: exits.snapshot(),
             first_output: first_output.get().copied(),
             ready: this.ready,
+            guest_kernel: this.guest_kernel.clone(),
             records: this.records,
             bad_records: this.bad_records,
             tsc_khz,
@@ -401,7 +433,10 @@ impl<O: Observer> MainLoop<O> {
     fn on_record(&mut self, record: Record) {
         self.records += 1;
         match record.kind.as_str() {
-            "ready" if self.ready.is_none() => self.ready = Some(Instant::now()),
+            "ready" if self.ready.is_none() => {
+                self.ready = Some(Instant::now());
+                self.guest_kernel = GuestKernel::from_ready(&record.line);
+            }
             "process" | "process_exit" => self.note_process(&record),
             "workload" => {
                 if let Ok(announced) = Announced::from_record(&record) {

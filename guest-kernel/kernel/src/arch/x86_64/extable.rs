@@ -10,7 +10,7 @@
 //!   error, see docs/GUEST_ABI.md.)
 
 use super::trap_entry::TrapFrame;
-use super::traps::{VEC_INVALID_OPCODE, VEC_PAGE_FAULT};
+use super::traps::{VEC_GENERAL_PROTECTION, VEC_INVALID_OPCODE, VEC_PAGE_FAULT};
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,18 +38,34 @@ probe_ud2_fixup:
     mov $1, %eax
     ret
 
+    .globl probe_rdmsr_raw
+probe_rdmsr_raw:
+    mov %edi, %ecx
+probe_rdmsr_insn:
+    rdmsr
+    shl $32, %rdx
+    or %rdx, %rax
+    xor %edx, %edx
+    ret
+probe_rdmsr_fixup:
+    xor %eax, %eax
+    mov $1, %edx
+    ret
+
     .section .rodata.extable, "a"
     .balign 8
     .globl extable_start
 extable_start:
     .quad {pf}, probe_read_u64_insn, probe_read_u64_fixup
     .quad {ud}, probe_ud2_insn, probe_ud2_fixup
+    .quad {gp}, probe_rdmsr_insn, probe_rdmsr_fixup
     .globl extable_end
 extable_end:
     .text
 "#,
     pf = const VEC_PAGE_FAULT,
     ud = const VEC_INVALID_OPCODE,
+    gp = const VEC_GENERAL_PROTECTION,
     options(att_syntax)
 );
 
@@ -71,6 +87,7 @@ struct ProbeResult {
 unsafe extern "C" {
     fn probe_read_u64_raw(addr: u64) -> ProbeResult;
     fn probe_ud2_raw() -> u64;
+    fn probe_rdmsr_raw(msr: u32) -> ProbeResult;
     static extable_start: Entry;
     static extable_end: Entry;
 }
@@ -100,6 +117,14 @@ pub fn probe_read_u64(addr: u64) -> Result<u64, ProbeFault> {
     } else {
         Ok(result.value)
     }
+}
+
+/// Reads MSR `msr`, or `None` when it does not exist here (#GP).
+pub fn probe_rdmsr(msr: u32) -> Option<u64> {
+    // SAFETY: the listed `rdmsr` either reads (no memory effects) or takes
+    // a #GP that resumes at its fixup.
+    let result = unsafe { probe_rdmsr_raw(msr) };
+    (result.faulted == 0).then_some(result.value)
 }
 
 /// Executes `ud2`; returns true when the #UD was taken and resumed.

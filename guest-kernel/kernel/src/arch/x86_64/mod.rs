@@ -8,6 +8,7 @@ pub mod lapic;
 pub mod msr;
 pub mod paging;
 pub mod pic;
+pub mod platform;
 pub mod port;
 pub mod smp;
 pub mod trampoline;

@@ -16,6 +16,8 @@ use crate::exit::{ExitCode, exit};
 pub const VEC_PAGE_FAULT: u64 = 14;
 /// Invalid opcode.
 pub const VEC_INVALID_OPCODE: u64 = 6;
+/// General protection fault.
+pub const VEC_GENERAL_PROTECTION: u64 = 13;
 /// Breakpoint (`int3`).
 pub const VEC_BREAKPOINT: u64 = 3;
 /// LAPIC timer.
