@@ -15,6 +15,12 @@
 //! - `cow_fault`: write to each page of a touched mapping after fork, while the child still maps it.
 //! - `fork_64m`: fork of a process with 64 MiB touched (one operation).
 //! - `munmap_64m`: munmap of 64 MiB touched (one operation).
+//!
+//! A third column runs the same operations through the guest MM core on the
+//! host, on its simulated machine (`guest_mm::testing`: RAM in a `Vec`, a
+//! software page walker and TLB standing in for the MMU), so the cost of the
+//! MM core's own algorithms shows apart from any platform. Its page walker
+//! is slower than hardware, so this column is an upper bound for the MM core.
 
 mod support;
 
@@ -62,13 +68,23 @@ fn main() {
          fork/munmap over 64 MiB touched, faults over the page count each side reports"
     );
     println!(
-        "  {:<22} {:>10} {:>14} {:>10} {:>14} {:>12}",
-        "operation", "guest ops", "guest ns/op", "host ops", "host ns/op", "guest/host"
+        "  {:<22} {:>10} {:>14} {:>10} {:>14} {:>12} {:>12} {:>10}",
+        "operation",
+        "guest ops",
+        "guest ns/op",
+        "host ops",
+        "host ns/op",
+        "guest/host",
+        "sim ns/op",
+        "sim/host"
     );
     for name in NAMES {
         let host_runs: Vec<Sample> = (0..rounds).map(|_| host_sample(name)).collect();
         let host_ops = host_runs[0].ops;
         let host = median(&mut host_runs.iter().map(|s| s.ns_per_op()).collect::<Vec<_>>());
+        let sim_runs: Vec<f64> = (0..rounds).map(|_| sim_sample(name).ns_per_op()).collect();
+        let sim = median(&mut sim_runs.clone());
+        let sim_cols = format!("{sim:>12.0} {:>10.2}", sim / host);
         let guest_runs: Vec<Sample> = guest
             .iter()
             .filter(|(n, _)| n == name)
@@ -76,13 +92,13 @@ fn main() {
             .collect();
         match guest_runs.first() {
             None => println!(
-                "  {name:<22} {:>10} {:>14} {host_ops:>10} {host:>14.0} {:>12}",
+                "  {name:<22} {:>10} {:>14} {host_ops:>10} {host:>14.0} {:>12} {sim_cols}",
                 "-", "missing", "-"
             ),
             Some(first) => {
                 let ns = median(&mut guest_runs.iter().map(|s| s.ns_per_op()).collect::<Vec<_>>());
                 println!(
-                    "  {name:<22} {:>10} {ns:>14.0} {host_ops:>10} {host:>14.0} {:>12.1}",
+                    "  {name:<22} {:>10} {ns:>14.0} {host_ops:>10} {host:>14.0} {:>12.1} {sim_cols}",
                     first.ops,
                     ns / host
                 );
@@ -201,6 +217,69 @@ fn host_sample(name: &str) -> Sample {
                 ops: 1,
                 ns: elapsed_ns(start),
             }
+        }
+        other => unreachable!("unknown operation {other}"),
+    }
+}
+
+/// The operation through the guest MM core on its simulated machine: one
+/// process, 64 MiB, the same access pattern as the host's (one 8-byte
+/// access per page).
+fn sim_sample(name: &str) -> Sample {
+    use guest_mm::mmap::{MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+    use guest_mm::testing::user::{sim_system, user_read, user_write};
+    let mut sys = sim_system(256, 1, guest_mm::Config::default());
+    let pid = sys.spawn(0).expect("spawn");
+    let len = (PAGES * PAGE) as u64;
+    let base = sys
+        .mmap(
+            pid,
+            0,
+            len,
+            PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS,
+            0,
+        )
+        .expect("mmap");
+    let pages = |sys: &mut guest_mm::MemSystem<_>, write: bool| {
+        for i in 0..PAGES as u64 {
+            let va = base + i * PAGE as u64;
+            if write {
+                user_write(sys, pid, 0, va, &i.to_le_bytes()).expect("write");
+            } else {
+                user_read(sys, pid, 0, va, &mut [0u8; 8]).expect("read");
+            }
+        }
+    };
+    let timed = |sys: &mut guest_mm::MemSystem<_>,
+                 ops: u64,
+                 op: &mut dyn FnMut(&mut guest_mm::MemSystem<_>)| {
+        let start = Instant::now();
+        op(sys);
+        Sample {
+            ops,
+            ns: elapsed_ns(start),
+        }
+    };
+    match name {
+        "anon_write_fault" => timed(&mut sys, PAGES as u64, &mut |s| pages(s, true)),
+        "zero_page_read_fault" => timed(&mut sys, PAGES as u64, &mut |s| pages(s, false)),
+        "cow_fault" => {
+            pages(&mut sys, true);
+            let _child = sys.fork(pid).expect("fork");
+            timed(&mut sys, PAGES as u64, &mut |s| pages(s, true))
+        }
+        "fork_64m" => {
+            pages(&mut sys, true);
+            timed(&mut sys, 1, &mut |s| {
+                s.fork(pid).expect("fork");
+            })
+        }
+        "munmap_64m" => {
+            pages(&mut sys, true);
+            timed(&mut sys, 1, &mut |s| {
+                s.munmap(pid, base, len).expect("munmap")
+            })
         }
         other => unreachable!("unknown operation {other}"),
     }
