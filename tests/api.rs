@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{assert_one_line_error, code, kvm_available, run, stderr, writewatch};
 use serde_json::{Value, json};
-use writewatch::api::client;
 
 /// A `writewatch run --api-sock` in the background.
 struct Vmm {
@@ -65,15 +64,7 @@ impl Vmm {
     }
 
     fn call(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-        let reply = client::call(
-            &self.sock,
-            method,
-            url,
-            body.as_ref(),
-            Some(Duration::from_secs(60)),
-        )
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        (reply.status, reply.body)
+        common::api_call(&self.sock, method, url, body)
     }
 
     fn ok(&self, method: &str, url: &str, body: Option<Value>) -> Value {

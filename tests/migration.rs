@@ -275,12 +275,7 @@ fn a_destination_that_dies_mid_stream_leaves_the_source_running_to_migrate_again
     assert!(source.running(), "the source guest must run on");
     // It runs on unharmed, and a second migration succeeds.
     std::thread::sleep(Duration::from_millis(300));
-    let (dest, at) = Side::destination(&[]);
-    let out = migrate(&source, &at, &[]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(source.wait(LIMIT).code, 0);
-    dest.stop_workload();
-    dest.wait(LIMIT).assert_intact();
+    migrates_again_intact(source);
 }
 
 #[test]
@@ -327,6 +322,17 @@ fn a_source_that_dies_mid_stream_leaves_the_destination_with_a_clear_error() {
     );
 }
 
+/// A source whose migration failed migrates to a fresh destination, and
+/// the guest arrives intact.
+fn migrates_again_intact(source: Side) {
+    let (dest, at) = Side::destination(&[]);
+    let out = migrate(&source, &at, &[]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(source.wait(LIMIT).code, 0);
+    dest.stop_workload();
+    dest.wait(LIMIT).assert_intact();
+}
+
 /// Sends through a relay doing `damage`; the destination must refuse with
 /// `why`, and the source must run on and migrate again.
 fn refused_then_again(damage: Damage, why: &str) {
@@ -347,12 +353,7 @@ fn refused_then_again(damage: Damage, why: &str) {
         "the guest must not run on the destination"
     );
     assert!(source.running(), "the source guest must run on");
-    let (dest, at) = Side::destination(&[]);
-    let out = migrate(&source, &at, &[]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(source.wait(LIMIT).code, 0);
-    dest.stop_workload();
-    dest.wait(LIMIT).assert_intact();
+    migrates_again_intact(source);
 }
 
 #[test]

@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use writewatch::api::client;
 
 use super::writewatch;
 
@@ -108,15 +107,7 @@ impl Side {
     }
 
     pub fn call(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-        let reply = client::call(
-            &self.sock,
-            method,
-            url,
-            body.as_ref(),
-            Some(Duration::from_secs(60)),
-        )
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        (reply.status, reply.body)
+        super::api_call(&self.sock, method, url, body)
     }
 
     /// Waits until the guest has announced its workload (after its fill).

@@ -10,6 +10,9 @@ pub mod x86;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
 
 /// True when KVM is usable. Under `CI=true` a missing /dev/kvm fails the
 /// test instead of skipping it: CI machines must have KVM.
@@ -107,4 +110,17 @@ impl Drop for HugePagePool {
     fn drop(&mut self) {
         let _ = std::fs::write(NR_HUGEPAGES, self.old.trim());
     }
+}
+
+/// One API request to the VMM serving `sock`: the status and the JSON body.
+pub fn api_call(sock: &Path, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let reply = writewatch::api::client::call(
+        sock,
+        method,
+        url,
+        body.as_ref(),
+        Some(Duration::from_secs(60)),
+    )
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    (reply.status, reply.body)
 }

@@ -189,15 +189,18 @@ fn write(
     };
     let result = write_pages(vm, file, diff, base, chain, consumer);
     match result {
-        Ok((taken, hashes)) => Ok((
-            taken.clone(),
-            Next {
-                consumer,
-                opened,
-                hashes,
-                id: taken.id,
-            },
-        )),
+        Ok((taken, hashes)) => {
+            let id = taken.id.clone();
+            Ok((
+                taken,
+                Next {
+                    consumer,
+                    opened,
+                    hashes,
+                    id,
+                },
+            ))
+        }
         Err(e) => {
             if opened {
                 ww.close_consumer(consumer);

@@ -40,6 +40,18 @@ fn svg(
     }
 }
 
+/// The series' labels, boxed, in the chart's corner.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -99,12 +111,7 @@ pub fn dirty_per_round(name: &str, s: &Status) -> String {
                 )
                 .map_err(err)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)
+        legend(&mut chart)
     })
 }
 
@@ -154,12 +161,7 @@ pub fn transfer(name: &str, s: &Status) -> String {
             .legend(|(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], COLOURS[0].stroke_width(2))
             });
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(err)
+        legend(&mut chart)
     })
 }
 
@@ -255,12 +257,7 @@ pub fn sweep(outcomes: &[Outcome]) -> String {
                     ))
                     .map_err(err)?;
             }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
         Ok(())
     })
