@@ -45,6 +45,10 @@ fn call(sock: &Path, action: &ApiAction) -> Result<client::Reply, String> {
 
 /// Starts the migration and follows it; the exit code.
 pub fn follow(sock: &Path, request: &MigrateRequest, json: bool) -> Result<u8, String> {
+    // Ctrl-C (or SIGTERM) cancels the migration, as `virsh migrate` does,
+    // rather than leaving it running with nobody watching.
+    crate::signals::block_termination_signals();
+    let mut cancelled_by = None;
     let reply = call(sock, &ApiAction::Migrate(request.clone()))?;
     if !(200..300).contains(&reply.status) {
         let why = reply.body["error"].as_str().unwrap_or("no reason given");
@@ -55,6 +59,14 @@ pub fn follow(sock: &Path, request: &MigrateRequest, json: bool) -> Result<u8, S
     let mut shown_rounds = 0;
     let status = loop {
         std::thread::sleep(POLL);
+        if let Some(sig) = crate::signals::take_pending().filter(|_| cancelled_by.is_none()) {
+            cancelled_by = Some(sig);
+            if terminal {
+                eprintln!();
+            }
+            eprintln!("writewatch: signal {sig}: cancelling the migration");
+            call(sock, &ApiAction::CancelMigration)?;
+        }
         let reply = call(sock, &ApiAction::MigrationStatus)?;
         let status: Status = serde_json::from_value(reply.body)
             .map_err(|e| format!("the API's migration status: {e}"))?;
@@ -94,7 +106,7 @@ pub fn follow(sock: &Path, request: &MigrateRequest, json: bool) -> Result<u8, S
             eprintln!(
                 "writewatch: the migration did not complete: {why}; the guest runs on at the source"
             );
-            Ok(MIGRATION_FAILED)
+            Ok(cancelled_by.map_or(MIGRATION_FAILED, crate::signals::exit_code))
         }
     }
 }

@@ -76,7 +76,8 @@ pub fn check_header(header: &Header) -> Result<(), ReceiveError> {
     Ok(())
 }
 
-fn host_ram_bytes() -> Option<u64> {
+/// The host's RAM (`MemTotal`), if /proc says.
+pub fn host_ram_bytes() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = info
         .lines()

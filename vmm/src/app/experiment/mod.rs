@@ -10,6 +10,7 @@ mod table;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -28,6 +29,30 @@ const SIDE_LIMIT: Duration = Duration::from_secs(300);
 /// allows here (1 MiB), since kvm_pvm can overrun smaller rings (then every
 /// page counts as written, and rounds resend the whole guest).
 const RING_ENTRIES: &str = "65536";
+
+/// The SIGINT or SIGTERM that ended the experiment (0: none).
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// Err once SIGINT or SIGTERM has arrived: every wait of a case asks.
+fn interrupted() -> Result<(), String> {
+    if let Some(sig) = crate::signals::take_pending() {
+        INTERRUPTED.store(sig, Ordering::Relaxed);
+    }
+    match INTERRUPTED.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => Err(format!("interrupted by signal {sig}")),
+    }
+}
+
+/// Sleeps `total`, in steps that look for a signal.
+fn pause(total: Duration) -> Result<(), String> {
+    let began = Instant::now();
+    while began.elapsed() < total {
+        interrupted()?;
+        std::thread::sleep((total - began.elapsed()).min(Duration::from_millis(20)));
+    }
+    Ok(())
+}
 
 /// One migration of the experiment.
 #[derive(Clone, Debug, Serialize)]
@@ -93,6 +118,20 @@ impl Outcome {
 }
 
 pub fn migrate(args: &ExperimentArgs) -> Result<u8, AppError> {
+    // Source and destination each hold the guest's RAM, and the checking
+    // workload writes its working set before anything moves.
+    if let Some(host) = crate::migration::receive::host_ram_bytes()
+        .filter(|&host| args.mem.saturating_mul(2) > host)
+    {
+        return Err(AppError::Usage(format!(
+            "--mem {}: the source and the destination each hold the guest's RAM, twice that is more than this host's {} MiB",
+            format_size(args.mem),
+            host >> 20
+        )));
+    }
+    // SIGINT/SIGTERM end the sweep between polls: the sides are stopped
+    // (their drop kills them) and what finished is still reported.
+    crate::signals::block_termination_signals();
     let cases = cases(args);
     let exe = std::env::current_exe()
         .map_err(|e| AppError::Arrival(format!("cannot find this writewatch binary: {e}")))?;
@@ -109,6 +148,9 @@ pub fn migrate(args: &ExperimentArgs) -> Result<u8, AppError> {
             case.name()
         );
         let outcome = run_case(&exe, case, args);
+        if interrupted().is_err() {
+            break;
+        }
         if !args.json {
             table::print_case(&outcome);
         }
@@ -126,6 +168,15 @@ pub fn migrate(args: &ExperimentArgs) -> Result<u8, AppError> {
         write_out(dir, &outcomes)
             .map_err(|e| AppError::Usage(format!("--out {}: {e}", dir.display())))?;
         eprintln!("writewatch: results, CSV and plots in {}", dir.display());
+    }
+    let sig = INTERRUPTED.load(Ordering::Relaxed);
+    if sig != 0 {
+        eprintln!(
+            "writewatch: experiment stopped by signal {sig}; its VMMs were stopped, {} of {} case(s) finished",
+            outcomes.len(),
+            cases.len()
+        );
+        return Ok(crate::signals::exit_code(sig));
     }
     let all_ok = outcomes.iter().all(|o| o.ok);
     Ok(if all_ok { 0 } else { 1 })
@@ -219,14 +270,14 @@ impl Side {
             if began.elapsed() > SIDE_LIMIT {
                 return Err(format!("{what}: not within {SIDE_LIMIT:?}"));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            pause(Duration::from_millis(20))?;
         }
     }
 
     /// Waits for the process to end; its exit code.
     fn finish(&mut self) -> Option<i32> {
         let began = Instant::now();
-        while began.elapsed() < SIDE_LIMIT {
+        while began.elapsed() < SIDE_LIMIT && interrupted().is_ok() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status.code();
             }
@@ -346,7 +397,7 @@ fn drive(
             .is_ok_and(|(code, _)| code == 200)
     })?;
     dest.wait_for("the destination", |_| work.join("incoming.sock").exists())?;
-    std::thread::sleep(Duration::from_secs_f64(args.warmup));
+    pause(Duration::from_secs_f64(args.warmup))?;
     let mut request = args.options.request(&at.parse().map_err(|e: String| e)?);
     request.auto_converge = case.auto_converge;
     let (code, body) = source.call("PUT", "/migration", Some(json!(request)))?;
@@ -354,7 +405,7 @@ fn drive(
         return Err(format!("the migration did not start: {body}"));
     }
     let status = loop {
-        std::thread::sleep(Duration::from_millis(100));
+        pause(Duration::from_millis(100))?;
         let (_, body) = source.call("GET", "/migration", None)?;
         let status: Status = serde_json::from_value(body).map_err(|e| e.to_string())?;
         if !status.phase.is_active() {
