@@ -32,8 +32,5 @@ pub fn exit(code: ExitCode) -> ! {
 pub fn exit_raw(value: u8) -> ! {
     outb(EXIT_PORT, value);
     // Without an exit device (e.g. QEMU without isa-debug-exit), stop here.
-    loop {
-        // SAFETY: masking interrupts and halting only stops this CPU.
-        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
-    }
+    crate::arch::x86_64::cpu::halt_forever()
 }

@@ -26,8 +26,10 @@ mod selftest;
 mod timer;
 mod workload;
 
+use arch::x86_64::kctx::{self, KernelMode};
 use arch::x86_64::paging::{KERNEL_VMA, virt_to_phys};
-use arch::x86_64::{cpu, idt, lapic, pic, platform, smp};
+use arch::x86_64::platform::{self, Platform};
+use arch::x86_64::{cpu, idt, lapic, pic, smp};
 use boot::cmdline::Mode;
 use core::sync::atomic::Ordering;
 
@@ -72,16 +74,26 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if let Err(e) = smp::start_aps(cpus) {
         panic!("starting {cpus} cpus: {e:?}");
     }
-    // Kernel work runs in ring 0 on every platform so far; the platform is
-    // what decides whether a ring-3 kernel context would pay (PLATFORM.md).
-    let platform = platform::detect().name();
+    // Where kernel work is cheap decides where it runs (PLATFORM.md):
+    // kvm_pvm emulates ring 0 and runs ring 3 natively.
+    let platform = platform::detect();
+    let mode = match info.cmdline.kernel_mode {
+        Some(word) => KernelMode::parse(word)
+            .unwrap_or_else(|| panic!("unknown kernel_mode={word} (ring0 or ring3)")),
+        None if platform == Platform::KvmPvm => KernelMode::Ring3,
+        None => KernelMode::Ring0,
+    };
+    if mode == KernelMode::Ring3 {
+        kctx::init(memory::kmap::kernel_pml4());
+    }
+    let (platform, mode) = (platform.name(), mode.name());
     println!(
-        "writewatch guest kernel: {} cpus, {} MiB RAM, platform {platform}, kernel mode ring0, cmdline \"{}\"",
+        "writewatch guest kernel: {} cpus, {} MiB RAM, platform {platform}, kernel mode {mode}, cmdline \"{}\"",
         percpu::online_count(),
         info.memmap.ram_bytes() >> 20,
         info.cmdline.raw
     );
-    record!(r#"{{"type":"ready","platform":"{platform}","kernel_mode":"ring0"}}"#);
+    record!(r#"{{"type":"ready","platform":"{platform}","kernel_mode":"{mode}"}}"#);
     if info.cmdline.mode == Ok(Mode::Workload) {
         // The write workload takes the RAM the MM core would manage.
         workload::run(info);

@@ -6,8 +6,7 @@ use core::panic::PanicInfo;
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
-    // SAFETY: masking interrupts on this CPU so nothing runs after the panic.
-    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+    crate::arch::x86_64::cpu::disable_interrupts();
     crate::console::print_fatal(format_args!(
         "\nKERNEL PANIC on cpu {}: {}\n",
         crate::percpu::cpu_index_or_boot(),

@@ -9,7 +9,7 @@ use core::fmt::{self, Write};
 use spin::Mutex;
 
 /// Record doorbell port.
-const RECORD_PORT: u16 = 0xf8;
+pub const RECORD_PORT: u16 = 0xf8;
 /// Longest record this kernel sends (the ABI allows 65536).
 const MAX_RECORD: usize = 4096;
 

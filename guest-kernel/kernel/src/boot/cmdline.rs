@@ -40,6 +40,9 @@ pub struct Cmdline {
     pub mm_check: bool,
     /// `program=NAME`: the built-in program `mode=run` runs (default `init`).
     pub program: Option<&'static str>,
+    /// `kernel_mode=`: where kernel work runs (`ring0` or `ring3`; the
+    /// default follows the platform, see `arch::x86_64::kctx`).
+    pub kernel_mode: Option<&'static str>,
     /// `arg=N`: its argument (in `rdi`).
     pub arg: u64,
 }
@@ -53,6 +56,7 @@ impl Cmdline {
             mode: Ok(Mode::Run),
             mm_check: false,
             program: None,
+            kernel_mode: None,
             arg: 0,
         };
         for word in raw.split_ascii_whitespace() {
@@ -60,6 +64,7 @@ impl Cmdline {
                 Some(("cpus", n)) => cmdline.cpus = n.parse().ok(),
                 Some(("mode", m)) => cmdline.mode = parse_mode(m),
                 Some(("program", p)) => cmdline.program = Some(p),
+                Some(("kernel_mode", m)) => cmdline.kernel_mode = Some(m),
                 Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

@@ -21,6 +21,10 @@
 //! * PML4[511] → `pdpt_kernel`[510] → `pd0`: the kernel image at
 //!   `0xffffffff80000000 + physical`.
 //!
+//! Entries below the PML4 have the user bit, the PML4 entries do not: user
+//! processes (which copy the kernel PML4 entries) get no access, and the
+//! ring-3 kernel context's PML4 grants it (`arch::x86_64::kctx`).
+//!
 //! Only 2 MiB pages and no loops: this keeps boot to a handful of page-table
 //! pages, which matters on KVM backends that shadow guest page tables.
 
@@ -81,18 +85,18 @@ boot_pml4:
     .fill 237, 8, 0
     .quad pdpt_kernel + 3        /* index 511 */
 pdpt_ident:
-    .quad pd0 + 3
+    .quad pd0 + 7                /* + user: granted only by a PML4 entry */
     .fill 511, 8, 0
     .globl pdpt_direct
 pdpt_direct:
-    .quad pd0 + 3
+    .quad pd0 + 7
     .fill 511, 8, 0
 pdpt_kernel:
     .fill 510, 8, 0
-    .quad pd0 + 3                /* index 510: 0xffffffff80000000 */
+    .quad pd0 + 7                /* index 510: 0xffffffff80000000 */
     .quad 0
 pd0:
-    .set pde, 0x83               /* present | writable | 2 MiB */
+    .set pde, 0x87               /* present | writable | user | 2 MiB */
     .rept 512
     .quad pde
     .set pde, pde + 0x200000

@@ -8,8 +8,8 @@
 use super::frames;
 use crate::arch::x86_64::msr;
 use crate::arch::x86_64::paging::{
-    self, DIRECT_MAP, PTE_ADDR_MASK, PTE_CACHE_DISABLE, PTE_HUGE, PTE_PRESENT, PTE_WRITABLE,
-    PTE_WRITE_THROUGH, VMAP_BASE, virt_to_phys,
+    self, DIRECT_MAP, PTE_ADDR_MASK, PTE_CACHE_DISABLE, PTE_HUGE, PTE_PRESENT, PTE_USER,
+    PTE_WRITABLE, PTE_WRITE_THROUGH, VMAP_BASE, virt_to_phys,
 };
 use crate::boot::memmap::MemMap;
 use core::cell::UnsafeCell;
@@ -22,6 +22,9 @@ const HUGE: u64 = 2 << 20;
 const GIB: u64 = 1 << 30;
 /// CPUID.80000001H:EDX bit for 1 GiB pages.
 const CPUID_PDPE1GB: u32 = 1 << 26;
+/// Flags of kernel page tables below the PML4: the user bit is granted only
+/// through the ring-3 kernel context's PML4 (`arch::x86_64::kctx`).
+const KERNEL_TABLE: u64 = PTE_WRITABLE | PTE_USER;
 /// Serialises changes to the kernel page tables.
 static KMAP_LOCK: Mutex<()> = Mutex::new(());
 /// Physical address of the kernel's PML4 (the boot page table).
@@ -66,7 +69,7 @@ pub fn init(memmap: &MemMap) -> Result<(), OutOfFrames> {
             let whole_gib = addr.is_multiple_of(GIB) && addr + GIB <= region.end();
             if whole_gib && gib_pages {
                 // A whole GiB of RAM: one 1 GiB page, no page directory.
-                *pdpte = addr | PTE_HUGE | PTE_WRITABLE | PTE_PRESENT;
+                *pdpte = addr | PTE_HUGE | PTE_WRITABLE | PTE_USER | PTE_PRESENT;
                 addr += GIB;
                 continue;
             }
@@ -76,18 +79,23 @@ pub fn init(memmap: &MemMap) -> Result<(), OutOfFrames> {
                 // SAFETY: `pd` is a fresh frame becoming this GiB's PD.
                 let entries = unsafe { paging::table_mut(pd) };
                 for (i, entry) in entries.iter_mut().enumerate() {
-                    *entry = (addr + i as u64 * HUGE) | PTE_HUGE | PTE_WRITABLE | PTE_PRESENT;
+                    *entry =
+                        (addr + i as u64 * HUGE) | PTE_HUGE | PTE_WRITABLE | PTE_USER | PTE_PRESENT;
                 }
-                *pdpte = pd | PTE_WRITABLE | PTE_PRESENT;
+                *pdpte = pd | PTE_WRITABLE | PTE_USER | PTE_PRESENT;
                 addr += GIB;
                 continue;
             }
             if *pdpte & PTE_PRESENT == 0 {
-                *pdpte = frames::alloc_zeroed().ok_or(OutOfFrames)? | PTE_WRITABLE | PTE_PRESENT;
+                *pdpte = frames::alloc_zeroed().ok_or(OutOfFrames)?
+                    | PTE_WRITABLE
+                    | PTE_USER
+                    | PTE_PRESENT;
             }
             // SAFETY: the PD was found or created just above.
             let pd = unsafe { paging::table_mut(*pdpte & PTE_ADDR_MASK) };
-            pd[((addr >> 21) & 0x1ff) as usize] = addr | PTE_HUGE | PTE_WRITABLE | PTE_PRESENT;
+            pd[((addr >> 21) & 0x1ff) as usize] =
+                addr | PTE_HUGE | PTE_WRITABLE | PTE_USER | PTE_PRESENT;
             addr += HUGE;
         }
     }
@@ -123,7 +131,7 @@ pub fn map_vmap_pages(virt: u64, phys: u64, pages: u64) -> Result<(), OutOfFrame
         let at = virt + done * PAGE;
         // SAFETY: the kernel PML4 is edited only under KMAP_LOCK.
         let first = unsafe {
-            paging::walk_create(kernel_pml4(), at, PTE_WRITABLE, &mut frames::alloc_zeroed)
+            paging::walk_create(kernel_pml4(), at, KERNEL_TABLE, &mut frames::alloc_zeroed)
         }
         .ok_or(OutOfFrames)?;
         let index = (at >> 12) & 0x1ff;
@@ -135,7 +143,7 @@ pub fn map_vmap_pages(virt: u64, phys: u64, pages: u64) -> Result<(), OutOfFrame
             unsafe {
                 first
                     .add(i as usize)
-                    .write((phys + (done + i) * PAGE) | PTE_WRITABLE | PTE_PRESENT)
+                    .write((phys + (done + i) * PAGE) | PTE_WRITABLE | PTE_USER | PTE_PRESENT)
             };
         }
         done += run;
@@ -151,10 +159,10 @@ fn map_vmap(virt: u64, phys: u64, extra: u64) -> Result<(), OutOfFrames> {
     let _guard = KMAP_LOCK.lock();
     // SAFETY: the kernel PML4 is edited only under KMAP_LOCK.
     let pte = unsafe {
-        paging::walk_create(kernel_pml4(), virt, PTE_WRITABLE, &mut frames::alloc_zeroed)
+        paging::walk_create(kernel_pml4(), virt, KERNEL_TABLE, &mut frames::alloc_zeroed)
     }
     .ok_or(OutOfFrames)?;
-    *pte = (phys & PTE_ADDR_MASK) | extra | PTE_WRITABLE | PTE_PRESENT;
+    *pte = (phys & PTE_ADDR_MASK) | extra | PTE_WRITABLE | PTE_USER | PTE_PRESENT;
     paging::invlpg(virt);
     Ok(())
 }

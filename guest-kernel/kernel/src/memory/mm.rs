@@ -25,7 +25,7 @@
 use super::frames;
 use super::hw::KernelHw;
 use super::kmap;
-use crate::arch::x86_64::{cpu, smp};
+use crate::arch::x86_64::{cpu, kctx, smp};
 use crate::percpu::{self, MAX_CPUS};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering, fence};
@@ -105,6 +105,10 @@ fn unlock(guard: MutexGuard<'static, Option<Mm>>) {
     drop(guard);
     fence(Ordering::SeqCst);
     let waiters = WAITERS.load(Ordering::SeqCst);
+    if waiters == 0 {
+        // The common case, without a 64-step loop of emulated ring 0.
+        return;
+    }
     for cpu in (0..MAX_CPUS).filter(|&c| waiters & (1 << c) != 0) {
         smp::wake(cpu);
     }
@@ -133,7 +137,8 @@ pub fn init(mm_check: bool) -> Result<(), MmInitError> {
         check_every_op: mm_check,
         ..Config::default()
     };
-    let sys = MemSystem::new(KernelHw, &[(start, cut)], cfg).map_err(|_| MmInitError::NoMemory)?;
+    let sys = kctx::call(|| MemSystem::new(KernelHw, &[(start, cut)], cfg))
+        .map_err(|_| MmInitError::NoMemory)?;
     *MM.lock() = Some(Mm {
         sys,
         pending,
@@ -147,8 +152,10 @@ pub fn init(mm_check: bool) -> Result<(), MmInitError> {
 pub fn with<R>(f: impl FnOnce(&mut MemSystem<KernelHw>) -> R) -> R {
     let mut guard = lock();
     let mm = guard.as_mut().expect("MM core initialised at boot");
-    mm.grow_to(LOW_WATER_FRAMES);
-    let r = f(&mut mm.sys);
+    let r = kctx::call(|| {
+        mm.grow_to(LOW_WATER_FRAMES);
+        f(&mut mm.sys)
+    });
     unlock(guard);
     r
 }
@@ -158,7 +165,7 @@ pub fn with<R>(f: impl FnOnce(&mut MemSystem<KernelHw>) -> R) -> R {
 pub fn reserve(frames: u64) {
     let mut guard = lock();
     if let Some(mm) = guard.as_mut() {
-        mm.grow_to(frames);
+        kctx::call(|| mm.grow_to(frames));
     }
     unlock(guard);
 }

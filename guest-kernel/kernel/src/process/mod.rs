@@ -20,6 +20,7 @@ pub mod task;
 pub mod trap;
 
 use crate::arch::x86_64::gdt::{USER_CS, USER_DS};
+use crate::arch::x86_64::kctx;
 use crate::arch::x86_64::trap_entry::{self, TrapFrame};
 use crate::memory::{kmap, mm};
 use crate::percpu;
@@ -243,10 +244,13 @@ pub fn stop(frame: &TrapFrame, state: Option<TaskState>) -> ! {
 /// Abandons the current trap and returns to the scheduler (the task's
 /// state must already be saved). No lock may be held.
 fn leave() -> ! {
-    // SAFETY: we are in a trap taken from this task's user mode on this
-    // CPU, so the saved stack pointer is that of the pending `enter_user`
-    // in `sched::run_one`; no locks are held here.
-    unsafe { trap_entry::leave_user(*percpu::current().user_return_rsp.get(), 0) }
+    // From the ring-3 kernel context, via ring 0 (where the saved stack is).
+    kctx::escape(|| {
+        // SAFETY: we are in a trap taken from this task's user mode on this
+        // CPU, so the saved stack pointer is that of the pending
+        // `enter_user` in `sched::run_one`; no locks are held here.
+        unsafe { trap_entry::leave_user(*percpu::current().user_return_rsp.get(), 0) }
+    })
 }
 
 /// Switches this CPU to the kernel page table (before the current task's

@@ -8,7 +8,7 @@
 use super::task::{self, TASKS, TaskState};
 use super::{Exit, Signal, leave_address_space, stop, syscall};
 use crate::arch::x86_64::trap_entry::TrapFrame;
-use crate::arch::x86_64::{cpu, traps};
+use crate::arch::x86_64::{cpu, kctx, traps};
 use crate::memory::mm;
 use crate::records::JsonStr;
 use guest_mm::FaultFlags;
@@ -18,14 +18,20 @@ const PF_WRITE: u64 = 1 << 1;
 /// Page-fault error code: instruction fetch.
 const PF_INSTR: u64 = 1 << 4;
 
-/// Handles a trap from ring 3 on this CPU.
+/// Handles a trap from ring 3 on this CPU: in the ring-3 kernel context
+/// when the kernel runs in ring-3 mode (`arch::x86_64::kctx`), so that only
+/// the switch costs emulated ring 0.
 pub fn user_trap(frame: &mut TrapFrame) {
-    // CR2 first: with interrupts on, nothing may overwrite it, but be safe.
+    // CR2 first, in ring 0 (the context cannot read it).
     let cr2 = if frame.vector == traps::VEC_PAGE_FAULT {
         traps::read_cr2()
     } else {
         0
     };
+    kctx::call(|| handle(frame, cr2));
+}
+
+fn handle(frame: &mut TrapFrame, cr2: u64) {
     // Interrupt gates entered with IF clear; the MM lock must be waited for
     // with interrupts on (TLB flush IPIs), and nothing here runs in
     // interrupt context.

@@ -4,6 +4,7 @@
 
 mod basic;
 pub mod bench;
+mod kctx;
 mod mm;
 mod smp;
 mod timer;
@@ -86,6 +87,14 @@ const TESTS: &[Test] = &[
         run: smp::ap_timers,
     },
     Test {
+        name: "kctx: a call runs in ring 3 (ring-3 mode) and keeps CR3",
+        run: kctx::call_runs_in_ring3,
+    },
+    Test {
+        name: "kctx: ticks and shootdown IPIs reach CPUs in the context",
+        run: kctx::interrupts_reach_the_context,
+    },
+    Test {
         name: "user: init writes to console and exits 0",
         run: user::init_hello,
     },
@@ -108,6 +117,14 @@ const TESTS: &[Test] = &[
     Test {
         name: "user: kernel-memory read killed with SIGSEGV",
         run: user::kernel_read_killed,
+    },
+    Test {
+        name: "user: writes to the kernel context's stack and PML4 killed",
+        run: kctx::user_cannot_reach_the_context,
+    },
+    Test {
+        name: "user: a forged context Return request is a plain call",
+        run: kctx::user_cannot_forge_a_return,
     },
     Test {
         name: "user: ud2 killed with SIGILL",

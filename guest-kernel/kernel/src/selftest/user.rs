@@ -6,7 +6,7 @@ use crate::process::programs::{self, Program};
 use crate::process::{Exit, Process, Signal};
 use alloc::format;
 
-fn spawn(program: &Program) -> Result<Process, Failure> {
+pub(super) fn spawn(program: &Program) -> Result<Process, Failure> {
     Process::spawn(program).map_err(|e| Failure(format!("spawning {}: {e:?}", program.name)))
 }
 
@@ -55,7 +55,7 @@ pub fn call_errors() -> TestResult {
 }
 
 /// Runs `badaccess` with `how` and checks it was killed as expected.
-fn killed(how: u64, signal: Signal, vector: u64, addr: Option<u64>) -> TestResult {
+pub(super) fn killed(how: u64, signal: Signal, vector: u64, addr: Option<u64>) -> TestResult {
     let exit = spawn(&programs::BADACCESS)?.run(how);
     match exit {
         Exit::Killed {

@@ -1,6 +1,10 @@
 //! `badaccess`: does something a user program may not, chosen by its
 //! argument, and must be killed by the kernel:
-//! 0 = write to address 0, 1 = read kernel memory, 2 = `ud2`.
+//! 0 = write to address 0, 1 = read kernel memory, 2 = `ud2`, 3 = make
+//! the call that in the ring-3 kernel context is its "return to ring 0"
+//! request (`int3` with `rax` 0, `rdi` a kernel function), which for a user
+//! process is an ordinary `read` and must return (the program then exits
+//! 77); any argument of 0x1000 or more: write to that address.
 
 #![no_std]
 #![no_main]
@@ -21,7 +25,15 @@ fn main(how: u64) -> i32 {
             asm!("mov {0}, qword ptr [{0}]", inout(reg) KERNEL_ADDR => _, options(nostack))
         },
         // SAFETY: as above (#UD).
-        _ => unsafe { asm!("ud2", options(nostack)) },
+        2 => unsafe { asm!("ud2", options(nostack)) },
+        3 => {
+            // rdi: a kernel-image address, as an escape function would be.
+            let r = guest_user::call3(0, KERNEL_ADDR, 0, 0);
+            return if r < 0 { 77 } else { 78 };
+        }
+        // SAFETY: as above (every kernel address is supervisor-only for
+        // a user process).
+        addr => unsafe { asm!("mov qword ptr [{}], 1", in(reg) addr, options(nostack)) },
     }
     // Still alive: the kernel failed to stop us.
     0

@@ -1,7 +1,8 @@
 //! `mmbench`: the MM benchmarks of `mode=bench`, measured with `rdtsc` in
 //! ring 3 and sent as `bench` records (docs/GUEST_ABI.md). The argument is
 //! `fault_pages | big_pages << 32`: pages for the three fault benchmarks and
-//! for `fork_64m` / `munmap_64m` (16384 pages = 64 MiB).
+//! for `fork_64m` / `munmap_64m` (16384 pages = 64 MiB); `getpid` makes as
+//! many calls as the fault benchmarks touch pages.
 //!
 //! Exits 0, or a bit mask of the benchmarks that failed.
 
@@ -114,6 +115,14 @@ fn fork_and_munmap(pages: u64) -> u32 {
     failed
 }
 
+fn getpid_round_trip(calls: u64) -> bool {
+    let pid = getpid();
+    let t0 = rdtsc();
+    let same = (0..calls).all(|_| getpid() == pid);
+    let t1 = rdtsc();
+    pid > 0 && same && report("getpid", calls, t1 - t0)
+}
+
 fn main(arg: u64) -> i32 {
     let fault_pages = arg & 0xffff_ffff;
     let big_pages = arg >> 32;
@@ -131,5 +140,8 @@ fn main(arg: u64) -> i32 {
         }
     }
     failed |= (fork_and_munmap(big_pages) << 3) as i32;
+    if !getpid_round_trip(fault_pages) {
+        failed |= 1 << 5;
+    }
     failed
 }

@@ -63,12 +63,22 @@ fn enable_no_execute() {
 
 /// Enables interrupts on this CPU.
 pub fn enable_interrupts() {
+    if super::kctx::in_context() {
+        // Always enabled there.
+        return;
+    }
     // SAFETY: the IDT is loaded and every vector has a handler.
     unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
 }
 
 /// Disables interrupts on this CPU.
+///
+/// In the ring-3 kernel context this does nothing: ring 3 cannot mask
+/// interrupts, and code that runs there never relies on it.
 pub fn disable_interrupts() {
+    if super::kctx::in_context() {
+        return;
+    }
     // SAFETY: masking interrupts is always allowed in ring 0.
     unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
 }
@@ -86,6 +96,20 @@ pub fn interrupts_enabled() -> bool {
 /// Enables interrupts and halts until one arrives (atomically: `sti` delays
 /// interrupts by one instruction, so none is lost between the two).
 pub fn enable_and_halt() {
+    if super::kctx::in_context() {
+        return super::kctx::halt();
+    }
     // SAFETY: as for `enable_interrupts`; HLT resumes on the next interrupt.
     unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Stops this CPU for good (interrupts masked).
+pub fn halt_forever() -> ! {
+    if super::kctx::in_context() {
+        super::kctx::stop();
+    }
+    loop {
+        // SAFETY: masking interrupts and halting only stops this CPU.
+        unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) };
+    }
 }

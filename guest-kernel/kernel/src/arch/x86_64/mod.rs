@@ -4,6 +4,7 @@ pub mod cpu;
 pub mod extable;
 pub mod gdt;
 pub mod idt;
+pub mod kctx;
 pub mod lapic;
 pub mod msr;
 pub mod paging;

@@ -19,6 +19,9 @@ pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 /// # Safety
 /// `msr` must exist on this CPU (a missing MSR raises #GP).
 pub unsafe fn rdmsr(msr: u32) -> u64 {
+    if super::kctx::in_context() {
+        return super::kctx::read_msr(msr);
+    }
     let (lo, hi): (u32, u32);
     // SAFETY: the caller guarantees the MSR exists; reading has no memory effects.
     unsafe {
@@ -33,6 +36,9 @@ pub unsafe fn rdmsr(msr: u32) -> u64 {
 /// `msr` must exist and `value` must be valid for it; the effects of the
 /// write (e.g. on GS or the APIC) are the caller's responsibility.
 pub unsafe fn wrmsr(msr: u32, value: u64) {
+    if super::kctx::in_context() {
+        return super::kctx::write_msr(msr, value);
+    }
     // SAFETY: the caller guarantees the MSR and value are valid.
     unsafe {
         asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))

@@ -27,6 +27,10 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PTE_PRESENT: u64 = 1 << 0;
 /// Entry bit: writable.
 pub const PTE_WRITABLE: u64 = 1 << 1;
+/// Entry bit: user-accessible. Every kernel entry below the PML4 has it;
+/// the kernel-half PML4 entries grant it only in the ring-3 kernel
+/// context's own PML4 (`kctx`).
+pub const PTE_USER: u64 = 1 << 2;
 /// Entry bit: write-through caching.
 pub const PTE_WRITE_THROUGH: u64 = 1 << 3;
 /// Entry bit: caching disabled.
@@ -63,6 +67,11 @@ pub unsafe fn table_mut(phys: u64) -> &'static mut [u64; 512] {
 
 /// Physical address of the active top-level page table.
 pub fn read_cr3() -> u64 {
+    if super::kctx::in_context() {
+        // The context's own CR3 is never the answer callers want: theirs
+        // is the one ring 0 restores.
+        return super::kctx::return_cr3();
+    }
     let cr3: u64;
     // SAFETY: reading CR3 has no side effects.
     unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags)) };
@@ -76,12 +85,18 @@ pub fn read_cr3() -> u64 {
 /// current one (it is copied from the boot table), or the next instruction
 /// fetch faults.
 pub unsafe fn write_cr3(pml4: u64) {
+    if super::kctx::in_context() {
+        return super::kctx::set_return_cr3(pml4);
+    }
     // SAFETY: the caller guarantees the new table maps the running kernel.
     unsafe { asm!("mov cr3, {}", in(reg) pml4, options(nostack, preserves_flags)) };
 }
 
 /// Invalidates the TLB entry of `virt` on this CPU.
 pub fn invlpg(virt: u64) {
+    if super::kctx::in_context() {
+        return super::kctx::invlpg(virt);
+    }
     // SAFETY: INVLPG only drops a cached translation.
     unsafe { asm!("invlpg [{}]", in(reg) virt, options(nostack, preserves_flags)) };
 }
@@ -93,7 +108,8 @@ pub fn index(virt: u64, level: u32) -> usize {
 
 /// Finds the level-1 entry for `virt` under `pml4`, creating missing tables
 /// with `alloc` (which must return zeroed frames). Intermediate entries get
-/// `table_flags`. Returns `None` when `alloc` fails or a huge page is in the
+/// `table_flags`, except that a PML4 entry never gets [`PTE_USER`] (user
+/// address spaces copy the kernel's PML4 entries). Returns `None` when `alloc` fails or a huge page is in the
 /// way.
 ///
 /// # Safety
@@ -109,13 +125,18 @@ pub unsafe fn walk_create(
         // SAFETY: `table` is the caller's PML4 or a table reached from it.
         let entries = unsafe { table_mut(table) };
         let entry = &mut entries[index(virt, level)];
+        let flags = if level == 4 {
+            table_flags & !PTE_USER
+        } else {
+            table_flags
+        };
         if *entry & PTE_PRESENT == 0 {
             let frame = alloc()?;
-            *entry = frame | table_flags | PTE_PRESENT;
+            *entry = frame | flags | PTE_PRESENT;
         } else if *entry & PTE_HUGE != 0 {
             return None;
         } else {
-            *entry |= table_flags;
+            *entry |= flags;
         }
         table = *entry & PTE_ADDR_MASK;
     }

@@ -5,6 +5,9 @@ use core::arch::asm;
 
 /// Writes one byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
+    if super::kctx::in_context() {
+        return super::kctx::out8(port, value);
+    }
     // SAFETY: port writes have no memory effects visible to Rust; the ports
     // used by this kernel are the devices the VMM documents.
     unsafe {
@@ -14,6 +17,9 @@ pub fn outb(port: u16, value: u8) {
 
 /// Writes one 32-bit value to an I/O port.
 pub fn outl(port: u16, value: u32) {
+    if super::kctx::in_context() {
+        return super::kctx::out32(port, value);
+    }
     // SAFETY: as for `outb`. The record doorbell reads guest memory, which
     // is why this one is not `nomem`: prior buffer writes must be visible.
     unsafe {

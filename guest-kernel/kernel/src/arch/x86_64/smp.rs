@@ -259,6 +259,11 @@ pub fn handle_user_flush() {
 }
 
 fn flush_user_local(root: u64, start: u64, end: u64) {
+    if super::kctx::in_context() {
+        // The context runs on its own CR3; the user CR3 that ring 0 loads
+        // when the call ends flushes this CPU's user translations anyway.
+        return;
+    }
     let cr3 = paging::read_cr3();
     if cr3 != root {
         return;

@@ -3,7 +3,8 @@
 //! One 16-byte stub per vector (all 256 in one 4 KiB-aligned page, which
 //! `idt::init` relies on) pushes a dummy error code (when the CPU does
 //! not push one) and the vector number, then `trap_common` saves the general
-//! registers into a [`TrapFrame`], swaps GS when the trap came from ring 3,
+//! registers into a [`TrapFrame`], swaps GS when the trap came from a user
+//! process (not from the ring-3 kernel context, see `kctx`),
 //! and calls `traps::dispatch`. `trap_return` undoes it all and `iretq`s
 //! (with interrupts off until the `iretq`, which restores the interrupted
 //! context's flag: handlers of user traps run with interrupts on).
@@ -74,6 +75,23 @@ trap_stubs:
 trap_common:
     testb $3, 24(%rsp)
     jz 1f
+    /* From ring 3: a user process, or the ring-3 kernel context, whose
+       traps alone land on the context trap stacks and keep the kernel GS. */
+    cmp {trap_lo}(%rip), %rsp
+    jb 3f
+    cmp {trap_hi}(%rip), %rsp
+    jae 3f
+    /* The context's Return request (int3 with rax 0) is the one trap on
+       every call's path: resume the ring-0 caller straight away, with the
+       stack pointer saved just above this trap's frame (kctx::call). */
+    cmpq $3, (%rsp)
+    jne 1f
+    test %rax, %rax
+    jnz 1f
+    mov 64(%rsp), %rsp
+    mov %rdi, %rax
+    jmp kctx_leave_tail
+3:
     swapgs
 1:
     push %rax
@@ -118,6 +136,11 @@ trap_return:
     add $16, %rsp
     testb $3, 8(%rsp)
     jz 2f
+    cmp {trap_lo}(%rip), %rsp
+    jb 4f
+    cmp {trap_hi}(%rip), %rsp
+    jb 2f
+4:
     swapgs
 2:
     iretq
@@ -151,6 +174,8 @@ leave_user:
     ret
 "#,
     dispatch = sym super::traps::dispatch,
+    trap_lo = sym super::kctx::KCTX_TRAP_LO,
+    trap_hi = sym super::kctx::KCTX_TRAP_HI,
     options(att_syntax)
 );
 

@@ -9,7 +9,7 @@
 //!   user-TLB flush IPIs.
 
 use super::trap_entry::TrapFrame;
-use super::{extable, lapic, smp};
+use super::{extable, kctx, lapic, smp};
 use crate::exit::{ExitCode, exit};
 
 /// Page fault.
@@ -48,9 +48,11 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
             lapic::eoi();
         }
         VEC_SPURIOUS => {}
-        _ if frame.came_from_user() => crate::process::trap::user_trap(frame),
+        _ if frame.came_from_user() && !kctx::active_here() => {
+            crate::process::trap::user_trap(frame)
+        }
         _ => {
-            if !extable::fixup(frame, read_cr2()) {
+            if !kctx::handle_trap(frame) && !extable::fixup(frame, read_cr2()) {
                 fatal(frame)
             }
         }
