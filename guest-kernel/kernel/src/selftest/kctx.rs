@@ -39,21 +39,28 @@ static RELEASE: AtomicBool = AtomicBool::new(false);
 /// Cycles any wait here gives up after (a few seconds).
 const PATIENCE: u64 = 10_000_000_000;
 
+/// Spins until `done()` and two timer ticks on this CPU (or [`PATIENCE`]);
+/// returns the ticks seen.
+fn ticks_until(done: impl Fn() -> bool) -> u64 {
+    let me = percpu::current();
+    let before = me.ticks.load(Ordering::Relaxed);
+    let start = msr::rdtsc();
+    while (!done() || me.ticks.load(Ordering::Relaxed) < before + 2)
+        && msr::rdtsc().wrapping_sub(start) < PATIENCE
+    {
+        core::hint::spin_loop();
+    }
+    me.ticks.load(Ordering::Relaxed) - before
+}
+
 fn spin_in_context(cpu: usize) {
     kctx::call(|| {
-        let me = percpu::current();
-        let before = me.ticks.load(Ordering::Relaxed);
         INSIDE[cpu].store(
             kctx::in_context() || kctx::mode() == KernelMode::Ring0,
             Ordering::Release,
         );
-        let start = msr::rdtsc();
-        while (!RELEASE.load(Ordering::Acquire) || me.ticks.load(Ordering::Relaxed) < before + 2)
-            && msr::rdtsc().wrapping_sub(start) < PATIENCE
-        {
-            core::hint::spin_loop();
-        }
-        TICKS_INSIDE[cpu].store(me.ticks.load(Ordering::Relaxed) - before, Ordering::Release);
+        let ticks = ticks_until(|| RELEASE.load(Ordering::Acquire));
+        TICKS_INSIDE[cpu].store(ticks, Ordering::Release);
         INSIDE[cpu].store(false, Ordering::Release);
     });
 }
@@ -118,17 +125,7 @@ pub fn interrupts_reach_the_context() -> TestResult {
     }
     result?;
     // CPU 0 as well (the only one on a 1-CPU guest).
-    let ticks = kctx::call(|| {
-        let me = percpu::current();
-        let before = me.ticks.load(Ordering::Relaxed);
-        let start = msr::rdtsc();
-        while me.ticks.load(Ordering::Relaxed) < before + 2
-            && msr::rdtsc().wrapping_sub(start) < PATIENCE
-        {
-            core::hint::spin_loop();
-        }
-        me.ticks.load(Ordering::Relaxed) - before
-    });
+    let ticks = kctx::call(|| ticks_until(|| true));
     ensure!(ticks >= 2, "cpu 0 saw {ticks} timer ticks in the context");
     for (cpu, ticks) in TICKS_INSIDE.iter().enumerate().take(cpus).skip(1) {
         let ticks = ticks.load(Ordering::Acquire);

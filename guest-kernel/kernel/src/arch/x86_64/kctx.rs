@@ -144,9 +144,8 @@ struct Pml4(UnsafeCell<[u64; 512]>);
 unsafe impl Sync for Pml4 {}
 
 static ROOT: Pml4 = Pml4(UnsafeCell::new([0; 512]));
-/// Physical address of [`ROOT`], 0 until [`init`].
+/// Physical address of [`ROOT`]; 0 until [`init`], i.e. in ring-0 mode.
 static ROOT_PHYS: AtomicU64 = AtomicU64::new(0);
-static MODE_RING3: AtomicBool = AtomicBool::new(false);
 
 /// One CPU's state while it runs a call. (The ring-0 stack pointer to
 /// resume at on `Return` is kept in the top word of the CPU's trap stack,
@@ -202,13 +201,9 @@ kctx_trampoline:
     int3
     ud2
 
-    /* kctx_leave(saved_rsp rdi, result rsi) -> ! : returns from kctx_enter.
-       `trap_common` jumps to kctx_leave_tail for a Return request with the
-       saved stack pointer in rsp and the result in rax. */
-    .globl kctx_leave
-kctx_leave:
-    mov %rdi, %rsp
-    mov %rsi, %rax
+    /* Returns from kctx_enter: `trap_common` jumps here for a Return
+       request (every one of them) with the saved stack pointer in rsp and
+       the result in rax. */
     .globl kctx_leave_tail
 kctx_leave_tail:
     pop %r15
@@ -227,7 +222,6 @@ kctx_leave_tail:
 
 unsafe extern "C" {
     fn kctx_enter(slot: u64, run: u64, stack_top: u64, save_rsp: *mut u64, root: u64) -> u64;
-    fn kctx_leave(saved_rsp: u64, result: u64) -> !;
 }
 
 /// Builds the context's address space and turns ring-3 mode on. Runs once
@@ -242,19 +236,24 @@ pub fn init(kernel_pml4: u64) {
         let i = paging::index(base, 4);
         root[i] = kernel[i] | paging::PTE_USER;
     }
-    ROOT_PHYS.store(
-        paging::virt_to_phys(root.as_ptr() as u64) & PTE_ADDR_MASK,
-        Ordering::Relaxed,
-    );
     let lo = TRAP_STACKS.0.get() as u64;
     KCTX_TRAP_LO.store(lo, Ordering::Relaxed);
     KCTX_TRAP_HI.store(lo + (TRAP_STACK_BYTES * MAX_CPUS) as u64, Ordering::Relaxed);
-    MODE_RING3.store(true, Ordering::Release);
+    // Last: publishing the root turns ring-3 mode on.
+    ROOT_PHYS.store(
+        paging::virt_to_phys(root.as_ptr() as u64) & PTE_ADDR_MASK,
+        Ordering::Release,
+    );
 }
 
 /// An address in this CPU's context stack (for isolation tests).
 pub fn stack_probe_address() -> u64 {
-    STACKS.0.get() as u64 + ((percpu::index() + 1) * STACK_BYTES - 64) as u64
+    stack_top(&STACKS, percpu::index()) - 64
+}
+
+/// Top (exclusive) of CPU `index`'s stack in `stacks`.
+fn stack_top<const N: usize>(stacks: &Stacks<N>, index: usize) -> u64 {
+    stacks.0.get() as u64 + ((index + 1) * N) as u64
 }
 
 /// The kernel address of the context's PML4 (for isolation tests).
@@ -264,7 +263,7 @@ pub fn root_address() -> u64 {
 
 /// The mode this kernel runs in.
 pub fn mode() -> KernelMode {
-    if MODE_RING3.load(Ordering::Acquire) {
+    if ROOT_PHYS.load(Ordering::Acquire) != 0 {
         KernelMode::Ring3
     } else {
         KernelMode::Ring0
@@ -285,7 +284,8 @@ pub fn in_context() -> bool {
 /// otherwise, or when already there) and returns its result. `f` runs with
 /// interrupts enabled and must not rely on masking them.
 pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
-    if !MODE_RING3.load(Ordering::Acquire) || in_context() {
+    let root = ROOT_PHYS.load(Ordering::Acquire);
+    if root == 0 || in_context() {
         return f();
     }
     let mut slot = Slot {
@@ -298,22 +298,21 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
     // SAFETY: this CPU's TSS, context stacks and state slot are its own;
     // the context's page table maps the kernel half (so the code, the
     // stacks and `slot` stay reachable in ring 3); `kctx_enter` returns
-    // only through `kctx_leave` from the `Return` request of this call,
+    // only through `kctx_leave_tail` from the `Return` request of this call,
     // with the callee-saved registers and flags it saved.
     unsafe {
         let rsp0 = core::ptr::addr_of_mut!((*tss).rsp).cast::<u64>();
         let saved_rsp0 = rsp0.read_unaligned();
-        let trap_top = TRAP_STACKS.0.get() as u64 + ((index + 1) * TRAP_STACK_BYTES) as u64;
+        let trap_top = stack_top(&TRAP_STACKS, index);
         rsp0.write_unaligned(trap_top - 16);
         *me.cr3.get() = paging::read_cr3();
         me.active.store(true, Ordering::Relaxed);
-        let stack_top = STACKS.0.get() as u64 + ((index + 1) * STACK_BYTES) as u64;
         let escape = kctx_enter(
             &raw mut slot as u64,
             run::<F, R> as *const () as u64,
-            stack_top,
+            stack_top(&STACKS, index),
             (trap_top - 8) as *mut u64,
-            ROOT_PHYS.load(Ordering::Relaxed),
+            root,
         );
         me.active.store(false, Ordering::Relaxed);
         paging::write_cr3(*me.cr3.get());
@@ -433,15 +432,6 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
     }
     let (a, b) = (frame.rdi, frame.rsi);
     frame.rax = match frame.rax {
-        r if r == Request::Return as u64 => {
-            // (`trap_common` takes this request itself; this is the same.)
-            let trap_top =
-                TRAP_STACKS.0.get() as u64 + ((percpu::index() + 1) * TRAP_STACK_BYTES) as u64;
-            // SAFETY: the top word of this CPU's trap stack is the stack
-            // pointer `kctx_enter` saved for the call this CPU is in;
-            // nothing of this trap is needed.
-            unsafe { kctx_leave(((trap_top - 8) as *const u64).read(), a) }
-        }
         r if r == Request::Out8 as u64 && port_allowed(a as u16) && a <= 0xffff => {
             port::outb(a as u16, b as u8);
             0
@@ -471,8 +461,8 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
             0
         }
         r if r == Request::Halt as u64 => {
+            // `trap_return` masks interrupts again before the `iretq`.
             cpu::enable_and_halt();
-            cpu::disable_interrupts();
             0
         }
         r if r == Request::Stop as u64 => cpu::halt_forever(),
