@@ -7,18 +7,9 @@ use std::process::Command;
 
 use writewatch::guest_image::GUEST_KERNEL;
 
-const QEMU: &str = "qemu-system-x86_64";
+mod common;
 
-fn qemu_available() -> bool {
-    let found = Command::new(QEMU).arg("--version").output().is_ok();
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{QEMU} is missing, and CI=true requires the QEMU boot test to run");
-    }
-    if !found {
-        eprintln!("skipping: {QEMU} is not installed");
-    }
-    found
-}
+use common::{QEMU, qemu_available};
 
 #[test]
 fn qemu_boots_the_built_in_kernel_and_its_selftests_pass() {

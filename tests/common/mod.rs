@@ -27,6 +27,22 @@ pub fn kvm_available() -> bool {
     present
 }
 
+/// QEMU, the second PVH VMM the guest kernel is tested under.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// True when QEMU is installed. Under `CI=true` it must be (.ci/run
+/// installs it); elsewhere the test skips when it is missing.
+pub fn qemu_available() -> bool {
+    let found = Command::new(QEMU).arg("--version").output().is_ok();
+    if !found && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{QEMU} is missing, and CI=true requires the QEMU boot tests to run");
+    }
+    if !found {
+        eprintln!("skipping: {QEMU} is not installed");
+    }
+    found
+}
+
 /// The `writewatch` binary cargo built for these tests.
 pub fn writewatch() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_writewatch"));

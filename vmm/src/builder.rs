@@ -32,6 +32,12 @@ pub enum BuildError {
     Vcpus { asked: u32, max: u32 },
     #[error("--mem {0} is too small: the smallest guest is 16M")]
     MemTooSmall(String),
+    #[error("cannot read the --init program {path}: {source}")]
+    InitFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read kernel {path}: {source}")]
     KernelFile {
         path: String,
@@ -171,7 +177,20 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
                 config.mem_bytes,
                 KERNEL_MIN_WORKING_SET,
             )?;
-            Some(kernel.entry.0)
+            let init = config
+                .init
+                .as_ref()
+                .map(|path| {
+                    let shown = path.display().to_string();
+                    let bytes = std::fs::read(path).map_err(|source| BuildError::InitFile {
+                        path: shown.clone(),
+                        source,
+                    })?;
+                    loader::load_init(&memory, &bytes, &shown, kernel.end, config.mem_bytes)
+                        .map_err(BuildError::from)
+                })
+                .transpose()?;
+            Some((kernel.entry.0, init))
         }
         Start::Restore => None,
     };
@@ -198,7 +217,7 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
         })
         .transpose()?;
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
-    if let Some(entry) = entry {
+    if let Some((entry, init)) = entry {
         vcpus[0].set_pvh_entry(entry)?;
         // The guest learns its CPUs from the ACPI MADT, and the TSC rate
         // from the command line.
@@ -206,7 +225,13 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
             .map(|khz| format!("tsc_khz={khz} "))
             .unwrap_or_default();
         let cmdline = format!("{tsc_word}{}", config.cmdline);
-        loader::write_boot_info(&memory, config.mem_bytes, config.vcpus, cmdline.trim())?;
+        loader::write_boot_info(
+            &memory,
+            config.mem_bytes,
+            config.vcpus,
+            cmdline.trim(),
+            init,
+        )?;
     }
     let xsave_size = vm.xsave_size();
 

@@ -400,6 +400,10 @@ pub struct VmArgs {
     /// A PVH ELF kernel to boot instead of the built-in one.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
+    /// A static x86-64 ELF program (musl-gcc -static, or -nostdlib) that the guest
+    /// runs as its first process instead of the built-in init (docs/GUEST_ABI.md).
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
     /// Number of vCPUs (1..=64, and no more than KVM allows).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub vcpus: u32,
@@ -435,6 +439,7 @@ impl VmArgs {
                 .kernel
                 .clone()
                 .map_or(KernelSource::BuiltIn, KernelSource::File),
+            init: self.init.clone(),
             vcpus: self.vcpus,
             mem_bytes: self.mem,
             backing: self.backing,

@@ -32,6 +32,9 @@ pub enum KernelSource {
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub kernel: KernelSource,
+    /// A static x86-64 ELF program the guest runs as its first process
+    /// (`--init`), handed over as a PVH module.
+    pub init: Option<PathBuf>,
     pub vcpus: u32,
     pub mem_bytes: u64,
     pub backing: Backing,
@@ -46,6 +49,7 @@ impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
             kernel: KernelSource::BuiltIn,
+            init: None,
             vcpus: 1,
             mem_bytes: DEFAULT_MEM,
             backing: Backing::Anon,

@@ -10,13 +10,16 @@ use std::io::Cursor;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::elf::{Elf, Error as ElfError, PvhBootCapability};
 use linux_loader::loader::{Error as LoaderError, KernelLoader, load_cmdline};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
-    CMDLINE_CAPACITY, CMDLINE_START, EBDA_START, HIGH_RAM_START, PVH_MEMMAP, PVH_START_INFO,
+    CMDLINE_CAPACITY, CMDLINE_START, EBDA_START, HIGH_RAM_START, INIT_MAX_BYTES,
+    KERNEL_MIN_WORKING_SET, PVH_MEMMAP, PVH_MODLIST, PVH_START_INFO,
 };
 use crate::memory::{GuestMemoryMmap, ram_ranges};
 
@@ -50,6 +53,14 @@ pub enum LoadError {
     },
     #[error("the PVH entry point {entry:#x} of {name} is not in guest RAM below 4 GiB")]
     BadEntry { name: String, entry: u64 },
+    #[error("{0} is a position-independent executable; build it with -static -no-pie")]
+    InitPie(String),
+    #[error("{0} is dynamically linked; build it with -static")]
+    InitDynamic(String),
+    #[error("{0} is not an executable program (ELF type {1})")]
+    InitNotExecutable(String, u16),
+    #[error("{name} is too large: {size} bytes, at most {max} fit with this --mem")]
+    InitTooLarge { name: String, size: u64, max: u64 },
     #[error("the command line is too long or has characters a kernel cannot take: {0}")]
     Cmdline(String),
     #[error("cannot write boot information: {0}")]
@@ -115,13 +126,92 @@ pub fn load_kernel(
     })
 }
 
-/// Writes the command line, the memory map, the ACPI tables for `vcpus`
-/// and `hvm_start_info`.
+/// Where an `--init` program was placed in guest memory.
+#[derive(Clone, Copy, Debug)]
+pub struct InitModule {
+    pub paddr: u64,
+    pub size: u64,
+}
+
+/// Checks that `image` (named `name`) is a static x86-64 executable and
+/// copies it to the first page after the kernel (`kernel_end`), leaving the
+/// kernel its working set below the end of low RAM.
+pub fn load_init(
+    mem: &GuestMemoryMmap,
+    image: &[u8],
+    name: &str,
+    kernel_end: u64,
+    mem_bytes: u64,
+) -> Result<InitModule, LoadError> {
+    const ET_EXEC: u16 = 2;
+    const ET_DYN: u16 = 3;
+    const PT_LOAD: u32 = 1;
+    const PT_INTERP: u32 = 3;
+    check_elf_identity(image, name)?;
+    let u16_at = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]);
+    match u16_at(16) {
+        ET_EXEC => {}
+        ET_DYN => return Err(LoadError::InitPie(name.to_string())),
+        other => return Err(LoadError::InitNotExecutable(name.to_string(), other)),
+    }
+    let phoff = u64::from_le_bytes(image[32..40].try_into().unwrap_or_default());
+    let (phentsize, phnum) = (u64::from(u16_at(54)), u64::from(u16_at(56)));
+    let headers_fit = phoff
+        .checked_add(phentsize.saturating_mul(phnum))
+        .is_some_and(|end| phentsize >= 56 && end <= image.len() as u64);
+    if !headers_fit {
+        return Err(LoadError::Malformed(
+            name.to_string(),
+            "bad program headers",
+        ));
+    }
+    for i in 0..phnum {
+        let at = (phoff + i * phentsize) as usize;
+        let kind = u32::from_le_bytes(image[at..at + 4].try_into().unwrap_or_default());
+        if kind == PT_INTERP {
+            return Err(LoadError::InitDynamic(name.to_string()));
+        }
+        let word = |off: usize| {
+            u64::from_le_bytes(image[at + off..at + off + 8].try_into().unwrap_or_default())
+        };
+        let (offset, filesz) = (word(8), word(32));
+        if kind == PT_LOAD
+            && offset
+                .checked_add(filesz)
+                .is_none_or(|end| end > image.len() as u64)
+        {
+            return Err(LoadError::Malformed(
+                name.to_string(),
+                "a segment lies past the end of the file",
+            ));
+        }
+    }
+    let paddr = kernel_end.next_multiple_of(4096);
+    let low_ram_end = ram_ranges(mem_bytes)[0].1;
+    let max = low_ram_end
+        .saturating_sub(paddr + KERNEL_MIN_WORKING_SET)
+        .min(INIT_MAX_BYTES);
+    let size = image.len() as u64;
+    if size > max {
+        return Err(LoadError::InitTooLarge {
+            name: name.to_string(),
+            size,
+            max,
+        });
+    }
+    mem.write_slice(image, GuestAddress(paddr))
+        .map_err(|e| LoadError::BootInfo(format!("writing {name}: {e}")))?;
+    Ok(InitModule { paddr, size })
+}
+
+/// Writes the command line, the memory map, the ACPI tables for `vcpus`,
+/// the module list (the `--init` program) and `hvm_start_info`.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
     vcpus: u32,
     cmdline: &str,
+    init: Option<InitModule>,
 ) -> Result<(), LoadError> {
     let mut line = Cmdline::new(CMDLINE_CAPACITY).map_err(|e| LoadError::Cmdline(e.to_string()))?;
     if !cmdline.is_empty() {
@@ -144,10 +234,20 @@ pub fn write_boot_info(
         rsdp_paddr: acpi[0].0,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
+        nr_modules: u32::from(init.is_some()),
+        modlist_paddr: if init.is_some() { PVH_MODLIST } else { 0 },
         ..Default::default()
     };
     let mut params = BootParams::new::<hvm_start_info>(&start_info, GuestAddress(PVH_START_INFO));
     params.set_sections::<hvm_memmap_table_entry>(&memmap, GuestAddress(PVH_MEMMAP));
+    if let Some(init) = init {
+        let entry = hvm_modlist_entry {
+            paddr: init.paddr,
+            size: init.size,
+            ..Default::default()
+        };
+        params.set_modules::<hvm_modlist_entry>(&[entry], GuestAddress(PVH_MODLIST));
+    }
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
         .map_err(|e| LoadError::BootInfo(e.to_string()))
 }

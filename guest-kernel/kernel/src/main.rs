@@ -53,7 +53,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     };
     let (kernel_start, kernel_end) = kernel_image();
     debug_assert!(kernel_end < KERNEL_VMA);
-    memory::frames::init(&info.memmap, kernel_start, kernel_end);
+    memory::frames::init(&info.memmap, kernel_start, kernel_end, info.init_module);
     if let Err(e) = memory::kmap::init(&info.memmap) {
         panic!("mapping RAM: {e:?}");
     }
@@ -85,6 +85,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     };
     if mode == KernelMode::Ring3 {
         kctx::init(memory::kmap::kernel_pml4());
+        process::trap::register();
     }
     let (platform, mode) = (platform.name(), mode.name());
     println!(

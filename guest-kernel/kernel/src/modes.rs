@@ -1,20 +1,42 @@
 //! What the kernel does after boot, per `mode=` (docs/GUEST_ABI.md).
 
+use crate::arch::x86_64::paging::phys_to_virt;
 use crate::arch::x86_64::{cpu, idt};
 use crate::exit::{ExitCode, exit, exit_raw};
-use crate::process::{Exit, Process, programs};
+use crate::process::programs::{self, Program};
+use crate::process::{Exit, Process};
 
-/// `mode=run`: runs `init` (or `program=NAME` with `arg=N`) and exits with
-/// its status.
+/// `mode=run`: runs the init module (`writewatch run --init FILE`), else
+/// `init` (or `program=NAME`), with `arg=N`, and exits with its status.
 pub fn run_init() -> ! {
-    let cmdline = &crate::boot::info().cmdline;
-    let program = match cmdline.program {
-        None => &programs::INIT,
-        Some(name) => programs::by_name(name).unwrap_or_else(|| panic!("no program={name}")),
+    let info = crate::boot::info();
+    let cmdline = &info.cmdline;
+    let module;
+    let program = match (info.init_module, cmdline.program) {
+        (Some((paddr, size)), _) => {
+            // SAFETY: the loader placed the module in RAM (checked against
+            // the memory map) and the frame allocator never hands it out, so
+            // the bytes stay as they are for the kernel's lifetime.
+            let image = unsafe {
+                core::slice::from_raw_parts(phys_to_virt(paddr) as *const u8, size as usize)
+            };
+            module = Program {
+                name: "init",
+                image,
+            };
+            &module
+        }
+        (None, None) => &programs::INIT,
+        (None, Some(name)) => {
+            programs::by_name(name).unwrap_or_else(|| panic!("no program={name}"))
+        }
     };
     let mut init = match Process::spawn(program) {
         Ok(p) => p,
-        Err(e) => panic!("loading {}: {e:?}", program.name),
+        Err(e) => {
+            crate::println!("init: cannot load the program: {e:?}");
+            exit_raw(127)
+        }
     };
     let status = match init.run(cmdline.arg) {
         Exit::Exited(status) => status,

@@ -26,6 +26,17 @@ pub struct PerCpu {
     pub tss: UnsafeCell<Tss>,
     /// Kernel stack pointer saved while a user program runs on this CPU.
     pub user_return_rsp: UnsafeCell<u64>,
+    /// `TSS.rsp0` while a user program runs (its traps' frames end there).
+    pub user_rsp0: UnsafeCell<u64>,
+    /// Ring-3 mode: `TSS.rsp0` while this CPU runs the kernel context.
+    pub kctx_trap_rsp0: UnsafeCell<u64>,
+    /// Ring-3 mode: top of this CPU's kernel-context stack.
+    pub kctx_stack_top: UnsafeCell<u64>,
+    /// Ring-3 mode: the CR3 ring 0 loads when the kernel context is left
+    /// (`arch::x86_64::kctx`).
+    pub kctx_cr3: UnsafeCell<u64>,
+    /// The user stack pointer during the `syscall` entry's stack switch.
+    pub syscall_scratch: UnsafeCell<u64>,
     /// Pid of the user task running on this CPU (0: none).
     pub current: AtomicU32,
     /// LAPIC timer interrupts taken.
@@ -54,6 +65,11 @@ impl PerCpu {
             gdt: UnsafeCell::new(Gdt::new()),
             tss: UnsafeCell::new(Tss::new()),
             user_return_rsp: UnsafeCell::new(0),
+            user_rsp0: UnsafeCell::new(0),
+            kctx_trap_rsp0: UnsafeCell::new(0),
+            kctx_stack_top: UnsafeCell::new(0),
+            kctx_cr3: UnsafeCell::new(0),
+            syscall_scratch: UnsafeCell::new(0),
             current: AtomicU32::new(0),
             ticks: AtomicU64::new(0),
             call_fn: AtomicUsize::new(0),
@@ -63,6 +79,20 @@ impl PerCpu {
             user_flushes_done: AtomicU64::new(0),
         }
     }
+}
+
+/// `gs:` offsets of the fields the trap entry code reads and writes.
+pub mod offsets {
+    use super::PerCpu;
+    use crate::arch::x86_64::gdt::Tss;
+    use core::mem::offset_of;
+
+    pub const TSS_RSP0: usize = offset_of!(PerCpu, tss) + offset_of!(Tss, rsp);
+    pub const USER_RSP0: usize = offset_of!(PerCpu, user_rsp0);
+    pub const KCTX_TRAP_RSP0: usize = offset_of!(PerCpu, kctx_trap_rsp0);
+    pub const KCTX_STACK_TOP: usize = offset_of!(PerCpu, kctx_stack_top);
+    pub const KCTX_CR3: usize = offset_of!(PerCpu, kctx_cr3);
+    pub const SYSCALL_SCRATCH: usize = offset_of!(PerCpu, syscall_scratch);
 }
 
 /// All CPU slots.

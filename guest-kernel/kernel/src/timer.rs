@@ -26,3 +26,32 @@ pub fn tick() {
 pub fn ticks() -> u64 {
     crate::percpu::current().ticks.load(Ordering::Relaxed)
 }
+
+/// TSC frequency assumed when neither `tsc_khz=` nor CPUID leaf 0x16 tells.
+const FALLBACK_TSC_KHZ: u64 = 1_000_000;
+
+/// The TSC frequency in kHz: the command line's `tsc_khz=` (the writewatch
+/// VMM passes it), else CPUID leaf 0x16's base frequency, else 1 GHz.
+pub fn tsc_khz() -> u64 {
+    if let Some(khz) = crate::boot::info().cmdline.tsc_khz {
+        return khz;
+    }
+    let max_leaf = crate::arch::x86_64::msr::cpuid(0, 0).eax;
+    let mhz = if max_leaf >= 0x16 {
+        u64::from(crate::arch::x86_64::msr::cpuid(0x16, 0).eax & 0xffff)
+    } else {
+        0
+    };
+    if mhz > 0 {
+        mhz * 1000
+    } else {
+        FALLBACK_TSC_KHZ
+    }
+}
+
+/// Nanoseconds since the TSC started (the VM's start), from `rdtsc`, which
+/// runs natively in both rings.
+pub fn nanos_since_boot() -> u64 {
+    let cycles = u128::from(crate::arch::x86_64::msr::rdtsc());
+    (cycles * 1_000_000 / u128::from(tsc_khz())) as u64
+}

@@ -1,5 +1,5 @@
-//! Runtime of the writewatch guest's ring-3 programs: the `int3` user/kernel
-//! call (docs/GUEST_ABI.md), wrappers for the calls the kernel offers, the
+//! Runtime of the writewatch guest's ring-3 programs: the `syscall`
+//! instruction with Linux's convention (docs/GUEST_ABI.md), wrappers for the calls the kernel offers, the
 //! `_start` glue and a panic handler.
 //!
 //! Call numbers and error values are Linux x86-64's, plus the writewatch
@@ -31,13 +31,14 @@ pub fn call3(nr: u64, a: u64, b: u64, c: u64) -> i64 {
 /// r8, r9`); returns `rax` (a negative errno on failure).
 pub fn call6(nr: u64, args: [u64; 6]) -> i64 {
     let ret: i64;
-    // SAFETY: `int3` traps to the kernel, which reads the arguments and
-    // changes only `rax` and, for calls that return data, the user memory
+    // SAFETY: `syscall` enters the kernel, which reads the arguments and
+    // changes only `rax` (and `rcx`, `r11`, as on Linux) and, for calls that
+    // return data, the user memory
     // the arguments point at (the asm block is not `nomem`, so the compiler
     // assumes memory may change).
     unsafe {
         asm!(
-            "int3",
+            "syscall",
             inlateout("rax") nr as i64 => ret,
             in("rdi") args[0],
             in("rsi") args[1],
@@ -45,6 +46,8 @@ pub fn call6(nr: u64, args: [u64; 6]) -> i64 {
             in("r10") args[3],
             in("r8") args[4],
             in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
             options(nostack)
         )
     };

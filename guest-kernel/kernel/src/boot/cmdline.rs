@@ -45,6 +45,8 @@ pub struct Cmdline {
     pub kernel_mode: Option<&'static str>,
     /// `arg=N`: its argument (in `rdi`).
     pub arg: u64,
+    /// `tsc_khz=N`: the TSC frequency (the writewatch VMM passes it).
+    pub tsc_khz: Option<u64>,
 }
 
 impl Cmdline {
@@ -58,6 +60,7 @@ impl Cmdline {
             program: None,
             kernel_mode: None,
             arg: 0,
+            tsc_khz: None,
         };
         for word in raw.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -66,6 +69,7 @@ impl Cmdline {
                 Some(("program", p)) => cmdline.program = Some(p),
                 Some(("kernel_mode", m)) => cmdline.kernel_mode = Some(m),
                 Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
+                Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}
             }

@@ -103,6 +103,11 @@ impl MemMap {
         self.regions().filter(|r| r.kind == RegionKind::Ram)
     }
 
+    /// Whether `[start, end)` lies inside one RAM region.
+    pub fn covers_ram(&self, start: u64, end: u64) -> bool {
+        self.ram().any(|r| r.start <= start && end <= r.end())
+    }
+
     /// Total bytes of RAM.
     pub fn ram_bytes(&self) -> u64 {
         self.ram().map(|r| r.size).sum()

@@ -32,6 +32,9 @@ pub struct BootInfo {
     /// CPUs the ACPI MADT lists, if the loader gave an RSDP and the MADT
     /// names them as this kernel starts them (APIC IDs 0..n).
     pub acpi_cpus: Option<u32>,
+    /// The first PVH module `(paddr, size)`: the program `mode=run` runs
+    /// instead of the built-in `init` (`writewatch run --init FILE`).
+    pub init_module: Option<(u64, u64)>,
 }
 
 impl BootInfo {
@@ -62,10 +65,22 @@ pub fn parse(phys: u64) -> Result<BootInfo, StartInfoError> {
         return Err(StartInfoError::MemoryMapTooHigh(memmap_paddr));
     }
     let rsdp_paddr: u64 = read_phys(phys + 32);
+    let nr_modules: u32 = read_phys(phys + 12);
+    let modlist_paddr: u64 = read_phys(phys + 16);
+    // `hvm_modlist_entry`: paddr, size, cmdline_paddr, reserved.
+    let init_module = (nr_modules > 0 && modlist_paddr != 0 && readable(modlist_paddr, 32))
+        .then(|| (read_phys(modlist_paddr), read_phys(modlist_paddr + 8)))
+        .filter(|&(paddr, size): &(u64, u64)| {
+            size > 0
+                && paddr
+                    .checked_add(size)
+                    .is_some_and(|end| memmap.covers_ram(paddr, end))
+        });
     Ok(BootInfo {
         cmdline: Cmdline::parse(read_cmdline(cmdline_paddr)),
         memmap,
         acpi_cpus: acpi::cpus(rsdp_paddr),
+        init_module,
     })
 }
 

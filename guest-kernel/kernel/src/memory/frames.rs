@@ -21,8 +21,9 @@ const LOW_LIMIT: u64 = 0x10_0000;
 /// place, so it may have any number of regions.
 pub struct FrameAllocator {
     map: MemMap,
-    /// Never handed out: the kernel image and the memory map's own table.
-    holes: [(u64, u64); 2],
+    /// Never handed out: the kernel image, the memory map's own table and
+    /// the init module.
+    holes: [(u64, u64); 3],
     /// The memory-map entry the bump pointer is in.
     region: usize,
     /// Its usable `[start, end)`, once read (the map is not re-read for
@@ -42,7 +43,7 @@ pub struct FrameAllocator {
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {
     map: MemMap::in_place(0, 0),
-    holes: [(0, 0); 2],
+    holes: [(0, 0); 3],
     region: 0,
     bounds: None,
     next: 0,
@@ -53,10 +54,16 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {
 
 /// Hands the RAM of `memmap`, minus `[0, 1 MiB)`, the kernel image
 /// `[kernel_start, kernel_end)` and the map's own table, to the allocator.
-pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64) {
+pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64, module: Option<(u64, u64)>) {
     let mut frames = FRAMES.lock();
     frames.map = *memmap;
-    frames.holes = [(kernel_start, kernel_end), memmap.table()];
+    let module = module.map_or((0, 0), |(paddr, size)| {
+        (
+            paddr & !(PAGE_SIZE - 1),
+            (paddr + size).next_multiple_of(PAGE_SIZE),
+        )
+    });
+    frames.holes = [(kernel_start, kernel_end), memmap.table(), module];
     frames.region = 0;
     frames.bounds = None;
     frames.next = 0;

@@ -3,8 +3,9 @@
 //! filled with `copy_to_user` and then given the segment's protection
 //! (`fs/binfmt_elf.c` in miniature: `elf_map` + `padzero`).
 //!
-//! The images are built into the kernel, but they are parsed defensively
-//! anyway: every offset and size is checked before use.
+//! The images are built into the kernel or come from the user (`--init`),
+//! so they are parsed defensively: every offset and size is checked before
+//! use.
 
 use crate::arch::x86_64::paging::{PAGE_SIZE, USER_END};
 use crate::memory::mm;
@@ -43,6 +44,21 @@ impl From<Errno> for ElfError {
     }
 }
 
+/// What the process's start-up needs of a loaded image (the ELF auxiliary
+/// vector and the program break).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    /// The entry point.
+    pub entry: u64,
+    /// Where the program headers are in its memory (0: not loaded).
+    pub phdr: u64,
+    /// Their count.
+    pub phnum: u64,
+    /// The end of the highest segment, page-aligned: the program break
+    /// starts here.
+    pub end: u64,
+}
+
 /// One loadable segment.
 struct Segment<'a> {
     vaddr: u64,
@@ -78,8 +94,8 @@ fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
         .ok_or(ElfError::Truncated)
 }
 
-/// Maps the segments of `image` into process `pid`; returns the entry point.
-pub fn load(pid: Pid, image: &[u8]) -> Result<u64, ElfError> {
+/// Maps the segments of `image` into process `pid`.
+pub fn load(pid: Pid, image: &[u8]) -> Result<Loaded, ElfError> {
     if image.get(0..4) != Some(b"\x7fELF".as_slice())
         || image.get(4) != Some(&2)
         || image.get(5) != Some(&1)
@@ -96,6 +112,7 @@ pub fn load(pid: Pid, image: &[u8]) -> Result<u64, ElfError> {
         return Err(ElfError::NotExecutable);
     }
     let mut segments = Vec::new();
+    let mut phdr = 0;
     for i in 0..phnum {
         let ph = phoff
             .checked_add(i * phentsize)
@@ -117,6 +134,9 @@ pub fn load(pid: Pid, image: &[u8]) -> Result<u64, ElfError> {
         let data = image
             .get(offset..offset.checked_add(filesz).ok_or(ElfError::Truncated)?)
             .ok_or(ElfError::Truncated)?;
+        if (offset..offset + filesz).contains(&phoff) {
+            phdr = vaddr + (phoff - offset) as u64;
+        }
         let prot = [(PF_R, PROT_READ), (PF_W, PROT_WRITE), (PF_X, PROT_EXEC)]
             .iter()
             .filter(|(pf, _)| flags & pf != 0)
@@ -132,7 +152,17 @@ pub fn load(pid: Pid, image: &[u8]) -> Result<u64, ElfError> {
         return Err(ElfError::NotExecutable);
     }
     load_segments(pid, &segments)?;
-    Ok(entry)
+    let end = segments
+        .iter()
+        .map(Segment::end_page)
+        .max()
+        .unwrap_or(USER_MIN);
+    Ok(Loaded {
+        entry,
+        phdr,
+        phnum: phnum as u64,
+        end,
+    })
 }
 
 /// Maps every segment writable, copies the file bytes (the rest reads as

@@ -7,14 +7,14 @@
 //! persists between runs until the handle is dropped. Children it forks are
 //! ordinary tasks: `exit` tears their address space down and the parent
 //! reaps them with `wait4` (`sched` runs them, possibly on other CPUs). The
-//! user/kernel call is `int3` (docs/GUEST_ABI.md), because `syscall` and
-//! `int N` do not reach the kernel on kvm_pvm while exceptions do on every
-//! KVM.
+//! system call is `syscall` with Linux's convention (docs/GUEST_ABI.md); on
+//! kvm_pvm it reaches the kernel as the page fault of its fetch at LSTAR.
 
 pub mod elf;
 pub mod programs;
 pub mod report;
 pub mod sched;
+mod start_stack;
 pub mod syscall;
 pub mod task;
 pub mod trap;
@@ -45,6 +45,8 @@ const USER_RFLAGS: u64 = 0x202;
 pub enum Signal {
     /// Illegal instruction (#UD).
     Sigill = 4,
+    /// Breakpoint (`int3`).
+    Sigtrap = 5,
     /// Bus error (a lost page, e.g. a swap-in error).
     Sigbus = 7,
     /// Arithmetic error (#DE).
@@ -60,6 +62,7 @@ impl Signal {
     pub fn from_number(n: i32) -> Self {
         match n {
             4 => Signal::Sigill,
+            5 => Signal::Sigtrap,
             7 => Signal::Sigbus,
             8 => Signal::Sigfpe,
             9 => Signal::Sigkill,
@@ -108,7 +111,7 @@ pub enum SpawnError {
 /// A spawned user program (owns its MM-core process until dropped).
 pub struct Process {
     pid: Pid,
-    entry: u64,
+    image: elf::Loaded,
 }
 
 impl Process {
@@ -116,7 +119,15 @@ impl Process {
     pub fn spawn(program: &Program) -> Result<Self, SpawnError> {
         let pid = mm::with(|s| s.spawn(0)).map_err(SpawnError::Mm)?;
         // From here on, dropping `p` releases the MM-core process.
-        let mut p = Process { pid, entry: 0 };
+        let mut p = Process {
+            pid,
+            image: elf::Loaded {
+                entry: 0,
+                phdr: 0,
+                phnum: 0,
+                end: 0,
+            },
+        };
         TASKS.lock().insert(
             pid,
             Task {
@@ -128,9 +139,14 @@ impl Process {
                 parent: 0,
                 child_exits: 0,
                 output: Vec::new(),
+                brk: (0, 0),
+                fs_base: 0,
             },
         );
-        p.entry = elf::load(pid, program.image).map_err(SpawnError::Elf)?;
+        p.image = elf::load(pid, program.image).map_err(SpawnError::Elf)?;
+        if let Some(t) = TASKS.lock().get_mut(&pid) {
+            t.brk = (p.image.end, p.image.end);
+        }
         mm::with(|s| {
             s.mmap(
                 pid,
@@ -168,21 +184,26 @@ impl Process {
     }
 
     /// Runs the program from its entry point with `arg` in `rdi` and a fresh
-    /// stack, on this CPU, until it exits or is killed (running any of its
-    /// children that `sched` placed on this CPU meanwhile). Memory persists
-    /// between runs.
+    /// stack that starts as Linux's does (`argc`, `argv`, `envp`, the
+    /// auxiliary vector), on this CPU, until it exits or is killed (running
+    /// any of its children that `sched` placed on this CPU meanwhile).
+    /// Memory persists between runs.
     pub fn run(&mut self, arg: u64) -> Exit {
         let me = percpu::index();
+        let name = TASKS.lock().get(&self.pid).map_or("?", |t| t.name);
+        let Ok(rsp) = start_stack::write(self.pid, name, &self.image) else {
+            return Exit::Exited(-1);
+        };
         {
             let mut tasks = TASKS.lock();
             let Some(t) = tasks.get_mut(&self.pid) else {
                 return Exit::Exited(-1);
             };
             t.frame = TrapFrame {
-                rip: self.entry,
+                rip: self.image.entry,
                 cs: u64::from(USER_CS),
                 rflags: USER_RFLAGS,
-                rsp: USER_STACK_TOP - 8,
+                rsp,
                 ss: u64::from(USER_DS),
                 rdi: arg,
                 ..TrapFrame::default()

@@ -16,12 +16,12 @@
 //! that CPU a wake-up IPI ([`make_runnable`]).
 //!
 //! A blocked `wait4` is restarted: its saved `rip` points back at the
-//! `int3`, so when the task runs again it makes the call again.
+//! `syscall`, so when the task runs again it makes the call again.
 
 use super::task::{TASKS, Task, TaskState};
 use crate::arch::x86_64::paging;
 use crate::arch::x86_64::trap_entry;
-use crate::arch::x86_64::{cpu, smp};
+use crate::arch::x86_64::{cpu, kctx, smp};
 use crate::memory::{kmap, mm};
 use crate::percpu::{self, MAX_CPUS};
 use alloc::collections::BTreeMap;
@@ -103,7 +103,7 @@ pub fn run_until(done: &dyn Fn(&BTreeMap<Pid, Task>) -> bool) {
 /// none.
 fn run_one() -> bool {
     let me = percpu::index();
-    let (pid, frame) = {
+    let (pid, frame, fs_base) = {
         let mut tasks = TASKS.lock();
         let Some(pid) = runnable_on(&tasks, me) else {
             PENDING[me].store(false, Ordering::Release);
@@ -111,7 +111,7 @@ fn run_one() -> bool {
         };
         let t = tasks.get_mut(&pid).expect("runnable task exists");
         t.state = TaskState::Running;
-        (pid, t.frame)
+        (pid, t.frame, t.fs_base)
     };
     let root = match mm::with(|s| s.activate(pid, me as u32)) {
         Ok(root) => root,
@@ -124,6 +124,7 @@ fn run_one() -> bool {
         }
     };
     let cpu = percpu::current();
+    cpu::set_fs_base(fs_base);
     let interrupts = cpu::interrupts_enabled();
     cpu.current.store(pid, Ordering::Relaxed);
     // SAFETY: the address space copies the kernel half of the kernel page
@@ -133,6 +134,9 @@ fn run_one() -> bool {
     // frame and state are saved in the task table by then).
     unsafe {
         paging::write_cr3(root.addr());
+        // Ring-3 mode: where ring 0 returns after the kernel context
+        // handled one of the task's traps.
+        kctx::set_return_cr3(root.addr());
         let rsp0 = core::ptr::addr_of_mut!((*cpu.tss.get()).rsp).cast::<u64>();
         trap_entry::enter_user(&frame, cpu.user_return_rsp.get(), rsp0);
         paging::write_cr3(kmap::kernel_pml4());

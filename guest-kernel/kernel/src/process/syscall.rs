@@ -1,15 +1,21 @@
-//! User/kernel calls (docs/GUEST_ABI.md, "User/kernel calls"): `int3` with
-//! the call number in `rax`, arguments in `rdi, rsi, rdx, r10, r8, r9`, the
-//! result (or `-errno`) in `rax`. Numbers follow Linux x86-64.
+//! System calls (docs/GUEST_ABI.md, "System calls"): `syscall` with the
+//! number in `rax`, arguments in `rdi, rsi, rdx, r10, r8, r9`, the result
+//! (or `-errno`) in `rax`; `rcx` and `r11` are clobbered. Numbers follow
+//! Linux x86-64.
 //!
 //! The MM calls (`write`, `mmap`, `mprotect`, `munmap`, `mremap`,
 //! `madvise`, `getpid`, `fork`, `exit`, `wait4`, `mm_stats`) go to the MM
 //! core's dispatcher; this file adds what needs the scheduler (the child's
-//! registers after `fork`, sleeping in `wait4`, ending the run on `exit`)
-//! and the writewatch calls that are not about memory.
+//! registers after `fork`, sleeping in `wait4`, ending the run on `exit`),
+//! what a C runtime's start-up and stdio need (`read`, `writev`, `brk`,
+//! `arch_prctl`, `set_tid_address`, `clock_gettime`, `exit_group`,
+//! `gettid`, `getppid`), and the writewatch calls that are not about
+//! memory. Any other number returns `ENOSYS`.
 
 use super::task::{self, TASKS, Task, TaskState};
 use super::{Exit, leave, leave_address_space, sched, stop};
+use crate::arch::x86_64::cpu;
+use crate::arch::x86_64::paging::USER_END;
 use crate::arch::x86_64::trap_entry::TrapFrame;
 use crate::memory::mm;
 use crate::percpu;
@@ -18,7 +24,9 @@ use alloc::vec::Vec;
 use guest_mm::Errno;
 use guest_mm::Outcome;
 use guest_mm::PAGE_SIZE;
-use guest_mm::mmap::MAP_POPULATE;
+use guest_mm::mmap::{
+    MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
+};
 use guest_mm::syscall::{SYS_EXIT, SYS_MMAP, SYS_WRITE};
 
 /// writewatch: `record(buf, len)` sends the JSON object at `buf` as one
@@ -33,6 +41,34 @@ pub const SYS_PIN_READ: u64 = 1002;
 /// writewatch: `getcpu()` returns the CPU the caller runs on.
 pub const SYS_GETCPU: u64 = 1003;
 
+/// `read`.
+const SYS_READ: u64 = 0;
+/// `brk`.
+const SYS_BRK: u64 = 12;
+/// `writev`.
+const SYS_WRITEV: u64 = 20;
+/// `getppid`.
+const SYS_GETPPID: u64 = 110;
+/// `arch_prctl`.
+const SYS_ARCH_PRCTL: u64 = 158;
+/// `gettid`.
+const SYS_GETTID: u64 = 186;
+/// `set_tid_address`.
+const SYS_SET_TID_ADDRESS: u64 = 218;
+/// `clock_gettime`.
+const SYS_CLOCK_GETTIME: u64 = 228;
+/// `exit_group` (one thread per process: `exit`).
+const SYS_EXIT_GROUP: u64 = 231;
+/// `arch_prctl` codes.
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_GET_FS: u64 = 0x1003;
+/// Most `iovec`s in one `writev` (Linux's `UIO_MAXIOV`).
+const IOV_MAX: u64 = 1024;
+/// Largest program break above its start.
+const MAX_BRK: u64 = 1 << 30;
+
+/// Length of the `syscall` instruction (`0f 05`).
+const SYSCALL_BYTES: u64 = 2;
 /// Longest single `write`.
 const MAX_WRITE: u64 = 1 << 20;
 /// Frames reserved beyond the pages of a `MAP_POPULATE` mapping (its page
@@ -45,7 +81,10 @@ const MAX_RECORD: u64 = 4096;
 /// the task exits or blocks (then this does not return).
 pub fn dispatch(frame: &mut TrapFrame) {
     let pid = task::current_pid();
-    let nr = frame.rax;
+    let nr = match frame.rax {
+        SYS_EXIT_GROUP => SYS_EXIT,
+        nr => nr,
+    };
     let args = [
         frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8, frame.r9,
     ];
@@ -59,7 +98,16 @@ pub fn dispatch(frame: &mut TrapFrame) {
             let exit = Exit::Exited(args[0] as i32);
             stop(frame, Some(TaskState::Stopped(Some(exit))))
         }
-        SYS_WRITE if args[2] > MAX_WRITE => Errno::EINVAL.to_ret(),
+        SYS_WRITE => console_write(pid, args[0], args[1], args[2]),
+        SYS_WRITEV => writev(pid, args[0], args[1], args[2]),
+        // No console input: standard input is at its end.
+        SYS_READ if args[0] == 0 => 0,
+        SYS_READ => Errno::EBADF.to_ret(),
+        SYS_BRK => brk(pid, args[0]) as i64,
+        SYS_ARCH_PRCTL => arch_prctl(pid, args[0], args[1]),
+        SYS_SET_TID_ADDRESS | SYS_GETTID => i64::from(pid),
+        SYS_GETPPID => TASKS.lock().get(&pid).map_or(0, |t| i64::from(t.parent)),
+        SYS_CLOCK_GETTIME => clock_gettime(pid, args[0], args[1]),
         SYS_RECORD => record(args[0], args[1]),
         SYS_PIN_READ => result(mm::with(|s| s.unshare_user(pid, args[0])).map(|()| 0)),
         SYS_GETCPU => percpu::index() as i64,
@@ -78,15 +126,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
                 s.syscall(pid, nr, args, &mut |b| out.extend_from_slice(b))
             });
             match outcome {
-                Outcome::Return(v) => {
-                    if nr == SYS_WRITE && v >= 0 {
-                        crate::console::print_bytes(&out);
-                        if let Some(t) = TASKS.lock().get_mut(&pid) {
-                            t.output.extend_from_slice(&out);
-                        }
-                    }
-                    v
-                }
+                Outcome::Return(v) => v,
                 Outcome::Forked { child } => {
                     fork_task(pid, child, frame);
                     i64::from(child)
@@ -101,6 +141,134 @@ pub fn dispatch(frame: &mut TrapFrame) {
     } as u64;
 }
 
+/// `write(fd, buf, len)`: the MM core copies the bytes of fds 1 and 2,
+/// which go to the console and the task's output.
+fn console_write(pid: guest_mm::Pid, fd: u64, buf: u64, len: u64) -> i64 {
+    if len > MAX_WRITE {
+        return Errno::EINVAL.to_ret();
+    }
+    let mut out = Vec::new();
+    let outcome = mm::with(|s| {
+        s.syscall(pid, SYS_WRITE, [fd, buf, len, 0, 0, 0], &mut |b| {
+            out.extend_from_slice(b)
+        })
+    });
+    let Outcome::Return(v) = outcome else {
+        return Errno::EINVAL.to_ret();
+    };
+    if v >= 0 {
+        crate::console::print_bytes(&out);
+        if let Some(t) = TASKS.lock().get_mut(&pid) {
+            t.output.extend_from_slice(&out);
+        }
+    }
+    v
+}
+
+/// `writev(fd, iov, count)`: the `write`s of each `iovec` in turn; stops at
+/// the first error (returned if nothing was written yet) or short write.
+fn writev(pid: guest_mm::Pid, fd: u64, iov: u64, count: u64) -> i64 {
+    if count > IOV_MAX {
+        return Errno::EINVAL.to_ret();
+    }
+    let mut raw = vec![0u8; 16 * count as usize];
+    if let Err(e) = mm::with(|s| s.copy_from_user(pid, iov, &mut raw)) {
+        return e.to_ret();
+    }
+    let mut total = 0i64;
+    for entry in raw.chunks_exact(16) {
+        let word = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().unwrap_or_default());
+        let (base, len) = (word(0), word(8));
+        if len == 0 {
+            continue;
+        }
+        let v = console_write(pid, fd, base, len);
+        if v < 0 {
+            return if total > 0 { total } else { v };
+        }
+        total += v;
+        if (v as u64) < len {
+            break;
+        }
+    }
+    total
+}
+
+/// `brk(addr)`: moves the program break to `addr` (mapping or unmapping
+/// whole pages) and returns the new break, or the old one when `addr` is
+/// out of range or the pages cannot be mapped, as Linux does.
+fn brk(pid: guest_mm::Pid, addr: u64) -> u64 {
+    let Some((start, current)) = TASKS.lock().get(&pid).map(|t| t.brk) else {
+        return 0;
+    };
+    if addr < start || addr - start > MAX_BRK {
+        return current;
+    }
+    let (old_end, new_end) = (
+        current.next_multiple_of(PAGE_SIZE),
+        addr.next_multiple_of(PAGE_SIZE),
+    );
+    let moved = mm::with(|s| {
+        if new_end > old_end {
+            let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
+            s.mmap(
+                pid,
+                old_end,
+                new_end - old_end,
+                PROT_READ | PROT_WRITE,
+                flags,
+                0,
+            )
+            .map(|_| ())
+        } else if new_end < old_end {
+            s.munmap(pid, new_end, old_end - new_end)
+        } else {
+            Ok(())
+        }
+    });
+    if moved.is_err() {
+        return current;
+    }
+    if let Some(t) = TASKS.lock().get_mut(&pid) {
+        t.brk.1 = addr;
+    }
+    addr
+}
+
+/// `arch_prctl(code, addr)`: the FS base (user TLS), set for good (`sched`
+/// loads it whenever the task runs) and at once on this CPU.
+fn arch_prctl(pid: guest_mm::Pid, code: u64, addr: u64) -> i64 {
+    match code {
+        ARCH_SET_FS if addr >= USER_END => Errno::EPERM.to_ret(),
+        ARCH_SET_FS => {
+            if let Some(t) = TASKS.lock().get_mut(&pid) {
+                t.fs_base = addr;
+            }
+            cpu::set_fs_base(addr);
+            0
+        }
+        ARCH_GET_FS => {
+            let base = TASKS.lock().get(&pid).map_or(0, |t| t.fs_base);
+            result(mm::with(|s| s.copy_to_user(pid, addr, &base.to_le_bytes())).map(|()| 0))
+        }
+        _ => Errno::EINVAL.to_ret(),
+    }
+}
+
+/// `clock_gettime(clock, tp)`: every supported clock (REALTIME, MONOTONIC
+/// and their COARSE/RAW variants, BOOTTIME) reads the TSC since boot; there
+/// is no wall-clock source, so REALTIME starts at the epoch.
+fn clock_gettime(pid: guest_mm::Pid, clock: u64, tp: u64) -> i64 {
+    if !matches!(clock, 0 | 1 | 4 | 5 | 6 | 7) {
+        return Errno::EINVAL.to_ret();
+    }
+    let ns = crate::timer::nanos_since_boot();
+    let mut ts = [0u8; 16];
+    ts[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+    ts[8..].copy_from_slice(&(ns % 1_000_000_000).to_le_bytes());
+    result(mm::with(|s| s.copy_to_user(pid, tp, &ts)).map(|()| 0))
+}
+
 /// `-errno` or the value.
 fn result(r: Result<u64, Errno>) -> i64 {
     match r {
@@ -113,7 +281,10 @@ fn result(r: Result<u64, Errno>) -> i64 {
 /// on the next CPU in round robin.
 fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
     let cpu = sched::pick_cpu();
-    let name = TASKS.lock().get(&parent).map_or("?", |t| t.name);
+    let (name, brk, fs_base) = TASKS
+        .lock()
+        .get(&parent)
+        .map_or(("?", (0, 0), 0), |t| (t.name, t.brk, t.fs_base));
     // Announced before it can run: a watcher may want its page tables.
     super::report::created(child, name);
     let mut tasks = TASKS.lock();
@@ -126,18 +297,20 @@ fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
         parent,
         child_exits: 0,
         output: Vec::new(),
+        brk,
+        fs_base,
     });
     sched::make_runnable(task);
 }
 
 /// `wait4` found no exited child: sleeps until one exits, then makes the
-/// call again (`rip` back on the `int3`). `seen` is the parent's child-exit
+/// call again (`rip` back on the `syscall`). `seen` is the parent's child-exit
 /// count from before the call; if it moved, a child exited meanwhile and
 /// the call is retried at once.
 fn block(frame: &mut TrapFrame, seen: u64) -> i64 {
     let pid = task::current_pid();
     let mut restart = *frame;
-    restart.rip -= 1;
+    restart.rip -= SYSCALL_BYTES;
     {
         let mut tasks = TASKS.lock();
         let Some(t) = tasks.get_mut(&pid) else {

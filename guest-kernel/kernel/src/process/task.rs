@@ -48,6 +48,10 @@ pub struct Task {
     pub child_exits: u64,
     /// Bytes written to fds 1 and 2.
     pub output: Vec<u8>,
+    /// The program break: `(start, current)` (`brk`).
+    pub brk: (u64, u64),
+    /// The FS base (`arch_prctl(ARCH_SET_FS)`), loaded whenever it runs.
+    pub fs_base: u64,
 }
 
 /// Every task.

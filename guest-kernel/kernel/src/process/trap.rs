@@ -1,13 +1,13 @@
-//! Traps from ring 3: `int3` is a user/kernel call (`syscall`), a page
+//! Traps from ring 3: `syscall` is a system call (`syscall`), a page
 //! fault goes to the MM core (`handle_user_fault`), and anything the MM
-//! core cannot resolve, or any other exception, kills the task with a
-//! SIGSEGV-style report on the console and a `user_fault` record. The
-//! kernel goes on (`arch/x86/mm/fault.c`: `do_user_addr_fault`,
+//! core cannot resolve, or any other exception (`int3` included: SIGTRAP),
+//! kills the task with a signal report on the console and a `user_fault`
+//! record. The kernel goes on (`arch/x86/mm/fault.c`: `do_user_addr_fault`,
 //! `bad_area`).
 
 use super::task::{self, TASKS, TaskState};
 use super::{Exit, Signal, leave_address_space, stop, syscall};
-use crate::arch::x86_64::trap_entry::TrapFrame;
+use crate::arch::x86_64::trap_entry::{self, TrapFrame};
 use crate::arch::x86_64::{cpu, kctx, traps};
 use crate::memory::mm;
 use crate::records::JsonStr;
@@ -18,9 +18,20 @@ const PF_WRITE: u64 = 1 << 1;
 /// Page-fault error code: instruction fetch.
 const PF_INSTR: u64 = 1 << 4;
 
-/// Handles a trap from ring 3 on this CPU: in the ring-3 kernel context
-/// when the kernel runs in ring-3 mode (`arch::x86_64::kctx`), so that only
-/// the switch costs emulated ring 0.
+/// Ring-3 mode: makes [`in_context`] the handler of user exceptions, which
+/// ring 0 passes straight to the kernel context.
+pub fn register() {
+    kctx::register_user_trap(in_context);
+}
+
+/// Ring-3 mode: a user exception, in the kernel context.
+extern "C" fn in_context(frame: &mut TrapFrame, cr2: u64) {
+    handle(frame, cr2);
+}
+
+/// Handles a trap from ring 3 that came through ring 0's dispatch (every
+/// one in ring-0 mode; in ring-3 mode, `syscall`s where it enters ring 0
+/// and stray interrupt vectors): in the kernel context when there is one.
 pub fn user_trap(frame: &mut TrapFrame) {
     // CR2 first, in ring 0 (the context cannot read it).
     let cr2 = if frame.vector == traps::VEC_PAGE_FAULT {
@@ -36,9 +47,11 @@ fn handle(frame: &mut TrapFrame, cr2: u64) {
     // with interrupts on (TLB flush IPIs), and nothing here runs in
     // interrupt context.
     cpu::enable_interrupts();
+    trap_entry::syscall_from_fault(frame, cr2);
     match frame.vector {
-        traps::VEC_BREAKPOINT => syscall::dispatch(frame),
+        traps::VEC_SYSCALL => syscall::dispatch(frame),
         traps::VEC_PAGE_FAULT => page_fault(frame, cr2),
+        traps::VEC_BREAKPOINT => kill(frame, Signal::Sigtrap, 0, true),
         0 => kill(frame, Signal::Sigfpe, 0, true),
         6 => kill(frame, Signal::Sigill, 0, true),
         _ => kill(frame, Signal::Sigsegv, 0, true),

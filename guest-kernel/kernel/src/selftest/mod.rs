@@ -123,7 +123,7 @@ const TESTS: &[Test] = &[
         run: kctx::user_cannot_reach_the_context,
     },
     Test {
-        name: "user: a forged context Return request is a plain call",
+        name: "user: a forged context request (int3, jump into kernel code) is killed",
         run: kctx::user_cannot_forge_a_return,
     },
     Test {

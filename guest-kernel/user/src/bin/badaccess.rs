@@ -1,10 +1,10 @@
 //! `badaccess`: does something a user program may not, chosen by its
 //! argument, and must be killed by the kernel:
-//! 0 = write to address 0, 1 = read kernel memory, 2 = `ud2`, 3 = make
-//! the call that in the ring-3 kernel context is its "return to ring 0"
+//! 0 = write to address 0, 1 = read kernel memory, 2 = `ud2`, 3 = the
+//! instruction that in the ring-3 kernel context is its "return to ring 0"
 //! request (`int3` with `rax` 0, `rdi` a kernel function), which for a user
-//! process is an ordinary `read` and must return (the program then exits
-//! 77); any argument of 0x1000 or more: write to that address.
+//! process is a breakpoint (SIGTRAP), 4 = jump into kernel code (SIGSEGV);
+//! any argument of 0x1000 or more: write to that address.
 
 #![no_std]
 #![no_main]
@@ -26,11 +26,12 @@ fn main(how: u64) -> i32 {
         },
         // SAFETY: as above (#UD).
         2 => unsafe { asm!("ud2", options(nostack)) },
-        3 => {
-            // rdi: a kernel-image address, as an escape function would be.
-            let r = guest_user::call3(0, KERNEL_ADDR, 0, 0);
-            return if r < 0 { 77 } else { 78 };
-        }
+        // SAFETY: as above (#BP); rdi holds a kernel-image address, as
+        // an escape function would be.
+        3 => unsafe { asm!("int3", in("rax") 0u64, in("rdi") KERNEL_ADDR, options(nostack)) },
+        // SAFETY: as above (the fetch faults: kernel text is
+        // supervisor-only for a user process).
+        4 => unsafe { asm!("jmp {}", in(reg) KERNEL_ADDR, options(nostack)) },
         // SAFETY: as above (every kernel address is supervisor-only for
         // a user process).
         addr => unsafe { asm!("mov qword ptr [{}], 1", in(reg) addr, options(nostack)) },

@@ -38,7 +38,8 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
         percpu::install(index);
     }
     idt::load();
-    enable_no_execute();
+    enable_no_execute_and_syscall();
+    super::kctx::init_cpu(index);
     lapic::enable(traps::VEC_SPURIOUS as u8);
     let apic_id = lapic::id();
     if apic_id as usize != index {
@@ -51,14 +52,43 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
 /// CPUID.80000001H:EDX bit for the NX bit.
 const CPUID_NX: u32 = 1 << 20;
 
-/// Sets `EFER.NXE` when the CPU has it: user page tables built by the MM
-/// core mark non-executable pages with bit 63, which is reserved (a #PF
-/// with the RSVD bit) while NXE is off.
-fn enable_no_execute() {
-    if msr::cpuid(0x8000_0001, 0).edx & CPUID_NX != 0 {
-        // SAFETY: EFER exists in long mode and NXE is supported (checked).
-        unsafe { msr::wrmsr(msr::IA32_EFER, msr::rdmsr(msr::IA32_EFER) | msr::EFER_NXE) };
+/// `IA32_STAR`: `syscall` loads kernel CS 0x08 (SS 0x10); the `sysret`
+/// base 0x10 would give user CS 0x23 and SS 0x1b (the kernel returns with
+/// `iretq`, but the layout is the one `sysret` needs).
+const STAR: u64 = (0x10 << 48) | (0x08 << 32);
+/// `IA32_FMASK`: TF, DF, IF, IOPL, NT and AC cleared on `syscall` entry,
+/// as Linux does (interrupts stay off until the stack switch).
+const SYSCALL_FMASK: u64 = 0x4_7700;
+
+/// Sets `EFER.NXE` when the CPU has it (user page tables built by the MM
+/// core mark non-executable pages with bit 63, which is reserved, a #PF
+/// with the RSVD bit, while NXE is off) and `EFER.SCE` with the `syscall`
+/// entry (`trap_entry::syscall_entry`, on a supervisor page).
+fn enable_no_execute_and_syscall() {
+    let nx = if msr::cpuid(0x8000_0001, 0).edx & CPUID_NX != 0 {
+        msr::EFER_NXE
+    } else {
+        0
+    };
+    // SAFETY: EFER and the syscall MSRs exist in long mode, NXE is
+    // supported when set; the entry point handles every `syscall` from ring 3.
+    unsafe {
+        msr::wrmsr(
+            msr::IA32_EFER,
+            msr::rdmsr(msr::IA32_EFER) | nx | msr::EFER_SCE,
+        );
+        msr::wrmsr(msr::IA32_STAR, STAR);
+        msr::wrmsr(msr::IA32_LSTAR, super::trap_entry::lstar());
+        msr::wrmsr(msr::IA32_FMASK, SYSCALL_FMASK);
     }
+}
+
+/// Sets this CPU's FS base (a user TLS pointer, below `USER_END`).
+pub fn set_fs_base(base: u64) {
+    debug_assert!(base < super::paging::USER_END);
+    // SAFETY: FS_BASE exists in long mode; the kernel does not use FS, and
+    // a user-half base is canonical.
+    unsafe { msr::wrmsr(msr::IA32_FS_BASE, base) };
 }
 
 /// Enables interrupts on this CPU.

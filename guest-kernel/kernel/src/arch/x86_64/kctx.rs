@@ -7,8 +7,11 @@
 //! fork, munmap, page zeroing and copying) runs here, and ring 0 is a thin
 //! privileged layer: it switches in and out and performs the few requests
 //! below. The design is Xen x86-64 PV's (its kernel runs in ring 3 with page
-//! tables of its own) narrowed to what costs: [`call`] runs one closure in
-//! the context and returns its result.
+//! tables of its own) narrowed to what costs: a user process's exceptions
+//! (page faults, and so `syscall` on kvm_pvm) enter the context straight
+//! from the trap entry (`kctx_from_user`, `kctx_user_entry`, `kctx_to_user`)
+//! and run the handler the process layer registered, and [`call`] runs one
+//! closure in the context for ring-0 code and returns its result.
 //!
 //! The address space: every kernel page-table entry below the PML4 carries
 //! the user bit, while the PML4 entries of the kernel half are supervisor.
@@ -20,7 +23,7 @@
 //! work in both rings. No user page is mapped in it, and no kernel mapping
 //! is global, so nothing of it survives the switch back to a user CR3.
 //!
-//! Entry and exit: ring 0 saves its callee-saved registers and flags,
+//! Entry and exit of a [`call`]: ring 0 saves its callee-saved registers and flags,
 //! points `TSS.rsp0` at this CPU's context trap stack, loads the context's
 //! CR3 and `iretq`s to [`kctx_trampoline`] in ring 3 on this CPU's context
 //! stack, which calls the closure and then makes the `Return` request.
@@ -42,10 +45,28 @@ use super::gdt::{USER_CS, USER_DS};
 use super::paging::{self, DIRECT_MAP, KERNEL_VMA, PTE_ADDR_MASK, VMAP_BASE};
 use super::trap_entry::TrapFrame;
 use super::{cpu, msr, port, traps};
-use crate::percpu::{self, MAX_CPUS};
+use crate::percpu::{self, MAX_CPUS, offsets};
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// RFLAGS bits a user process may hold (CF, PF, AF, ZF, SF, TF, DF, OF, AC,
+/// ID); IF is always set on the way back, IOPL, NT and the rest never.
+pub const USER_RFLAGS: u64 = 0x24_0dd5;
+
+/// What handles a trap of a user process in the context: set by the layer
+/// above (`register_user_trap`), called by `kctx_user_entry` with the
+/// frame and CR2.
+pub type UserTrapHandler = extern "C" fn(&mut TrapFrame, u64);
+
+/// The registered [`UserTrapHandler`] (read by `kctx_user_entry`).
+static USER_TRAP_HANDLER: AtomicU64 = AtomicU64::new(0);
+
+/// Registers the handler of user traps in ring-3 mode. Must happen before
+/// the first user process runs.
+pub fn register_user_trap(handler: UserTrapHandler) {
+    USER_TRAP_HANDLER.store(handler as usize as u64, Ordering::Release);
+}
 
 /// Where the kernel's work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +122,9 @@ enum Request {
     Halt = 6,
     /// Halts this CPU for good (after the exit port was written).
     Stop = 7,
+    /// Leaves a context entered from a user trap (no `call` to return to)
+    /// and runs the `fn() -> !` in `rdi` in ring 0.
+    Escape = 8,
 }
 
 /// Result of a refused request.
@@ -112,10 +136,13 @@ fn port_allowed(port: u16) -> bool {
     matches!(port, 0x3f8..=0x3ff | 0xf4 | crate::records::RECORD_PORT)
 }
 
-/// MSRs the context may read or write: the x2APIC (IPIs) and the GS base
-/// (the panic path's CPU number).
-fn msr_allowed(index: u32, write: bool) -> bool {
-    (0x800..=0x8ff).contains(&index) || (!write && index == msr::IA32_GS_BASE)
+/// MSRs the context may read or write: the x2APIC (IPIs), the GS base
+/// (read: the panic path's CPU number) and the FS base (a user address:
+/// a user's TLS pointer).
+fn msr_allowed(index: u32, write: Option<u64>) -> bool {
+    (0x800..=0x8ff).contains(&index)
+        || (write.is_none() && index == msr::IA32_GS_BASE)
+        || (index == msr::IA32_FS_BASE && write.is_none_or(|v| v < paging::USER_END))
 }
 
 #[repr(C, align(4096))]
@@ -145,28 +172,14 @@ unsafe impl Sync for Pml4 {}
 
 static ROOT: Pml4 = Pml4(UnsafeCell::new([0; 512]));
 /// Physical address of [`ROOT`]; 0 until [`init`], i.e. in ring-0 mode.
-static ROOT_PHYS: AtomicU64 = AtomicU64::new(0);
+pub(super) static ROOT_PHYS: AtomicU64 = AtomicU64::new(0);
 
-/// One CPU's state while it runs a call. (The ring-0 stack pointer to
-/// resume at on `Return` is kept in the top word of the CPU's trap stack,
-/// where `trap_common` finds it without touching anything else.)
-struct CpuState {
-    /// CR3 to load when the call ends (the caller's, unless the context
-    /// wrote CR3).
-    cr3: UnsafeCell<u64>,
-    /// Whether this CPU is in a call.
-    active: AtomicBool,
-}
-
-// SAFETY: each slot is used only by its own CPU.
-unsafe impl Sync for CpuState {}
-
-static CPUS: [CpuState; MAX_CPUS] = [const {
-    CpuState {
-        cr3: UnsafeCell::new(0),
-        active: AtomicBool::new(false),
-    }
-}; MAX_CPUS];
+/// Whether each CPU is in a [`call`] (rather than in a context entered
+/// from a user trap, or not in the context at all). The ring-0 stack
+/// pointer to resume at on `Return` is kept in the top word of the CPU's
+/// trap stack, where `trap_common` finds it without touching anything else;
+/// the CR3 to load when the context is left is `PerCpu::kctx_cr3`.
+static IN_CALL: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 global_asm!(
     r#"
@@ -214,9 +227,116 @@ kctx_leave_tail:
     pop %rbp
     popfq
     ret
+
+    /* Ring 0, from trap_common (GS swapped): an exception of a user process
+       in ring-3 mode. The user's registers stay live for the context except
+       rax, which goes below the frame with CR2; then CR3 and TSS.rsp0 switch
+       to the context's, which is entered at kctx_user_entry on this CPU's
+       context stack. */
+    .globl kctx_from_user
+kctx_from_user:
+    push %rax
+    mov %cr2, %rax
+    push %rax
+    mov %gs:{trap_rsp0}, %rax
+    mov %rax, %gs:{tss_rsp0}
+    mov {root}(%rip), %rax
+    mov %rax, %cr3
+    pushq ${user_ds}
+    pushq %gs:{stack_top}
+    pushq $0x202
+    pushq ${user_cs}
+    pushq $kctx_user_entry
+    iretq
+
+    /* Ring 3: the trap frame is built from the live registers and the words
+       ring 0 left below TSS.rsp0 (hardware frame, vector, rax, CR2), the
+       registered handler runs, and the frame goes back where ring 0 takes it
+       from (rflags masked to what a user may hold, user selectors). */
+kctx_user_entry:
+    mov %gs:{user_rsp0}, %rax
+    pushq -8(%rax)
+    pushq -16(%rax)
+    pushq -24(%rax)
+    pushq -32(%rax)
+    pushq -40(%rax)
+    pushq -48(%rax)
+    pushq -56(%rax)
+    pushq -64(%rax)
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov -72(%rax), %rsi
+    mov %rsp, %rdi
+    call *{handler}(%rip)
+    mov %gs:{user_rsp0}, %rax
+    mov 112(%rsp), %rcx
+    mov %rcx, -64(%rax)
+    mov 136(%rsp), %rcx
+    mov %rcx, -40(%rax)
+    movq ${user_cs}, -32(%rax)
+    mov 152(%rsp), %rcx
+    and ${user_flags}, %rcx
+    or $0x202, %rcx
+    mov %rcx, -24(%rax)
+    mov 160(%rsp), %rcx
+    mov %rcx, -16(%rax)
+    movq ${user_ds}, -8(%rax)
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    /* The request back to the user process: trap_common knows it by the
+       return address of this int3. */
+    int3
+    .globl kctx_user_return
+kctx_user_return:
+    ud2
+
+    /* Ring 0, from trap_common: back to the user process. */
+    .globl kctx_to_user
+kctx_to_user:
+    mov %gs:{cr3}, %rax
+    mov %rax, %cr3
+    mov %gs:{user_rsp0}, %rax
+    mov %rax, %gs:{tss_rsp0}
+    lea -64(%rax), %rsp
+    pop %rax
+    add $16, %rsp
+    swapgs
+    iretq
 "#,
     user_ds = const USER_DS,
     user_cs = const USER_CS,
+    user_flags = const USER_RFLAGS,
+    trap_rsp0 = const offsets::KCTX_TRAP_RSP0,
+    stack_top = const offsets::KCTX_STACK_TOP,
+    user_rsp0 = const offsets::USER_RSP0,
+    tss_rsp0 = const offsets::TSS_RSP0,
+    cr3 = const offsets::KCTX_CR3,
+    root = sym ROOT_PHYS,
+    handler = sym USER_TRAP_HANDLER,
     options(att_syntax)
 );
 
@@ -244,6 +364,17 @@ pub fn init(kernel_pml4: u64) {
         paging::virt_to_phys(root.as_ptr() as u64) & PTE_ADDR_MASK,
         Ordering::Release,
     );
+}
+
+/// Sets up CPU `index`'s entry words (its context stack and trap stack);
+/// part of the CPU's bring-up, in both modes.
+pub fn init_cpu(index: usize) {
+    let cpu = percpu::cpu(index);
+    // SAFETY: the CPU's own slots, written before it runs any user code.
+    unsafe {
+        *cpu.kctx_trap_rsp0.get() = stack_top(&TRAP_STACKS, index) - 16;
+        *cpu.kctx_stack_top.get() = stack_top(&STACKS, index);
+    }
 }
 
 /// An address in this CPU's context stack (for isolation tests).
@@ -293,9 +424,9 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
         result: None,
     };
     let index = percpu::index();
-    let me = &CPUS[index];
-    let tss = percpu::cpu(index).tss.get();
-    // SAFETY: this CPU's TSS, context stacks and state slot are its own;
+    let cpu = percpu::cpu(index);
+    let tss = cpu.tss.get();
+    // SAFETY: this CPU's TSS, context stacks and per-CPU slots are its own;
     // the context's page table maps the kernel half (so the code, the
     // stacks and `slot` stay reachable in ring 3); `kctx_enter` returns
     // only through `kctx_leave_tail` from the `Return` request of this call,
@@ -303,19 +434,21 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
     unsafe {
         let rsp0 = core::ptr::addr_of_mut!((*tss).rsp).cast::<u64>();
         let saved_rsp0 = rsp0.read_unaligned();
-        let trap_top = stack_top(&TRAP_STACKS, index);
-        rsp0.write_unaligned(trap_top - 16);
-        *me.cr3.get() = paging::read_cr3();
-        me.active.store(true, Ordering::Relaxed);
+        let trap_rsp0 = *cpu.kctx_trap_rsp0.get();
+        rsp0.write_unaligned(trap_rsp0);
+        let saved_cr3 = *cpu.kctx_cr3.get();
+        *cpu.kctx_cr3.get() = paging::read_cr3();
+        IN_CALL[index].store(true, Ordering::Relaxed);
         let escape = kctx_enter(
             &raw mut slot as u64,
             run::<F, R> as *const () as u64,
-            stack_top(&STACKS, index),
-            (trap_top - 8) as *mut u64,
+            *cpu.kctx_stack_top.get(),
+            (trap_rsp0 + 8) as *mut u64,
             root,
         );
-        me.active.store(false, Ordering::Relaxed);
-        paging::write_cr3(*me.cr3.get());
+        IN_CALL[index].store(false, Ordering::Relaxed);
+        paging::write_cr3(*cpu.kctx_cr3.get());
+        *cpu.kctx_cr3.get() = saved_cr3;
         rsp0.write_unaligned(saved_rsp0);
         if escape != 0 {
             // SAFETY: `escape` passed a `fn() -> !` (the only non-zero
@@ -348,21 +481,26 @@ extern "C" fn run<F: FnOnce() -> R, R>(slot: *mut Slot<F, R>) {
 /// scheduler's return to its loop.
 pub fn escape(k: fn() -> !) -> ! {
     if in_context() {
-        request(Request::Return, k as *const () as u64, 0);
+        let req = if IN_CALL[percpu::index()].load(Ordering::Relaxed) {
+            Request::Return
+        } else {
+            Request::Escape
+        };
+        request(req, k as *const () as u64, 0);
     }
     k()
 }
 
 /// In the context: the CR3 ring 0 loads when the call ends.
 pub fn return_cr3() -> u64 {
-    // SAFETY: this CPU's own slot, set by `call` before entering.
-    unsafe { *CPUS[percpu::index()].cr3.get() }
+    // SAFETY: this CPU's own slot, set before the context was entered.
+    unsafe { *percpu::current().kctx_cr3.get() }
 }
 
 /// In the context: sets the CR3 ring 0 loads when the call ends.
 pub fn set_return_cr3(pml4: u64) {
     // SAFETY: as in `return_cr3`.
-    unsafe { *CPUS[percpu::index()].cr3.get() = pml4 }
+    unsafe { *percpu::current().kctx_cr3.get() = pml4 }
 }
 
 fn request(req: Request, a: u64, b: u64) -> u64 {
@@ -413,18 +551,21 @@ pub fn stop() -> ! {
     }
 }
 
-/// Ring 0: whether this CPU is in a call (a ring-3 trap then came from the
-/// context, never from a user process).
-pub fn active_here() -> bool {
-    CPUS[percpu::index()].active.load(Ordering::Relaxed)
+/// Ring 0: whether `frame` is that of a trap from the context (only those
+/// land on the context trap stacks; a user process never runs with
+/// `TSS.rsp0` there).
+pub fn from_context(frame: &TrapFrame) -> bool {
+    let at = frame as *const TrapFrame as u64;
+    frame.came_from_user()
+        && (KCTX_TRAP_LO.load(Ordering::Relaxed)..KCTX_TRAP_HI.load(Ordering::Relaxed))
+            .contains(&at)
 }
 
-/// Ring 0: a trap from ring 3 on a CPU that is in a call came from the
-/// context. Performs a request (`int3`); returns false for anything else
-/// (a fault in kernel code, for the caller's fix-up table or fatal report).
+/// Ring 0: performs a request (`int3`) from the context; returns false for
+/// anything else (a fault in kernel code, for the caller's fix-up table or
+/// fatal report).
 pub fn handle_trap(frame: &mut TrapFrame) -> bool {
-    let me = &CPUS[percpu::index()];
-    if !frame.came_from_user() || !me.active.load(Ordering::Relaxed) {
+    if !from_context(frame) {
         return false;
     }
     if frame.vector != traps::VEC_BREAKPOINT {
@@ -442,17 +583,17 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
         }
         r if r == Request::ReadMsr as u64
             && a <= u64::from(u32::MAX)
-            && msr_allowed(a as u32, false) =>
+            && msr_allowed(a as u32, None) =>
         {
             // SAFETY: an allowed MSR, which exists on every CPU we run on.
             unsafe { msr::rdmsr(a as u32) }
         }
         r if r == Request::WriteMsr as u64
             && a <= u64::from(u32::MAX)
-            && msr_allowed(a as u32, true) =>
+            && msr_allowed(a as u32, Some(b)) =>
         {
-            // SAFETY: x2APIC registers only; a bad value there affects
-            // interrupt delivery, never memory.
+            // SAFETY: x2APIC registers (a bad value there affects interrupt
+            // delivery, never memory) or a user-half FS base.
             unsafe { msr::wrmsr(a as u32, b) };
             0
         }
@@ -466,6 +607,22 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
             0
         }
         r if r == Request::Stop as u64 => cpu::halt_forever(),
+        r if r == Request::Escape as u64 => {
+            let cpu = percpu::current();
+            // SAFETY: the context asked to leave for good and run `a`, a
+            // `fn() -> !` of the kernel's (only kernel code runs there);
+            // the user process's TSS.rsp0 and the CR3 to return to are this
+            // CPU's own slots.
+            unsafe {
+                let tss = cpu.tss.get();
+                core::ptr::addr_of_mut!((*tss).rsp)
+                    .cast::<u64>()
+                    .write_unaligned(*cpu.user_rsp0.get());
+                paging::write_cr3(*cpu.kctx_cr3.get());
+                let k = core::mem::transmute::<u64, fn() -> !>(a);
+                k()
+            }
+        }
         _ => REFUSED,
     };
     true

@@ -9,6 +9,16 @@ pub const IA32_APIC_BASE: u32 = 0x1b;
 pub const IA32_EFER: u32 = 0xc000_0080;
 /// `EFER.NXE`: the no-execute bit (63) of page-table entries is honoured.
 pub const EFER_NXE: u64 = 1 << 11;
+/// `EFER.SCE`: `syscall`/`sysret` enabled.
+pub const EFER_SCE: u64 = 1;
+/// `IA32_STAR`: the `syscall`/`sysret` segment selectors.
+pub const IA32_STAR: u32 = 0xc000_0081;
+/// `IA32_LSTAR`: where `syscall` jumps.
+pub const IA32_LSTAR: u32 = 0xc000_0082;
+/// `IA32_FMASK`: RFLAGS bits `syscall` clears.
+pub const IA32_FMASK: u32 = 0xc000_0084;
+/// `IA32_FS_BASE` (user TLS: `arch_prctl(ARCH_SET_FS)`).
+pub const IA32_FS_BASE: u32 = 0xc000_0100;
 /// `IA32_GS_BASE`: the active GS base (per-CPU data in the kernel).
 pub const IA32_GS_BASE: u32 = 0xc000_0101;
 /// `IA32_KERNEL_GS_BASE`: the GS base `swapgs` exchanges with.

@@ -22,10 +22,14 @@ use spin::Mutex;
 const AP_STACK_PAGES: u64 = 8;
 /// TSC cycles to wait for APs before the second SIPI (about 1-10 ms).
 const SECOND_SIPI_CYCLES: u64 = 10_000_000;
-/// TSC cycles to wait for all APs in total, or for a cross-CPU call (about
-/// one second at typical TSC rates; every AP is a host thread, so even 64
-/// APs on two host cores check in well within that).
+/// TSC cycles to wait for all APs in total, or for a cross-CPU request to
+/// be taken (about one second at typical TSC rates; every AP is a host
+/// thread, so even 64 APs on two host cores check in well within that).
 const WAIT_CYCLES: u64 = 3_000_000_000;
+/// TSC cycles to wait for a cross-CPU call to finish (about ten seconds):
+/// a call may run a whole user program, which in ring-0 mode on kvm_pvm
+/// (emulated ring 0) on a loaded host takes more than a second.
+const CALL_WAIT_CYCLES: u64 = 25_000_000_000;
 
 /// Stack tops of the APs, indexed by APIC ID (read by the trampoline).
 static AP_STACKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -145,8 +149,10 @@ static CALL_LOCK: Mutex<()> = Mutex::new(());
 pub fn call_on(target: usize, func: fn(usize), arg: usize) -> Result<(), CallError> {
     let before = post_call(target, func, arg)?;
     let slot = percpu::cpu(target);
-    wait_for(|| slot.calls_done.load(Ordering::Acquire) != before)
-        .map_err(|_| CallError::Timeout(target))
+    wait_for(CALL_WAIT_CYCLES, || {
+        slot.calls_done.load(Ordering::Acquire) != before
+    })
+    .map_err(|_| CallError::Timeout(target))
 }
 
 /// Starts `func(arg)` on CPU `target` (not the calling one) and returns at
@@ -194,8 +200,10 @@ pub fn tlb_shootdown(virt: u64) -> Result<(), CallError> {
         let slot = percpu::cpu(target);
         let before = slot.shootdowns_done.load(Ordering::Acquire);
         lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_SHOOTDOWN as u8));
-        wait_for(|| slot.shootdowns_done.load(Ordering::Acquire) != before)
-            .map_err(|_| CallError::Timeout(target))?;
+        wait_for(WAIT_CYCLES, || {
+            slot.shootdowns_done.load(Ordering::Acquire) != before
+        })
+        .map_err(|_| CallError::Timeout(target))?;
     }
     Ok(())
 }
@@ -240,8 +248,10 @@ pub fn flush_user_tlb(root: u64, cpus: u64, start: u64, end: u64) -> Result<(), 
         let slot = percpu::cpu(target);
         let before = slot.user_flushes_done.load(Ordering::Acquire);
         lapic::send_ipi(target as u32, Ipi::Fixed(traps::VEC_USER_FLUSH as u8));
-        wait_for(|| slot.user_flushes_done.load(Ordering::Acquire) != before)
-            .map_err(|_| CallError::Timeout(target))?;
+        wait_for(WAIT_CYCLES, || {
+            slot.user_flushes_done.load(Ordering::Acquire) != before
+        })
+        .map_err(|_| CallError::Timeout(target))?;
     }
     Ok(())
 }
@@ -290,11 +300,11 @@ pub fn wake(target: usize) {
 /// A wait that ran out of time.
 struct TimedOut;
 
-/// Spins until `done()` or about [`WAIT_CYCLES`] TSC cycles passed.
-fn wait_for(done: impl Fn() -> bool) -> Result<(), TimedOut> {
+/// Spins until `done()` or about `cycles` TSC cycles passed.
+fn wait_for(cycles: u64, done: impl Fn() -> bool) -> Result<(), TimedOut> {
     let start = msr::rdtsc();
     while !done() {
-        if msr::rdtsc().wrapping_sub(start) > WAIT_CYCLES {
+        if msr::rdtsc().wrapping_sub(start) > cycles {
             return Err(TimedOut);
         }
         core::hint::spin_loop();

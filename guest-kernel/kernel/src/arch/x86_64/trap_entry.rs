@@ -2,10 +2,12 @@
 //!
 //! One 16-byte stub per vector (all 256 in one 4 KiB-aligned page, which
 //! `idt::init` relies on) pushes a dummy error code (when the CPU does
-//! not push one) and the vector number, then `trap_common` saves the general
-//! registers into a [`TrapFrame`], swaps GS when the trap came from a user
-//! process (not from the ring-3 kernel context, see `kctx`),
-//! and calls `traps::dispatch`. `trap_return` undoes it all and `iretq`s
+//! not push one) and the vector number. `trap_common` first takes the
+//! ring-3 kernel context's two hot requests and, in ring-3 mode, passes a
+//! user process's exceptions straight to the context (`kctx`); otherwise it
+//! saves the general registers into a [`TrapFrame`], swaps GS when the trap
+//! came from a user process, and calls `traps::dispatch`. `syscall_entry`
+//! (IA32_LSTAR) builds the same frame where `syscall` enters ring 0. `trap_return` undoes it all and `iretq`s
 //! (with interrupts off until the `iretq`, which restores the interrupted
 //! context's flag: handlers of user traps run with interrupts on).
 //!
@@ -15,6 +17,8 @@
 //! counterpart, called from a trap handler when the program exits or is
 //! killed: it drops the trap's stack frames and returns from `enter_user`.
 
+use super::gdt::{USER_CS, USER_DS};
+use crate::percpu::offsets;
 use core::arch::global_asm;
 
 /// Saved state of an interrupted context (layout fixed by `trap_common`).
@@ -81,11 +85,15 @@ trap_common:
     jb 3f
     cmp {trap_hi}(%rip), %rsp
     jae 3f
-    /* The context's Return request (int3 with rax 0) is the one trap on
-       every call's path: resume the ring-0 caller straight away, with the
-       stack pointer saved just above this trap's frame (kctx::call). */
+    /* The context's two hot requests are taken before any register is
+       saved: back to the user process (an int3 at a fixed kernel address,
+       which no user process can execute), and the Return of a kctx::call
+       (int3 with rax 0), which resumes the ring-0 caller with the stack
+       pointer saved just above this trap's frame. */
     cmpq $3, (%rsp)
     jne 1f
+    cmpq $kctx_user_return, 16(%rsp)
+    je kctx_to_user
     test %rax, %rax
     jnz 1f
     mov 64(%rsp), %rsp
@@ -93,6 +101,12 @@ trap_common:
     jmp kctx_leave_tail
 3:
     swapgs
+    /* In ring-3 mode, an exception of a user process goes straight to
+       the context (kctx_from_user); device interrupts stay here. */
+    cmpq $32, (%rsp)
+    jae 1f
+    cmpq $0, {root}(%rip)
+    jne kctx_from_user
 1:
     push %rax
     push %rbx
@@ -156,9 +170,35 @@ enter_user:
     push %r14
     push %r15
     mov %rsp, (%rsi)
-    mov %rsp, (%rdx)
+    /* TSS.rsp0 16-byte aligned, as the CPU aligns it anyway: the context
+       finds the trap frame just below it (kctx_user_entry). */
+    mov %rsp, %rax
+    and $-16, %rax
+    mov %rax, (%rdx)
+    mov %rax, %gs:{user_rsp0}
     mov %rdi, %rsp
     jmp trap_return
+
+    /* IA32_LSTAR, on a supervisor page. Where `syscall` enters ring 0
+       (hardware KVM, QEMU), with the user's stack and GS and interrupts
+       masked (SFMASK): builds the frame a trap would have (vector
+       VEC_SYSCALL, the return RIP from rcx, the flags from r11) on the
+       kernel stack and takes the common path. On kvm_pvm the fetch of this
+       page from ring 3 page-faults instead (kctx, process::trap). */
+    .globl syscall_entry
+syscall_entry:
+    swapgs
+    mov %rsp, %gs:{scratch}
+    mov %gs:{tss_rsp0}, %rsp
+    pushq ${user_ds}
+    pushq %gs:{scratch}
+    push %r11
+    pushq ${user_cs}
+    push %rcx
+    pushq $0
+    pushq ${vec_syscall}
+    swapgs
+    jmp trap_common
 
     /* leave_user(saved_rsp: u64, result: u64) -> ! */
     .globl leave_user
@@ -176,17 +216,50 @@ leave_user:
     dispatch = sym super::traps::dispatch,
     trap_lo = sym super::kctx::KCTX_TRAP_LO,
     trap_hi = sym super::kctx::KCTX_TRAP_HI,
+    root = sym super::kctx::ROOT_PHYS,
+    user_rsp0 = const offsets::USER_RSP0,
+    scratch = const offsets::SYSCALL_SCRATCH,
+    tss_rsp0 = const offsets::TSS_RSP0,
+    user_ds = const USER_DS,
+    user_cs = const USER_CS,
+    vec_syscall = const super::traps::VEC_SYSCALL,
     options(att_syntax)
 );
 
 unsafe extern "C" {
     static trap_stubs: [u8; 256 * 16];
+    /// The `syscall` entry point (IA32_LSTAR).
+    pub fn syscall_entry();
     /// Enters ring 3 with the registers of `frame`; returns the value passed
     /// to [`leave_user`] when the program exits or is killed.
     pub fn enter_user(frame: *const TrapFrame, save_rsp: *mut u64, tss_rsp0: *mut u64) -> u64;
     /// Abandons the current trap and returns `result` from the
     /// [`enter_user`] call that saved `saved_rsp`.
     pub fn leave_user(saved_rsp: u64, result: u64) -> !;
+}
+
+/// The `syscall` entry's address (IA32_LSTAR).
+pub fn lstar() -> u64 {
+    syscall_entry as *const () as u64
+}
+
+/// kvm_pvm runs a ring-3 `syscall` on in ring 3 at IA32_LSTAR, whose fetch
+/// page-faults because LSTAR is on a supervisor page (../shared/PLATFORM.md):
+/// turns such a fault into the frame `syscall_entry` builds where `syscall`
+/// enters ring 0. Anything that looks the same (a user jump to LSTAR) is
+/// the same request; the flags from `r11` are masked to a user's.
+pub fn syscall_from_fault(frame: &mut TrapFrame, cr2: u64) -> bool {
+    let lstar = lstar();
+    if frame.vector != super::traps::VEC_PAGE_FAULT || frame.rip != lstar || cr2 != lstar {
+        return false;
+    }
+    frame.vector = super::traps::VEC_SYSCALL;
+    frame.error_code = 0;
+    frame.rip = frame.rcx;
+    frame.rflags = (frame.r11 & super::kctx::USER_RFLAGS) | 0x202;
+    frame.cs = u64::from(USER_CS);
+    frame.ss = u64::from(USER_DS);
+    true
 }
 
 /// Address of the entry stub of `vector`.

@@ -1,7 +1,10 @@
 //! Trap dispatch: what each exception and interrupt vector does.
 //!
-//! * From ring 3: `int3` (#BP) is a user/kernel call; any other exception
-//!   kills the program with a signal-like report (`process::user_trap`).
+//! * From a user process: `syscall` (its own entry, or on kvm_pvm the page
+//!   fault its fetch of IA32_LSTAR raises) is a system call; the MM core
+//!   resolves page faults; any other exception kills the program with a
+//!   signal-like report (`process::trap`). In ring-3 mode exceptions go to
+//!   the kernel context before this dispatch (`kctx_from_user`).
 //! * From ring 0: a fault at an instruction listed in `extable` resumes at
 //!   its fixup; anything else is an unexpected exception: report vector,
 //!   RIP, CR2 and error code, end the VM with exit code 4.
@@ -20,6 +23,9 @@ pub const VEC_INVALID_OPCODE: u64 = 6;
 pub const VEC_GENERAL_PROTECTION: u64 = 13;
 /// Breakpoint (`int3`).
 pub const VEC_BREAKPOINT: u64 = 3;
+/// A `syscall` (not an IDT vector: the frame is built by the `syscall`
+/// entry, or from the page fault it raises on kvm_pvm).
+pub const VEC_SYSCALL: u64 = 0x100;
 /// LAPIC timer.
 pub const VEC_TIMER: u64 = 0x20;
 /// Cross-CPU call IPI (wakes the target's idle loop).
@@ -48,7 +54,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
             lapic::eoi();
         }
         VEC_SPURIOUS => {}
-        _ if frame.came_from_user() && !kctx::active_here() => {
+        _ if frame.came_from_user() && !kctx::from_context(frame) => {
             crate::process::trap::user_trap(frame)
         }
         _ => {
@@ -75,6 +81,9 @@ pub fn vector_name(vector: u64) -> &'static str {
         "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
         "#GP", "#PF", "?", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
     ];
+    if vector == VEC_SYSCALL {
+        return "syscall";
+    }
     NAMES.get(vector as usize).copied().unwrap_or("interrupt")
 }
 
