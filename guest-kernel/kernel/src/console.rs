@@ -10,7 +10,9 @@ use core::fmt::{self, Write};
 use spin::Mutex;
 
 /// COM1 transmit holding register.
-const COM1: u16 = 0x3f8;
+pub const COM1: u16 = 0x3f8;
+/// COM1's register window.
+pub const COM1_PORTS: core::ops::RangeInclusive<u16> = COM1..=COM1 + 7;
 
 /// The serial port (a zero-sized handle; the lock orders whole messages).
 pub struct Serial;

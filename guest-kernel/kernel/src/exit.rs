@@ -5,7 +5,7 @@
 use crate::arch::x86_64::port::outb;
 
 /// Exit device port.
-const EXIT_PORT: u16 = 0xf4;
+pub const EXIT_PORT: u16 = 0xf4;
 
 /// Exit codes the guest uses (docs/GUEST_ABI.md, "Exit codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

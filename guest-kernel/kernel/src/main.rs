@@ -13,24 +13,28 @@
 extern crate alloc;
 
 mod arch;
+/// Per-CPU data lives with the arch code (GDT, TSS, GS base); the rest of
+/// the kernel knows it by this name.
+use arch::x86_64::percpu;
 mod boot;
 mod console;
 mod exit;
 mod memory;
 mod modes;
 mod panic;
-mod percpu;
 mod process;
 mod records;
 mod selftest;
 mod timer;
 mod workload;
 
+use arch::x86_64::hooks::{self, Hooks};
 use arch::x86_64::kctx::{self, KernelMode};
 use arch::x86_64::paging::{KERNEL_VMA, virt_to_phys};
 use arch::x86_64::platform::{self, Platform};
 use arch::x86_64::{cpu, idt, lapic, pic, smp};
 use boot::cmdline::Mode;
+use core::ops::RangeInclusive;
 use core::sync::atomic::Ordering;
 
 unsafe extern "C" {
@@ -44,9 +48,40 @@ pub fn kernel_image() -> (u64, u64) {
     (start, virt_to_phys(&raw const __kernel_end as u64))
 }
 
+/// The ports the ring-3 kernel context may write: the console, the exit
+/// device, the record doorbell.
+static CONTEXT_PORTS: [RangeInclusive<u16>; 3] = [
+    console::COM1_PORTS,
+    exit::EXIT_PORT..=exit::EXIT_PORT,
+    records::RECORD_PORT..=records::RECORD_PORT,
+];
+
+/// What the arch layer calls upward.
+fn register_arch_hooks() {
+    hooks::register(Hooks {
+        alloc_frames: memory::frames::alloc_contiguous,
+        kernel_root: memory::kmap::kernel_pml4,
+        map_mmio: |virt, phys| memory::kmap::map_vmap_mmio(virt, phys).is_ok(),
+        timer_start: timer::start,
+        timer_tick: timer::tick,
+        user_trap: process::trap::user_trap,
+        has_work: process::sched::has_work,
+        run_work: process::sched::run_queued,
+        fatal: fatal_exception,
+        context_ports: &CONTEXT_PORTS,
+    });
+}
+
+/// An unexpected kernel exception: its report, then exit code 4.
+fn fatal_exception(report: core::fmt::Arguments) -> ! {
+    console::print_fatal(report);
+    exit::exit(exit::ExitCode::Exception)
+}
+
 /// Called by `boot::entry` on the boot CPU, in long mode on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u64) -> ! {
+    register_arch_hooks();
     let info = match boot::start_info::parse(start_info) {
         Ok(info) => boot::set_info(info),
         Err(e) => panic!("bad PVH start info at {start_info:#x}: {e:?}"),
@@ -70,10 +105,6 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     percpu::cpu(0).online.store(true, Ordering::Release);
     cpu::enable_interrupts();
-    let cpus = info.cpus() as usize;
-    if let Err(e) = smp::start_aps(cpus) {
-        panic!("starting {cpus} cpus: {e:?}");
-    }
     // Where kernel work is cheap decides where it runs (PLATFORM.md):
     // kvm_pvm emulates ring 0 and runs ring 3 natively.
     let platform = platform::detect();
@@ -86,6 +117,10 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if mode == KernelMode::Ring3 {
         kctx::init(memory::kmap::kernel_pml4());
         process::trap::register();
+    }
+    let cpus = info.cpus() as usize;
+    if let Err(e) = smp::start_aps(cpus) {
+        panic!("starting {cpus} cpus: {e:?}");
     }
     let (platform, mode) = (platform.name(), mode.name());
     println!(

@@ -3,9 +3,8 @@
 
 use super::gdt::{self, IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 use super::paging::{PAGE_SIZE, phys_to_virt};
+use super::{hooks, percpu};
 use super::{idt, lapic, msr, traps};
-use crate::memory::frames;
-use crate::percpu;
 
 /// Pages per IST stack.
 const IST_PAGES: u64 = 4;
@@ -27,7 +26,7 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
     let slot = percpu::cpu(index);
     let tss = slot.tss.get();
     for ist in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK] {
-        let stack = frames::alloc_contiguous(IST_PAGES).ok_or(CpuInitError::OutOfFrames)?;
+        let stack = (hooks::get().alloc_frames)(IST_PAGES).ok_or(CpuInitError::OutOfFrames)?;
         // SAFETY: this CPU owns its TSS and has not loaded it yet.
         unsafe { (*tss).set_ist(ist, phys_to_virt(stack) + IST_PAGES * PAGE_SIZE) };
     }
@@ -45,7 +44,7 @@ pub fn init(index: usize) -> Result<(), CpuInitError> {
     if apic_id as usize != index {
         return Err(CpuInitError::ApicIdMismatch { apic_id });
     }
-    crate::timer::start();
+    (hooks::get().timer_start)();
     Ok(())
 }
 

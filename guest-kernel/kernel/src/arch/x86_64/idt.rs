@@ -66,6 +66,15 @@ pub fn init() {
     }
 }
 
+/// Points `vector`'s gate at `handler` (no IST, privilege `dpl`). Only on
+/// the boot CPU before the APs start: a gate is two stores.
+pub fn set_handler(vector: usize, handler: u64, dpl: u8) {
+    // SAFETY: single-threaded boot (the caller's contract); the gate is
+    // valid before and after, and no trap can use it in between.
+    let gates = unsafe { &mut *IDT.0.get() };
+    gates[vector] = gate(handler, 0, dpl);
+}
+
 /// Loads the IDT on this CPU.
 pub fn load() {
     #[repr(C, packed)]

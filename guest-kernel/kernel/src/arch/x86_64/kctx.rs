@@ -42,10 +42,11 @@
 //! loads when the call ends, which also flushes this CPU's user TLB.
 
 use super::gdt::{USER_CS, USER_DS};
+use super::hooks;
 use super::paging::{self, DIRECT_MAP, KERNEL_VMA, PTE_ADDR_MASK, VMAP_BASE};
+use super::percpu::{self, MAX_CPUS, offsets};
 use super::trap_entry::TrapFrame;
-use super::{cpu, msr, port, traps};
-use crate::percpu::{self, MAX_CPUS, offsets};
+use super::{cpu, idt, msr, port, traps};
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -130,10 +131,13 @@ enum Request {
 /// Result of a refused request.
 const REFUSED: u64 = u64::MAX;
 
-/// Ports the context may write: COM1, the exit device, the record doorbell
-/// (docs/GUEST_ABI.md).
+/// Ports the context may write (registered by the layers above: the
+/// console, the exit device, the record doorbell; docs/GUEST_ABI.md).
 fn port_allowed(port: u16) -> bool {
-    matches!(port, 0x3f8..=0x3ff | 0xf4 | crate::records::RECORD_PORT)
+    hooks::get()
+        .context_ports
+        .iter()
+        .any(|ports| ports.contains(&port))
 }
 
 /// MSRs the context may read or write: the x2APIC (IPIs), the GS base
@@ -228,11 +232,28 @@ kctx_leave_tail:
     popfq
     ret
 
-    /* Ring 0, from trap_common (GS swapped): an exception of a user process
-       in ring-3 mode. The user's registers stay live for the context except
-       rax, which goes below the frame with CR2; then CR3 and TSS.rsp0 switch
-       to the context's, which is entered at kctx_user_entry on this CPU's
-       context stack. */
+    /* Ring-3 mode's #PF gate, the hot one (user faults, and syscalls on
+       kvm_pvm): a user process's page fault has a user-half RIP, or RIP =
+       LSTAR for a syscall; anything else (ring 0, the context, a user jump
+       into other kernel text) takes the common path. */
+    .globl kctx_pf_entry
+kctx_pf_entry:
+    pushq $14
+    testb $3, 24(%rsp)
+    jz trap_common
+    cmpq $0, 16(%rsp)
+    jge 1f
+    cmpq $syscall_entry, 16(%rsp)
+    jne trap_common
+1:
+    swapgs
+    /* Falls through. */
+
+    /* Ring 0, GS swapped: an exception of a user process in ring-3 mode.
+       The user's registers stay live for the context except rax, which
+       goes below the frame with CR2; then CR3 and TSS.rsp0 switch to the
+       context's, which is entered at kctx_user_entry on this CPU's context
+       stack through the CPU's prebuilt iretq frame. */
     .globl kctx_from_user
 kctx_from_user:
     push %rax
@@ -242,17 +263,25 @@ kctx_from_user:
     mov %rax, %gs:{tss_rsp0}
     mov {root}(%rip), %rax
     mov %rax, %cr3
-    pushq ${user_ds}
-    pushq %gs:{stack_top}
-    pushq $0x202
-    pushq ${user_cs}
-    pushq $kctx_user_entry
+    mov %gs:{entry_frame_at}, %rsp
     iretq
+
+    /* Ring-3 mode's #BP gate: the context's back-to-user request is known
+       by its return address (only the context executes that int3); every
+       other int3 takes the common path. */
+    .globl kctx_bp_entry
+kctx_bp_entry:
+    cmpq $kctx_user_return, (%rsp)
+    je kctx_to_user
+    pushq $0
+    pushq $3
+    jmp trap_common
 
     /* Ring 3: the trap frame is built from the live registers and the words
        ring 0 left below TSS.rsp0 (hardware frame, vector, rax, CR2), the
        registered handler runs, and the frame goes back where ring 0 takes it
        from (rflags masked to what a user may hold, user selectors). */
+    .globl kctx_user_entry
 kctx_user_entry:
     mov %gs:{user_rsp0}, %rax
     pushq -8(%rax)
@@ -331,7 +360,7 @@ kctx_to_user:
     user_cs = const USER_CS,
     user_flags = const USER_RFLAGS,
     trap_rsp0 = const offsets::KCTX_TRAP_RSP0,
-    stack_top = const offsets::KCTX_STACK_TOP,
+    entry_frame_at = const offsets::KCTX_ENTRY_FRAME_AT,
     user_rsp0 = const offsets::USER_RSP0,
     tss_rsp0 = const offsets::TSS_RSP0,
     cr3 = const offsets::KCTX_CR3,
@@ -341,11 +370,16 @@ kctx_to_user:
 );
 
 unsafe extern "C" {
+    fn kctx_pf_entry();
+    fn kctx_bp_entry();
+    fn kctx_user_entry();
     fn kctx_enter(slot: u64, run: u64, stack_top: u64, save_rsp: *mut u64, root: u64) -> u64;
 }
 
-/// Builds the context's address space and turns ring-3 mode on. Runs once
-/// on the boot CPU after `kmap::init` (all kernel-half PML4 entries exist).
+/// Builds the context's address space, gives user page faults and int3 the
+/// context's gates, and turns ring-3 mode on. Runs once on the boot CPU
+/// after `kmap::init` (all kernel-half PML4 entries exist) and before the
+/// APs start (they share the IDT).
 pub fn init(kernel_pml4: u64) {
     // SAFETY: single-threaded boot; the kernel PML4 is not being edited.
     let kernel = unsafe { paging::table_mut(kernel_pml4) };
@@ -356,6 +390,17 @@ pub fn init(kernel_pml4: u64) {
         let i = paging::index(base, 4);
         root[i] = kernel[i] | paging::PTE_USER;
     }
+    // User page faults and the context's int3s get gates of their own.
+    idt::set_handler(
+        traps::VEC_PAGE_FAULT as usize,
+        kctx_pf_entry as *const () as u64,
+        0,
+    );
+    idt::set_handler(
+        traps::VEC_BREAKPOINT as usize,
+        kctx_bp_entry as *const () as u64,
+        3,
+    );
     let lo = TRAP_STACKS.0.get() as u64;
     KCTX_TRAP_LO.store(lo, Ordering::Relaxed);
     KCTX_TRAP_HI.store(lo + (TRAP_STACK_BYTES * MAX_CPUS) as u64, Ordering::Relaxed);
@@ -370,10 +415,20 @@ pub fn init(kernel_pml4: u64) {
 /// part of the CPU's bring-up, in both modes.
 pub fn init_cpu(index: usize) {
     let cpu = percpu::cpu(index);
+    let stack = stack_top(&STACKS, index);
     // SAFETY: the CPU's own slots, written before it runs any user code.
     unsafe {
         *cpu.kctx_trap_rsp0.get() = stack_top(&TRAP_STACKS, index) - 16;
-        *cpu.kctx_stack_top.get() = stack_top(&STACKS, index);
+        *cpu.kctx_stack_top.get() = stack;
+        let frame = cpu.kctx_entry_frame.get();
+        *frame = [
+            kctx_user_entry as *const () as u64,
+            u64::from(USER_CS),
+            0x202,
+            stack,
+            u64::from(USER_DS),
+        ];
+        *cpu.kctx_entry_frame_at.get() = frame as u64;
     }
 }
 

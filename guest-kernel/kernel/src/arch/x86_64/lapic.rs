@@ -10,7 +10,6 @@
 
 use super::msr::{self, IA32_APIC_BASE};
 use super::paging::VMAP_BASE;
-use crate::memory::kmap;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 const REG_ID: u32 = 0x20;
@@ -47,8 +46,8 @@ static XAPIC_BASE: AtomicU64 = AtomicU64::new(0);
 pub enum LapicError {
     /// The CPU has no APIC at all.
     NoApic,
-    /// Mapping the xAPIC page failed.
-    Map(kmap::OutOfFrames),
+    /// Mapping the xAPIC page failed (no frame for its page table).
+    Map,
 }
 
 fn read(reg: u32) -> u32 {
@@ -78,7 +77,9 @@ pub fn choose_mode() -> Result<(), LapicError> {
     if leaf1.edx & CPUID_APIC == 0 {
         return Err(LapicError::NoApic);
     }
-    kmap::map_vmap_mmio(XAPIC_VIRT, XAPIC_PHYS).map_err(LapicError::Map)?;
+    if !(super::hooks::get().map_mmio)(XAPIC_VIRT, XAPIC_PHYS) {
+        return Err(LapicError::Map);
+    }
     XAPIC_BASE.store(XAPIC_VIRT, Ordering::Relaxed);
     Ok(())
 }

@@ -3,11 +3,13 @@
 pub mod cpu;
 pub mod extable;
 pub mod gdt;
+pub mod hooks;
 pub mod idt;
 pub mod kctx;
 pub mod lapic;
 pub mod msr;
 pub mod paging;
+pub mod percpu;
 pub mod pic;
 pub mod platform;
 pub mod port;

@@ -9,12 +9,12 @@
 //! shootdowns run in the IPI handler itself so they never wait for a busy
 //! CPU to go idle.
 
+use super::hooks;
 use super::lapic::{self, Ipi};
 use super::paging::{self, PAGE_SIZE, phys_to_virt};
+use super::percpu::{self, MAX_CPUS};
 use super::trampoline::{self, TRAMPOLINE_PHYS};
 use super::{cpu, msr, traps};
-use crate::memory::{frames, kmap};
-use crate::percpu::{self, MAX_CPUS};
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -65,7 +65,7 @@ pub fn start_aps(count: usize) -> Result<(), SmpError> {
         return Ok(());
     }
     for slot in AP_STACKS.iter().take(count).skip(1) {
-        let stack = frames::alloc_contiguous(AP_STACK_PAGES).ok_or(SmpError::OutOfFrames)?;
+        let stack = (hooks::get().alloc_frames)(AP_STACK_PAGES).ok_or(SmpError::OutOfFrames)?;
         slot.store(
             phys_to_virt(stack) + AP_STACK_PAGES * PAGE_SIZE,
             Ordering::Relaxed,
@@ -73,7 +73,13 @@ pub fn start_aps(count: usize) -> Result<(), SmpError> {
     }
     // SAFETY: no AP runs yet, and the page at 0x8000 is reserved for the
     // trampoline (frames below 1 MiB are never allocated).
-    unsafe { trampoline::install(kmap::kernel_pml4(), ap_main, AP_STACKS.as_ptr().cast()) };
+    unsafe {
+        trampoline::install(
+            (hooks::get().kernel_root)(),
+            ap_main,
+            AP_STACKS.as_ptr().cast(),
+        )
+    };
     let sipi = Ipi::Startup((TRAMPOLINE_PHYS / PAGE_SIZE) as u8);
     for cpu in 1..count {
         lapic::send_ipi(cpu as u32, Ipi::Init);
@@ -124,9 +130,9 @@ fn idle_loop(index: usize) -> ! {
         cpu::disable_interrupts();
         let f = me.call_fn.load(Ordering::Acquire);
         if f == 0 {
-            if crate::process::sched::has_work(index) {
+            if (hooks::get().has_work)(index) {
                 cpu::enable_interrupts();
-                crate::process::sched::run_queued();
+                (hooks::get().run_work)();
             } else {
                 cpu::enable_and_halt();
             }

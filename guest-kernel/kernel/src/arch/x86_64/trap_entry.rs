@@ -18,7 +18,7 @@
 //! killed: it drops the trap's stack frames and returns from `enter_user`.
 
 use super::gdt::{USER_CS, USER_DS};
-use crate::percpu::offsets;
+use super::percpu::offsets;
 use core::arch::global_asm;
 
 /// Saved state of an interrupted context (layout fixed by `trap_common`).
@@ -76,6 +76,7 @@ trap_stubs:
     .set vec, vec + 1
     .endr
 
+    .globl trap_common
 trap_common:
     testb $3, 24(%rsp)
     jz 1f
@@ -85,15 +86,12 @@ trap_common:
     jb 3f
     cmp {trap_hi}(%rip), %rsp
     jae 3f
-    /* The context's two hot requests are taken before any register is
-       saved: back to the user process (an int3 at a fixed kernel address,
-       which no user process can execute), and the Return of a kctx::call
-       (int3 with rax 0), which resumes the ring-0 caller with the stack
-       pointer saved just above this trap's frame. */
+    /* The Return of a kctx::call (int3 with rax 0) is taken before any
+       register is saved: it resumes the ring-0 caller with the stack
+       pointer saved just above this trap's frame. (The context's other hot
+       request, back to a user process, never gets here: kctx_bp_entry.) */
     cmpq $3, (%rsp)
     jne 1f
-    cmpq $kctx_user_return, 16(%rsp)
-    je kctx_to_user
     test %rax, %rax
     jnz 1f
     mov 64(%rsp), %rsp

@@ -12,8 +12,7 @@
 //!   user-TLB flush IPIs.
 
 use super::trap_entry::TrapFrame;
-use super::{extable, kctx, lapic, smp};
-use crate::exit::{ExitCode, exit};
+use super::{extable, hooks, kctx, lapic, percpu, smp};
 
 /// Page fault.
 pub const VEC_PAGE_FAULT: u64 = 14;
@@ -41,7 +40,7 @@ pub const VEC_SPURIOUS: u64 = 0xff;
 pub extern "C" fn dispatch(frame: &mut TrapFrame) {
     match frame.vector {
         VEC_TIMER => {
-            crate::timer::tick();
+            (hooks::get().timer_tick)();
             lapic::eoi();
         }
         VEC_CALL => lapic::eoi(),
@@ -55,7 +54,7 @@ pub extern "C" fn dispatch(frame: &mut TrapFrame) {
         }
         VEC_SPURIOUS => {}
         _ if frame.came_from_user() && !kctx::from_context(frame) => {
-            crate::process::trap::user_trap(frame)
+            (hooks::get().user_trap)(frame)
         }
         _ => {
             if !kctx::handle_trap(frame) && !extable::fixup(frame, read_cr2()) {
@@ -87,17 +86,18 @@ pub fn vector_name(vector: u64) -> &'static str {
     NAMES.get(vector as usize).copied().unwrap_or("interrupt")
 }
 
-/// Reports an unexpected kernel exception and ends the VM (exit code 4).
+/// Reports an unexpected kernel exception and ends the VM (through the
+/// registered `fatal`: exit code 4).
 fn fatal(frame: &TrapFrame) -> ! {
     let f = frame;
-    crate::console::print_fatal(format_args!(
+    (hooks::get().fatal)(format_args!(
         "\nUNEXPECTED EXCEPTION on cpu {}: vector {} ({}) rip {:#x} cr2 {:#x} error {:#x}\n\
          rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}\n\
          rsi {:#018x} rdi {:#018x} rbp {:#018x} rsp {:#018x}\n\
          r8  {:#018x} r9  {:#018x} r10 {:#018x} r11 {:#018x}\n\
          r12 {:#018x} r13 {:#018x} r14 {:#018x} r15 {:#018x}\n\
          cs {:#x} ss {:#x} rflags {:#x}\n",
-        crate::percpu::cpu_index_or_boot(),
+        percpu::cpu_index_or_boot(),
         f.vector,
         vector_name(f.vector),
         f.rip,
@@ -122,6 +122,5 @@ fn fatal(frame: &TrapFrame) -> ! {
         f.cs,
         f.ss,
         f.rflags,
-    ));
-    exit(ExitCode::Exception)
+    ))
 }

@@ -5,8 +5,8 @@
 //! user program that reloads GS cannot confuse the kernel. The slots live in
 //! one static array indexed by CPU number (= APIC ID, docs/GUEST_ABI.md).
 
-use crate::arch::x86_64::gdt::{Gdt, Tss};
-use crate::arch::x86_64::msr::{self, IA32_GS_BASE, IA32_KERNEL_GS_BASE};
+use super::gdt::{Gdt, Tss};
+use super::msr::{self, IA32_GS_BASE, IA32_KERNEL_GS_BASE};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -32,6 +32,10 @@ pub struct PerCpu {
     pub kctx_trap_rsp0: UnsafeCell<u64>,
     /// Ring-3 mode: top of this CPU's kernel-context stack.
     pub kctx_stack_top: UnsafeCell<u64>,
+    /// Ring-3 mode: the `iretq` frame into the context for a user exception
+    /// (RIP, CS, RFLAGS, RSP, SS), and its address for the trap entry.
+    pub kctx_entry_frame: UnsafeCell<[u64; 5]>,
+    pub kctx_entry_frame_at: UnsafeCell<u64>,
     /// Ring-3 mode: the CR3 ring 0 loads when the kernel context is left
     /// (`arch::x86_64::kctx`).
     pub kctx_cr3: UnsafeCell<u64>,
@@ -68,6 +72,8 @@ impl PerCpu {
             user_rsp0: UnsafeCell::new(0),
             kctx_trap_rsp0: UnsafeCell::new(0),
             kctx_stack_top: UnsafeCell::new(0),
+            kctx_entry_frame: UnsafeCell::new([0; 5]),
+            kctx_entry_frame_at: UnsafeCell::new(0),
             kctx_cr3: UnsafeCell::new(0),
             syscall_scratch: UnsafeCell::new(0),
             current: AtomicU32::new(0),
@@ -83,14 +89,14 @@ impl PerCpu {
 
 /// `gs:` offsets of the fields the trap entry code reads and writes.
 pub mod offsets {
+    use super::super::gdt::Tss;
     use super::PerCpu;
-    use crate::arch::x86_64::gdt::Tss;
     use core::mem::offset_of;
 
     pub const TSS_RSP0: usize = offset_of!(PerCpu, tss) + offset_of!(Tss, rsp);
     pub const USER_RSP0: usize = offset_of!(PerCpu, user_rsp0);
     pub const KCTX_TRAP_RSP0: usize = offset_of!(PerCpu, kctx_trap_rsp0);
-    pub const KCTX_STACK_TOP: usize = offset_of!(PerCpu, kctx_stack_top);
+    pub const KCTX_ENTRY_FRAME_AT: usize = offset_of!(PerCpu, kctx_entry_frame_at);
     pub const KCTX_CR3: usize = offset_of!(PerCpu, kctx_cr3);
     pub const SYSCALL_SCRATCH: usize = offset_of!(PerCpu, syscall_scratch);
 }
