@@ -126,7 +126,16 @@ enum Request {
     /// Leaves a context entered from a user trap (no `call` to return to)
     /// and runs the `fn() -> !` in `rdi` in ring 0.
     Escape = 8,
+    /// `rep outsb` of the `rsi >> 32` bytes (at most [`OUT_BYTES_MAX`]) at
+    /// kernel address `rdi` to port `rsi & 0xffff`.
+    OutBytes = 9,
 }
+
+/// Most bytes of one `OutBytes` request (a page).
+const OUT_BYTES_MAX: usize = 4096;
+
+/// Lowest kernel-half address (an `OutBytes` buffer must be kernel memory).
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
 
 /// Result of a refused request.
 const REFUSED: u64 = u64::MAX;
@@ -574,6 +583,15 @@ pub fn out8(port: u16, value: u8) {
     request(Request::Out8, u64::from(port), u64::from(value));
 }
 
+/// In the context: `rep outsb` of `bytes` (kernel memory) to a checked
+/// port, a page per request.
+pub fn out_bytes(port: u16, bytes: &[u8]) {
+    for chunk in bytes.chunks(OUT_BYTES_MAX) {
+        let packed = u64::from(port) | ((chunk.len() as u64) << 32);
+        request(Request::OutBytes, chunk.as_ptr() as u64, packed);
+    }
+}
+
 /// In the context: 32-bit `out` to a checked port.
 pub fn out32(port: u16, value: u32) {
     request(Request::Out32, u64::from(port), u64::from(value));
@@ -650,6 +668,18 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
             // SAFETY: x2APIC registers (a bad value there affects interrupt
             // delivery, never memory) or a user-half FS base.
             unsafe { msr::wrmsr(a as u32, b) };
+            0
+        }
+        r if r == Request::OutBytes as u64
+            && port_allowed(b as u16)
+            && (b >> 32) as usize <= OUT_BYTES_MAX
+            && a >= KERNEL_HALF =>
+        {
+            // SAFETY: the context (kernel code) passed a kernel buffer of
+            // that length; this CPU runs on the context's CR3, which maps
+            // it, and the request is handled before the context goes on.
+            let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, (b >> 32) as usize) };
+            port::outsb(b as u16, bytes);
             0
         }
         r if r == Request::Invlpg as u64 => {

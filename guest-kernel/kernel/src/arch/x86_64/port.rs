@@ -15,6 +15,26 @@ pub fn outb(port: u16, value: u8) {
     };
 }
 
+/// Writes `bytes` to an I/O port with `rep outsb` (one instruction, and
+/// from the ring-3 kernel context one request per page).
+pub fn outsb(port: u16, bytes: &[u8]) {
+    if super::kctx::in_context() {
+        return super::kctx::out_bytes(port, bytes);
+    }
+    // SAFETY: reads `bytes.len()` bytes from `bytes`, which is borrowed for
+    // the duration; port writes have no other memory effects, and DF is
+    // clear (the Rust ABI keeps it so).
+    unsafe {
+        asm!(
+            "rep outsb dx, byte ptr [rsi]",
+            in("dx") port,
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(nostack, preserves_flags, readonly)
+        )
+    };
+}
+
 /// Writes one 32-bit value to an I/O port.
 pub fn outl(port: u16, value: u32) {
     if super::kctx::in_context() {
