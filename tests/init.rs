@@ -252,14 +252,22 @@ fn bad_init_files_get_one_line_errors() {
     let image = std::fs::read(hello_c()).unwrap();
     std::fs::write(&truncated, &image[..image.len() / 2]).unwrap();
     let missing = scratch().join("no-such-program");
+    let mut bad_entry = image.clone();
+    bad_entry[24..32].copy_from_slice(&0u64.to_le_bytes());
+    let outside = scratch().join("entry-zero");
+    std::fs::write(&outside, &bad_entry).unwrap();
     for (file, needle) in [
         (missing.as_path(), "cannot read the --init program"),
         (text.as_path(), "is not an ELF file"),
         (dynamic.as_path(), "is dynamically linked"),
         (pie.as_path(), "is a position-independent executable"),
         (truncated.as_path(), "past the end of the file"),
+        (outside.as_path(), "entry point outside its segments"),
     ] {
         let out = run(&["run", "--init", file.to_str().unwrap()]);
         assert_one_line_error(&out, 125, needle);
     }
+    // The program runs in mode=run only; selftest must not drop it silently.
+    let out = run(&["selftest", "--init", hello_c().to_str().unwrap()]);
+    assert_one_line_error(&out, 125, "mode=run");
 }

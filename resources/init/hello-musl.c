@@ -4,8 +4,8 @@
  *   musl-gcc -static -O2 -o hello-musl resources/init/hello-musl.c
  * It runs unchanged: musl's start-up (auxiliary vector, TLS through
  * arch_prctl, set_tid_address), stdio (writev), malloc (brk, then mmap for
- * large blocks), fork and waitpid, and clock_gettime. Exits 0 when its own
- * checks pass.
+ * large blocks), fork and waitpid, clock_gettime, and a 1 MiB stack frame.
+ * Exits 0 when its own checks pass.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -45,6 +45,12 @@ int main(void)
 
 	errno = 0;
 	failed |= (syscall(4242) != -1 || errno != ENOSYS) << 4;
+
+	/* A megabyte on the stack, as ordinary programs take for granted. */
+	volatile char frame[1 << 20];
+	for (int i = 0; i < (1 << 20); i += 4096)
+		frame[i] = (char)i;
+	failed |= (frame[(1 << 20) - 4096] != (char)((1 << 20) - 4096)) << 5;
 
 	printf(failed ? "some checks failed: %#x\n" : "all checks passed\n", failed);
 	return failed;

@@ -14,7 +14,7 @@ use crate::devices::records::RecordChannel;
 use crate::devices::serial::Console;
 use crate::dirty::WriteWatch;
 use crate::guest_image;
-use crate::layout::{KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
+use crate::layout::{INIT_MAX_BYTES, KERNEL_MIN_WORKING_SET, SERIAL_IRQ};
 use crate::loader::{self, LoadError};
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::migration::state::GuestFacts;
@@ -32,6 +32,8 @@ pub enum BuildError {
     Vcpus { asked: u32, max: u32 },
     #[error("--mem {0} is too small: the smallest guest is 16M")]
     MemTooSmall(String),
+    #[error("--init runs its program in the guest's mode=run, not mode={0}")]
+    InitNeedsRunMode(String),
     #[error("cannot read the --init program {path}: {source}")]
     InitFile {
         path: String,
@@ -182,6 +184,23 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
                 .as_ref()
                 .map(|path| {
                     let shown = path.display().to_string();
+                    if let Some(mode) = config
+                        .cmdline
+                        .split_ascii_whitespace()
+                        .filter_map(|word| word.strip_prefix("mode="))
+                        .next_back()
+                        .filter(|&mode| mode != "run")
+                    {
+                        return Err(BuildError::InitNeedsRunMode(mode.to_string()));
+                    }
+                    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                    if size > INIT_MAX_BYTES {
+                        return Err(BuildError::from(loader::LoadError::InitTooLarge {
+                            name: shown,
+                            size,
+                            max: INIT_MAX_BYTES,
+                        }));
+                    }
                     let bytes = std::fs::read(path).map_err(|source| BuildError::InitFile {
                         path: shown.clone(),
                         source,

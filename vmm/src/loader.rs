@@ -31,7 +31,7 @@ const MEMMAP_RESERVED: u32 = 2;
 pub enum LoadError {
     #[error("{0} is not an ELF file")]
     NotElf(String),
-    #[error("{0} is not a 64-bit little-endian x86 ELF kernel")]
+    #[error("{0} is not a 64-bit little-endian x86-64 ELF file")]
     WrongElfKind(String),
     #[error("{0} is a malformed ELF file ({1})")]
     Malformed(String, &'static str),
@@ -59,8 +59,12 @@ pub enum LoadError {
     InitDynamic(String),
     #[error("{0} is not an executable program (ELF type {1})")]
     InitNotExecutable(String, u16),
-    #[error("{name} is too large: {size} bytes, at most {max} fit with this --mem")]
+    #[error(
+        "{name} is too large: {size} bytes; --init takes at most {max} bytes here (at most 256 MiB, and --mem must leave the kernel its working set)"
+    )]
     InitTooLarge { name: String, size: u64, max: u64 },
+    #[error("{0} {1}; the guest runs static x86-64 Linux executables in user space")]
+    InitBadLayout(String, &'static str),
     #[error("the command line is too long or has characters a kernel cannot take: {0}")]
     Cmdline(String),
     #[error("cannot write boot information: {0}")]
@@ -147,6 +151,9 @@ pub fn load_init(
     const ET_DYN: u16 = 3;
     const PT_LOAD: u32 = 1;
     const PT_INTERP: u32 = 3;
+    /// The guest's user space (docs/GUEST_ABI.md): page 0 stays unmapped.
+    const USER_MIN: u64 = 0x1000;
+    const USER_END: u64 = 0x8000_0000_0000;
     check_elf_identity(image, name)?;
     let u16_at = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]);
     match u16_at(16) {
@@ -165,26 +172,55 @@ pub fn load_init(
             "bad program headers",
         ));
     }
+    let mut segments = Vec::new();
     for i in 0..phnum {
         let at = (phoff + i * phentsize) as usize;
         let kind = u32::from_le_bytes(image[at..at + 4].try_into().unwrap_or_default());
         if kind == PT_INTERP {
             return Err(LoadError::InitDynamic(name.to_string()));
         }
+        if kind != PT_LOAD {
+            continue;
+        }
         let word = |off: usize| {
             u64::from_le_bytes(image[at + off..at + off + 8].try_into().unwrap_or_default())
         };
-        let (offset, filesz) = (word(8), word(32));
-        if kind == PT_LOAD
-            && offset
-                .checked_add(filesz)
-                .is_none_or(|end| end > image.len() as u64)
+        let (offset, vaddr, filesz, memsz) = (word(8), word(16), word(32), word(40));
+        if offset
+            .checked_add(filesz)
+            .is_none_or(|end| end > image.len() as u64)
         {
             return Err(LoadError::Malformed(
                 name.to_string(),
                 "a segment lies past the end of the file",
             ));
         }
+        let in_user_space = vaddr >= USER_MIN
+            && filesz <= memsz
+            && vaddr.checked_add(memsz).is_some_and(|end| end <= USER_END);
+        if !in_user_space {
+            return Err(LoadError::InitBadLayout(
+                name.to_string(),
+                "has a segment outside user space [0x1000, 0x800000000000) or with more file bytes than memory",
+            ));
+        }
+        segments.push((vaddr, vaddr + memsz));
+    }
+    let entry = u64::from_le_bytes(image[24..32].try_into().unwrap_or_default());
+    if segments.is_empty() {
+        return Err(LoadError::InitBadLayout(
+            name.to_string(),
+            "has no loadable segment",
+        ));
+    }
+    if !segments
+        .iter()
+        .any(|&(start, end)| (start..end).contains(&entry))
+    {
+        return Err(LoadError::InitBadLayout(
+            name.to_string(),
+            "has its entry point outside its segments",
+        ));
     }
     let paddr = kernel_end.next_multiple_of(4096);
     let low_ram_end = ram_ranges(mem_bytes)[0].1;

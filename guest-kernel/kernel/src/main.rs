@@ -81,6 +81,7 @@ fn fatal_exception(report: core::fmt::Arguments) -> ! {
 /// Called by `boot::entry` on the boot CPU, in long mode on the boot stack.
 #[unsafe(no_mangle)]
 extern "C" fn kernel_main(start_info: u64) -> ! {
+    timer::mark_boot();
     register_arch_hooks();
     let info = match boot::start_info::parse(start_info) {
         Ok(info) => boot::set_info(info),

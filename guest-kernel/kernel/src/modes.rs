@@ -40,10 +40,8 @@ pub fn run_init() -> ! {
     };
     let status = match init.run(cmdline.arg) {
         Exit::Exited(status) => status,
-        killed => {
-            crate::println!("init was killed: {killed:?}");
-            killed.status()
-        }
+        // The kernel already reported the kill on the console.
+        killed => killed.status(),
     };
     exit_raw(status as u8)
 }

@@ -2,7 +2,7 @@
 //! self-tests check that they arrive.
 
 use crate::arch::x86_64::{lapic, traps};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Tick period in microseconds (100 Hz: every tick is a VM exit).
 pub const TICK_US: u64 = 10_000;
@@ -49,9 +49,19 @@ pub fn tsc_khz() -> u64 {
     }
 }
 
-/// Nanoseconds since the TSC started (the VM's start), from `rdtsc`, which
-/// runs natively in both rings.
+/// The TSC when the kernel started (the TSC need not start at 0 with the
+/// VM: on kvm_pvm it counts from the host's boot).
+static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// Records the kernel's start (first thing in `kernel_main`).
+pub fn mark_boot() {
+    BOOT_TSC.store(crate::arch::x86_64::msr::rdtsc(), Ordering::Relaxed);
+}
+
+/// Nanoseconds since the kernel started, from `rdtsc`, which runs natively
+/// in both rings.
 pub fn nanos_since_boot() -> u64 {
-    let cycles = u128::from(crate::arch::x86_64::msr::rdtsc());
+    let now = crate::arch::x86_64::msr::rdtsc();
+    let cycles = u128::from(now.wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)));
     (cycles * 1_000_000 / u128::from(tsc_khz())) as u64
 }

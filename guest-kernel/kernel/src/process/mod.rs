@@ -34,8 +34,9 @@ use task::{TASKS, Task, TaskState};
 
 /// Top of the user stack (exclusive).
 const USER_STACK_TOP: u64 = 0x0000_7fff_ffff_0000;
-/// Bytes of user stack (demand-faulted: unused pages cost nothing).
-const USER_STACK_BYTES: u64 = 64 << 10;
+/// Bytes of user stack, Linux's default `RLIMIT_STACK` (demand-faulted:
+/// unused pages cost nothing).
+const USER_STACK_BYTES: u64 = 8 << 20;
 /// RFLAGS for user mode: IF set (and the always-one bit 1).
 const USER_RFLAGS: u64 = 0x202;
 

@@ -33,6 +33,10 @@
 //! it), and leaves GS alone for it, so `gs:` per-CPU data works in the
 //! context too.
 //!
+//! The parts: [`user_entry`] (the direct way in from a user exception),
+//! [`requests`] (what the context asks of ring 0), and here the address
+//! space, the stacks, [`call`] and [`escape`].
+//!
 //! Requests (`int3` with the request in `rax`, arguments in `rdi`, `rsi`,
 //! the result in `rax`; docs/KERNEL.md): return, port output to the
 //! console, exit and record devices, x2APIC MSRs (IPIs), `invlpg`, halt
@@ -41,33 +45,21 @@
 //! [`write_cr3`](super::paging::write_cr3) there sets the CR3 that ring 0
 //! loads when the call ends, which also flushes this CPU's user TLB.
 
+mod requests;
+mod user_entry;
+
+pub use requests::{
+    from_context, halt, handle_trap, invlpg, out_bytes, out8, out32, read_msr, stop, write_msr,
+};
+pub use user_entry::{USER_RFLAGS, register_user_trap};
+
 use super::gdt::{USER_CS, USER_DS};
-use super::hooks;
 use super::paging::{self, DIRECT_MAP, KERNEL_VMA, PTE_ADDR_MASK, VMAP_BASE};
-use super::percpu::{self, MAX_CPUS, offsets};
-use super::trap_entry::TrapFrame;
-use super::{cpu, idt, msr, port, traps};
+use super::percpu::{self, MAX_CPUS};
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-/// RFLAGS bits a user process may hold (CF, PF, AF, ZF, SF, TF, DF, OF, AC,
-/// ID); IF is always set on the way back, IOPL, NT and the rest never.
-pub const USER_RFLAGS: u64 = 0x24_0dd5;
-
-/// What handles a trap of a user process in the context: set by the layer
-/// above (`register_user_trap`), called by `kctx_user_entry` with the
-/// frame and CR2.
-pub type UserTrapHandler = extern "C" fn(&mut TrapFrame, u64);
-
-/// The registered [`UserTrapHandler`] (read by `kctx_user_entry`).
-static USER_TRAP_HANDLER: AtomicU64 = AtomicU64::new(0);
-
-/// Registers the handler of user traps in ring-3 mode. Must happen before
-/// the first user process runs.
-pub fn register_user_trap(handler: UserTrapHandler) {
-    USER_TRAP_HANDLER.store(handler as usize as u64, Ordering::Release);
-}
+use requests::{Request, request};
 
 /// Where the kernel's work runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,61 +94,6 @@ impl KernelMode {
 const STACK_BYTES: usize = 64 << 10;
 /// Bytes of each CPU's trap stack for traps from the context.
 const TRAP_STACK_BYTES: usize = 16 << 10;
-
-/// The request numbers (`rax` of the `int3`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u64)]
-enum Request {
-    /// The closure is done: `rdi` is the call's result word.
-    Return = 0,
-    /// `outb(rdi, rsi)`.
-    Out8 = 1,
-    /// `outl(rdi, rsi)`.
-    Out32 = 2,
-    /// `rdmsr(rdi)`.
-    ReadMsr = 3,
-    /// `wrmsr(rdi, rsi)`.
-    WriteMsr = 4,
-    /// `invlpg(rdi)`.
-    Invlpg = 5,
-    /// Halts until the next interrupt.
-    Halt = 6,
-    /// Halts this CPU for good (after the exit port was written).
-    Stop = 7,
-    /// Leaves a context entered from a user trap (no `call` to return to)
-    /// and runs the `fn() -> !` in `rdi` in ring 0.
-    Escape = 8,
-    /// `rep outsb` of the `rsi >> 32` bytes (at most [`OUT_BYTES_MAX`]) at
-    /// kernel address `rdi` to port `rsi & 0xffff`.
-    OutBytes = 9,
-}
-
-/// Most bytes of one `OutBytes` request (a page).
-const OUT_BYTES_MAX: usize = 4096;
-
-/// Lowest kernel-half address (an `OutBytes` buffer must be kernel memory).
-const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
-
-/// Result of a refused request.
-const REFUSED: u64 = u64::MAX;
-
-/// Ports the context may write (registered by the layers above: the
-/// console, the exit device, the record doorbell; docs/GUEST_ABI.md).
-fn port_allowed(port: u16) -> bool {
-    hooks::get()
-        .context_ports
-        .iter()
-        .any(|ports| ports.contains(&port))
-}
-
-/// MSRs the context may read or write: the x2APIC (IPIs), the GS base
-/// (read: the panic path's CPU number) and the FS base (a user address:
-/// a user's TLS pointer).
-fn msr_allowed(index: u32, write: Option<u64>) -> bool {
-    (0x800..=0x8ff).contains(&index)
-        || (write.is_none() && index == msr::IA32_GS_BASE)
-        || (index == msr::IA32_FS_BASE && write.is_none_or(|v| v < paging::USER_END))
-}
 
 #[repr(C, align(4096))]
 struct Stacks<const N: usize>(UnsafeCell<[[u8; N]; MAX_CPUS]>);
@@ -241,147 +178,13 @@ kctx_leave_tail:
     popfq
     ret
 
-    /* Ring-3 mode's #PF gate, the hot one (user faults, and syscalls on
-       kvm_pvm): a user process's page fault has a user-half RIP, or RIP =
-       LSTAR for a syscall; anything else (ring 0, the context, a user jump
-       into other kernel text) takes the common path. */
-    .globl kctx_pf_entry
-kctx_pf_entry:
-    pushq $14
-    testb $3, 24(%rsp)
-    jz trap_common
-    cmpq $0, 16(%rsp)
-    jge 1f
-    cmpq $syscall_entry, 16(%rsp)
-    jne trap_common
-1:
-    swapgs
-    /* Falls through. */
-
-    /* Ring 0, GS swapped: an exception of a user process in ring-3 mode.
-       The user's registers stay live for the context except rax, which
-       goes below the frame with CR2; then CR3 and TSS.rsp0 switch to the
-       context's, which is entered at kctx_user_entry on this CPU's context
-       stack through the CPU's prebuilt iretq frame. */
-    .globl kctx_from_user
-kctx_from_user:
-    push %rax
-    mov %cr2, %rax
-    push %rax
-    mov %gs:{trap_rsp0}, %rax
-    mov %rax, %gs:{tss_rsp0}
-    mov {root}(%rip), %rax
-    mov %rax, %cr3
-    mov %gs:{entry_frame_at}, %rsp
-    iretq
-
-    /* Ring-3 mode's #BP gate: the context's back-to-user request is known
-       by its return address (only the context executes that int3); every
-       other int3 takes the common path. */
-    .globl kctx_bp_entry
-kctx_bp_entry:
-    cmpq $kctx_user_return, (%rsp)
-    je kctx_to_user
-    pushq $0
-    pushq $3
-    jmp trap_common
-
-    /* Ring 3: the trap frame is built from the live registers and the words
-       ring 0 left below TSS.rsp0 (hardware frame, vector, rax, CR2), the
-       registered handler runs, and the frame goes back where ring 0 takes it
-       from (rflags masked to what a user may hold, user selectors). */
-    .globl kctx_user_entry
-kctx_user_entry:
-    mov %gs:{user_rsp0}, %rax
-    pushq -8(%rax)
-    pushq -16(%rax)
-    pushq -24(%rax)
-    pushq -32(%rax)
-    pushq -40(%rax)
-    pushq -48(%rax)
-    pushq -56(%rax)
-    pushq -64(%rax)
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
-    mov -72(%rax), %rsi
-    mov %rsp, %rdi
-    call *{handler}(%rip)
-    mov %gs:{user_rsp0}, %rax
-    mov 112(%rsp), %rcx
-    mov %rcx, -64(%rax)
-    mov 136(%rsp), %rcx
-    mov %rcx, -40(%rax)
-    movq ${user_cs}, -32(%rax)
-    mov 152(%rsp), %rcx
-    and ${user_flags}, %rcx
-    or $0x202, %rcx
-    mov %rcx, -24(%rax)
-    mov 160(%rsp), %rcx
-    mov %rcx, -16(%rax)
-    movq ${user_ds}, -8(%rax)
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    /* The request back to the user process: trap_common knows it by the
-       return address of this int3. */
-    int3
-    .globl kctx_user_return
-kctx_user_return:
-    ud2
-
-    /* Ring 0, from trap_common: back to the user process. */
-    .globl kctx_to_user
-kctx_to_user:
-    mov %gs:{cr3}, %rax
-    mov %rax, %cr3
-    mov %gs:{user_rsp0}, %rax
-    mov %rax, %gs:{tss_rsp0}
-    lea -64(%rax), %rsp
-    pop %rax
-    add $16, %rsp
-    swapgs
-    iretq
 "#,
     user_ds = const USER_DS,
     user_cs = const USER_CS,
-    user_flags = const USER_RFLAGS,
-    trap_rsp0 = const offsets::KCTX_TRAP_RSP0,
-    entry_frame_at = const offsets::KCTX_ENTRY_FRAME_AT,
-    user_rsp0 = const offsets::USER_RSP0,
-    tss_rsp0 = const offsets::TSS_RSP0,
-    cr3 = const offsets::KCTX_CR3,
-    root = sym ROOT_PHYS,
-    handler = sym USER_TRAP_HANDLER,
     options(att_syntax)
 );
 
 unsafe extern "C" {
-    fn kctx_pf_entry();
-    fn kctx_bp_entry();
-    fn kctx_user_entry();
     fn kctx_enter(slot: u64, run: u64, stack_top: u64, save_rsp: *mut u64, root: u64) -> u64;
 }
 
@@ -400,16 +203,7 @@ pub fn init(kernel_pml4: u64) {
         root[i] = kernel[i] | paging::PTE_USER;
     }
     // User page faults and the context's int3s get gates of their own.
-    idt::set_handler(
-        traps::VEC_PAGE_FAULT as usize,
-        kctx_pf_entry as *const () as u64,
-        0,
-    );
-    idt::set_handler(
-        traps::VEC_BREAKPOINT as usize,
-        kctx_bp_entry as *const () as u64,
-        3,
-    );
+    user_entry::install_gates();
     let lo = TRAP_STACKS.0.get() as u64;
     KCTX_TRAP_LO.store(lo, Ordering::Relaxed);
     KCTX_TRAP_HI.store(lo + (TRAP_STACK_BYTES * MAX_CPUS) as u64, Ordering::Relaxed);
@@ -430,13 +224,7 @@ pub fn init_cpu(index: usize) {
         *cpu.kctx_trap_rsp0.get() = stack_top(&TRAP_STACKS, index) - 16;
         *cpu.kctx_stack_top.get() = stack;
         let frame = cpu.kctx_entry_frame.get();
-        *frame = [
-            kctx_user_entry as *const () as u64,
-            u64::from(USER_CS),
-            0x202,
-            stack,
-            u64::from(USER_DS),
-        ];
+        *frame = user_entry::entry_frame(stack);
         *cpu.kctx_entry_frame_at.get() = frame as u64;
     }
 }
@@ -565,150 +353,4 @@ pub fn return_cr3() -> u64 {
 pub fn set_return_cr3(pml4: u64) {
     // SAFETY: as in `return_cr3`.
     unsafe { *percpu::current().kctx_cr3.get() = pml4 }
-}
-
-fn request(req: Request, a: u64, b: u64) -> u64 {
-    let result: u64;
-    // SAFETY: `int3` from the context reaches `handle_trap` in ring 0,
-    // which performs the checked request and returns here with every
-    // register restored but `rax`.
-    unsafe {
-        asm!("int3", inlateout("rax") req as u64 => result, in("rdi") a, in("rsi") b, options(nostack))
-    };
-    result
-}
-
-/// In the context: `out` to a checked port.
-pub fn out8(port: u16, value: u8) {
-    request(Request::Out8, u64::from(port), u64::from(value));
-}
-
-/// In the context: `rep outsb` of `bytes` (kernel memory) to a checked
-/// port, a page per request.
-pub fn out_bytes(port: u16, bytes: &[u8]) {
-    for chunk in bytes.chunks(OUT_BYTES_MAX) {
-        let packed = u64::from(port) | ((chunk.len() as u64) << 32);
-        request(Request::OutBytes, chunk.as_ptr() as u64, packed);
-    }
-}
-
-/// In the context: 32-bit `out` to a checked port.
-pub fn out32(port: u16, value: u32) {
-    request(Request::Out32, u64::from(port), u64::from(value));
-}
-
-/// In the context: `rdmsr` of a checked MSR (refused: all ones).
-pub fn read_msr(index: u32) -> u64 {
-    request(Request::ReadMsr, u64::from(index), 0)
-}
-
-/// In the context: `wrmsr` to a checked MSR.
-pub fn write_msr(index: u32, value: u64) {
-    request(Request::WriteMsr, u64::from(index), value);
-}
-
-/// In the context: `invlpg`.
-pub fn invlpg(virt: u64) {
-    request(Request::Invlpg, virt, 0);
-}
-
-/// In the context: halts until the next interrupt.
-pub fn halt() {
-    request(Request::Halt, 0, 0);
-}
-
-/// In the context: stops this CPU for good.
-pub fn stop() -> ! {
-    loop {
-        request(Request::Stop, 0, 0);
-    }
-}
-
-/// Ring 0: whether `frame` is that of a trap from the context (only those
-/// land on the context trap stacks; a user process never runs with
-/// `TSS.rsp0` there).
-pub fn from_context(frame: &TrapFrame) -> bool {
-    let at = frame as *const TrapFrame as u64;
-    frame.came_from_user()
-        && (KCTX_TRAP_LO.load(Ordering::Relaxed)..KCTX_TRAP_HI.load(Ordering::Relaxed))
-            .contains(&at)
-}
-
-/// Ring 0: performs a request (`int3`) from the context; returns false for
-/// anything else (a fault in kernel code, for the caller's fix-up table or
-/// fatal report).
-pub fn handle_trap(frame: &mut TrapFrame) -> bool {
-    if !from_context(frame) {
-        return false;
-    }
-    if frame.vector != traps::VEC_BREAKPOINT {
-        return false;
-    }
-    let (a, b) = (frame.rdi, frame.rsi);
-    frame.rax = match frame.rax {
-        r if r == Request::Out8 as u64 && port_allowed(a as u16) && a <= 0xffff => {
-            port::outb(a as u16, b as u8);
-            0
-        }
-        r if r == Request::Out32 as u64 && port_allowed(a as u16) && a <= 0xffff => {
-            port::outl(a as u16, b as u32);
-            0
-        }
-        r if r == Request::ReadMsr as u64
-            && a <= u64::from(u32::MAX)
-            && msr_allowed(a as u32, None) =>
-        {
-            // SAFETY: an allowed MSR, which exists on every CPU we run on.
-            unsafe { msr::rdmsr(a as u32) }
-        }
-        r if r == Request::WriteMsr as u64
-            && a <= u64::from(u32::MAX)
-            && msr_allowed(a as u32, Some(b)) =>
-        {
-            // SAFETY: x2APIC registers (a bad value there affects interrupt
-            // delivery, never memory) or a user-half FS base.
-            unsafe { msr::wrmsr(a as u32, b) };
-            0
-        }
-        r if r == Request::OutBytes as u64
-            && port_allowed(b as u16)
-            && (b >> 32) as usize <= OUT_BYTES_MAX
-            && a >= KERNEL_HALF =>
-        {
-            // SAFETY: the context (kernel code) passed a kernel buffer of
-            // that length; this CPU runs on the context's CR3, which maps
-            // it, and the request is handled before the context goes on.
-            let bytes = unsafe { core::slice::from_raw_parts(a as *const u8, (b >> 32) as usize) };
-            port::outsb(b as u16, bytes);
-            0
-        }
-        r if r == Request::Invlpg as u64 => {
-            paging::invlpg(a);
-            0
-        }
-        r if r == Request::Halt as u64 => {
-            // `trap_return` masks interrupts again before the `iretq`.
-            cpu::enable_and_halt();
-            0
-        }
-        r if r == Request::Stop as u64 => cpu::halt_forever(),
-        r if r == Request::Escape as u64 => {
-            let cpu = percpu::current();
-            // SAFETY: the context asked to leave for good and run `a`, a
-            // `fn() -> !` of the kernel's (only kernel code runs there);
-            // the user process's TSS.rsp0 and the CR3 to return to are this
-            // CPU's own slots.
-            unsafe {
-                let tss = cpu.tss.get();
-                core::ptr::addr_of_mut!((*tss).rsp)
-                    .cast::<u64>()
-                    .write_unaligned(*cpu.user_rsp0.get());
-                paging::write_cr3(*cpu.kctx_cr3.get());
-                let k = core::mem::transmute::<u64, fn() -> !>(a);
-                k()
-            }
-        }
-        _ => REFUSED,
-    };
-    true
 }
