@@ -184,6 +184,26 @@ fn a_musl_program_runs_unchanged() {
     assert_all_checks_passed(&out, greeting, &["--vcpus", "2"]);
     let (_, console) = run_init(&out, &[]);
     assert!(console.contains("child 2 of 1"), "{console}");
+
+    // abort() raises SIGABRT on itself: the program ends with 128 + 6.
+    let source = scratch().join("abort.c");
+    std::fs::write(
+        &source,
+        "#include <stdlib.h>\nint main(void) { abort(); }\n",
+    )
+    .unwrap();
+    let aborts = scratch().join("abort");
+    let built = Command::new("musl-gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&aborts)
+        .arg(&source)
+        .status()
+        .expect("running musl-gcc");
+    assert!(built.success(), "musl-gcc failed");
+    let out = run(&["run", "--init", aborts.to_str().unwrap(), "--report", "-"]);
+    let console = stdout(&out);
+    assert!(console.contains("killed by signal 6"), "{console}");
+    assert!(console.contains(r#""guest_exit_code": 134"#), "{console}");
 }
 
 /// A program that crashes is reported and its status is 128 + the signal;

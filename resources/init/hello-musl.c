@@ -4,7 +4,8 @@
  *   musl-gcc -static -O2 -o hello-musl resources/init/hello-musl.c
  * It runs unchanged: musl's start-up (auxiliary vector, TLS through
  * arch_prctl, set_tid_address), stdio (writev), malloc (brk, then mmap for
- * large blocks), fork and waitpid, clock_gettime, and a 1 MiB stack frame.
+ * large blocks), fork and waitpid, clock_gettime and usleep, and a 1 MiB
+ * stack frame.
  * Exits 0 when its own checks pass.
  */
 #include <errno.h>
@@ -32,8 +33,10 @@ int main(void)
 
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	usleep(20000);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
-	failed |= (t1.tv_sec < t0.tv_sec || (t1.tv_sec == t0.tv_sec && t1.tv_nsec < t0.tv_nsec)) << 2;
+	long slept_us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+	failed |= (slept_us < 20000) << 2;
 
 	pid_t child = fork();
 	if (child == 0) {

@@ -48,6 +48,8 @@ pub enum Signal {
     Sigill = 4,
     /// Breakpoint (`int3`).
     Sigtrap = 5,
+    /// `abort()` (a program's `kill` of itself).
+    Sigabrt = 6,
     /// Bus error (a lost page, e.g. a swap-in error).
     Sigbus = 7,
     /// Arithmetic error (#DE).
@@ -56,6 +58,8 @@ pub enum Signal {
     Sigkill = 9,
     /// Bad memory access (#PF, #GP and everything else).
     Sigsegv = 11,
+    /// Termination request (a program's `kill` of itself).
+    Sigterm = 15,
 }
 
 impl Signal {
@@ -64,9 +68,11 @@ impl Signal {
         match n {
             4 => Signal::Sigill,
             5 => Signal::Sigtrap,
+            6 => Signal::Sigabrt,
             7 => Signal::Sigbus,
             8 => Signal::Sigfpe,
             9 => Signal::Sigkill,
+            15 => Signal::Sigterm,
             _ => Signal::Sigsegv,
         }
     }

@@ -13,7 +13,7 @@
 //! memory. Any other number returns `ENOSYS`.
 
 use super::task::{self, TASKS, Task, TaskState};
-use super::{Exit, leave, leave_address_space, sched, stop};
+use super::{Exit, Signal, leave, leave_address_space, sched, stop};
 use crate::arch::x86_64::cpu;
 use crate::arch::x86_64::paging::USER_END;
 use crate::arch::x86_64::trap_entry::TrapFrame;
@@ -57,6 +57,18 @@ const SYS_GETTID: u64 = 186;
 const SYS_SET_TID_ADDRESS: u64 = 218;
 /// `clock_gettime`.
 const SYS_CLOCK_GETTIME: u64 = 228;
+/// `nanosleep`.
+const SYS_NANOSLEEP: u64 = 35;
+/// `kill`.
+const SYS_KILL: u64 = 62;
+/// `tkill`.
+const SYS_TKILL: u64 = 200;
+/// `clock_nanosleep`.
+const SYS_CLOCK_NANOSLEEP: u64 = 230;
+/// `tgkill`.
+const SYS_TGKILL: u64 = 234;
+/// `clock_nanosleep` flag: the time is a deadline.
+const TIMER_ABSTIME: u64 = 1;
 /// `exit_group` (one thread per process: `exit`).
 const SYS_EXIT_GROUP: u64 = 231;
 /// `arch_prctl` codes.
@@ -108,6 +120,11 @@ pub fn dispatch(frame: &mut TrapFrame) {
         SYS_SET_TID_ADDRESS | SYS_GETTID => i64::from(pid),
         SYS_GETPPID => TASKS.lock().get(&pid).map_or(0, |t| i64::from(t.parent)),
         SYS_CLOCK_GETTIME => clock_gettime(pid, args[0], args[1]),
+        SYS_NANOSLEEP => sleep(pid, args[0], false),
+        SYS_CLOCK_NANOSLEEP if !matches!(args[0], 0 | 1 | 7) => Errno::EINVAL.to_ret(),
+        SYS_CLOCK_NANOSLEEP => sleep(pid, args[2], args[1] & TIMER_ABSTIME != 0),
+        SYS_KILL | SYS_TKILL => kill_self(frame, pid, args[0], args[1]),
+        SYS_TGKILL => kill_self(frame, pid, args[1], args[2]),
         SYS_RECORD => record(args[0], args[1]),
         SYS_PIN_READ => result(mm::with(|s| s.unshare_user(pid, args[0])).map(|()| 0)),
         SYS_GETCPU => percpu::index() as i64,
@@ -267,6 +284,53 @@ fn clock_gettime(pid: guest_mm::Pid, clock: u64, tp: u64) -> i64 {
     ts[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
     ts[8..].copy_from_slice(&(ns % 1_000_000_000).to_le_bytes());
     result(mm::with(|s| s.copy_to_user(pid, tp, &ts)).map(|()| 0))
+}
+
+/// `nanosleep(req, rem)` and `clock_nanosleep(clock, flags, req, rem)`:
+/// halts this CPU until the time has passed (timer ticks wake it, every
+/// 10 ms; nothing else runs on the CPU meanwhile, as there is no
+/// preemption). `rem` is never written: no signal can interrupt the sleep.
+fn sleep(pid: guest_mm::Pid, req: u64, absolute: bool) -> i64 {
+    let mut ts = [0u8; 16];
+    if let Err(e) = mm::with(|s| s.copy_from_user(pid, req, &mut ts)) {
+        return e.to_ret();
+    }
+    let sec = i64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
+    let nsec = i64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return Errno::EINVAL.to_ret();
+    }
+    let span = (sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(nsec as u64);
+    let deadline = if absolute {
+        span
+    } else {
+        crate::timer::nanos_since_boot().saturating_add(span)
+    };
+    while crate::timer::nanos_since_boot() < deadline {
+        cpu::enable_and_halt();
+    }
+    0
+}
+
+/// `kill(pid, sig)`, `tkill(tid, sig)`, `tgkill(tgid, tid, sig)` aimed at
+/// the caller itself (how `abort` and `raise` end a program): there are no
+/// signal handlers, so the signals the kernel knows end it, as their
+/// default action does on Linux; 0 only checks. Other targets `-EPERM`,
+/// other signals `-EINVAL`.
+fn kill_self(frame: &TrapFrame, pid: guest_mm::Pid, target: u64, sig: u64) -> i64 {
+    if target != u64::from(pid) {
+        return Errno::EPERM.to_ret();
+    }
+    if sig == 0 {
+        return 0;
+    }
+    let signal = Signal::from_number(sig as i32);
+    if signal as u64 != sig {
+        return Errno::EINVAL.to_ret();
+    }
+    super::trap::kill(frame, signal, 0, true)
 }
 
 /// `-errno` or the value.

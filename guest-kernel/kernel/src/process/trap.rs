@@ -82,7 +82,7 @@ fn page_fault(frame: &TrapFrame, cr2: u64) {
 
 /// Reports and ends the current task, killed by `signal`. When `exit_mm`,
 /// the MM core has not yet made it a zombie.
-fn kill(frame: &TrapFrame, signal: Signal, addr: u64, exit_mm: bool) -> ! {
+pub(super) fn kill(frame: &TrapFrame, signal: Signal, addr: u64, exit_mm: bool) -> ! {
     let pid = task::current_pid();
     if exit_mm {
         mm::with(|s| {
