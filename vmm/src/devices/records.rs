@@ -113,6 +113,11 @@ pub fn parse_record(mut bytes: Vec<u8>) -> Result<Record, ParseError> {
             Err(_) => Err(ParseError::NotJson),
         };
     }
+    // Skipping the other fields does not check their numbers fit an f64;
+    // serde_json's `Value`, like the consumers of `--records`, requires it.
+    if serde_json::from_str::<serde_json::Value>(text).is_err() {
+        return Err(ParseError::NotJson);
+    }
     let kind = match serde_json::from_str::<Head>(text) {
         Ok(head) => head.kind.into_owned(),
         Err(e) if e.is_data() => return Err(ParseError::NoType),
@@ -137,6 +142,16 @@ pub fn parse_record(mut bytes: Vec<u8>) -> Result<Record, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by tests/device_fuzz.rs: a number past f64's range was
+    /// accepted because the fields besides `type` were only skipped.
+    #[test]
+    fn a_number_out_of_range_is_not_json() {
+        let text = br#"{"type":"user_fault","addr":1E39637976694784}"#.to_vec();
+        assert!(matches!(parse_record(text), Err(ParseError::NotJson)));
+        let fine = br#"{"type":"user_fault","addr":1E300}"#.to_vec();
+        assert_eq!(parse_record(fine).unwrap().kind, "user_fault");
+    }
     use crate::config::Backing;
     use crate::memory::create_guest_memory;
 
