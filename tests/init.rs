@@ -90,14 +90,7 @@ fn hello_rs() -> &'static Path {
 }
 
 fn musl_available() -> bool {
-    let found = Command::new("musl-gcc").arg("--version").output().is_ok();
-    if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("musl-gcc is missing, and CI=true requires the musl example to run");
-    }
-    if !found {
-        eprintln!("skipping: musl-gcc is not installed (Debian: musl-tools)");
-    }
-    found
+    common::tool_available("musl-gcc", "musl-tools")
 }
 
 fn run_init(program: &Path, extra: &[&str]) -> (i32, String) {

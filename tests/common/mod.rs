@@ -30,15 +30,20 @@ pub fn kvm_available() -> bool {
 /// QEMU, the second PVH VMM the guest kernel is tested under.
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// True when QEMU is installed. Under `CI=true` it must be (.ci/run
-/// installs it); elsewhere the test skips when it is missing.
+/// True when QEMU is installed (see [`tool_available`]).
 pub fn qemu_available() -> bool {
-    let found = Command::new(QEMU).arg("--version").output().is_ok();
+    tool_available(QEMU, "qemu-system-x86")
+}
+
+/// True when `command` runs. Under `CI=true` it must (.ci/run installs the
+/// Debian `package`); elsewhere the test skips when it is missing.
+pub fn tool_available(command: &str, package: &str) -> bool {
+    let found = Command::new(command).arg("--version").output().is_ok();
     if !found && std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{QEMU} is missing, and CI=true requires the QEMU boot tests to run");
+        panic!("{command} is missing, and CI=true requires the tests that use it to run");
     }
     if !found {
-        eprintln!("skipping: {QEMU} is not installed");
+        eprintln!("skipping: {command} is not installed (Debian: {package})");
     }
     found
 }

@@ -30,9 +30,15 @@ pub fn ticks() -> u64 {
 /// TSC frequency assumed when neither `tsc_khz=` nor CPUID leaf 0x16 tells.
 const FALLBACK_TSC_KHZ: u64 = 1_000_000;
 
-/// The TSC frequency in kHz: the command line's `tsc_khz=` (the writewatch
-/// VMM passes it), else CPUID leaf 0x16's base frequency, else 1 GHz.
-pub fn tsc_khz() -> u64 {
+/// The TSC frequency in kHz, found once ([`find_tsc_khz`]).
+fn tsc_khz() -> u64 {
+    static KHZ: spin::Once<u64> = spin::Once::new();
+    *KHZ.call_once(find_tsc_khz)
+}
+
+/// The command line's `tsc_khz=` (the writewatch VMM passes it), else
+/// CPUID leaf 0x16's base frequency, else 1 GHz.
+fn find_tsc_khz() -> u64 {
     if let Some(khz) = crate::boot::info().cmdline.tsc_khz {
         return khz;
     }

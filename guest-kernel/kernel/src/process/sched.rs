@@ -137,7 +137,7 @@ fn run_one() -> bool {
         // Ring-3 mode: where ring 0 returns after the kernel context
         // handled one of the task's traps.
         kctx::set_return_cr3(root.addr());
-        let rsp0 = core::ptr::addr_of_mut!((*cpu.tss.get()).rsp).cast::<u64>();
+        let rsp0 = cpu.tss_rsp0();
         trap_entry::enter_user(&frame, cpu.user_return_rsp.get(), rsp0);
         paging::write_cr3(kmap::kernel_pml4());
     }

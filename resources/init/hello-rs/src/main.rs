@@ -77,13 +77,12 @@ fn checks() -> [bool; 8] {
     let heap = {
         let cur = sys3(SYS_BRK, 0, 0, 0) as u64;
         let grown = sys3(SYS_BRK, cur + 8192, 0, 0) as u64;
-        // SAFETY: the break moved by 8 KiB, so the byte below it is ours.
-        cur > 0
-            && grown == cur + 8192
-            && unsafe {
-                ((cur + 8191) as *mut u8).write_volatile(1);
-                true
-            }
+        let moved = cur > 0 && grown == cur + 8192;
+        if moved {
+            // SAFETY: the break moved by 8 KiB, so the byte below it is ours.
+            unsafe { ((cur + 8191) as *mut u8).write_volatile(1) };
+        }
+        moved
     };
     let tls = {
         let base = &raw mut TLS as u64;

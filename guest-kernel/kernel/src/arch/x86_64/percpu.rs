@@ -30,8 +30,6 @@ pub struct PerCpu {
     pub user_rsp0: UnsafeCell<u64>,
     /// Ring-3 mode: `TSS.rsp0` while this CPU runs the kernel context.
     pub kctx_trap_rsp0: UnsafeCell<u64>,
-    /// Ring-3 mode: top of this CPU's kernel-context stack.
-    pub kctx_stack_top: UnsafeCell<u64>,
     /// Ring-3 mode: the `iretq` frame into the context for a user exception
     /// (RIP, CS, RFLAGS, RSP, SS), and its address for the trap entry.
     pub kctx_entry_frame: UnsafeCell<[u64; 5]>,
@@ -71,7 +69,6 @@ impl PerCpu {
             user_return_rsp: UnsafeCell::new(0),
             user_rsp0: UnsafeCell::new(0),
             kctx_trap_rsp0: UnsafeCell::new(0),
-            kctx_stack_top: UnsafeCell::new(0),
             kctx_entry_frame: UnsafeCell::new([0; 5]),
             kctx_entry_frame_at: UnsafeCell::new(0),
             kctx_cr3: UnsafeCell::new(0),
@@ -99,6 +96,15 @@ pub mod offsets {
     pub const KCTX_ENTRY_FRAME_AT: usize = offset_of!(PerCpu, kctx_entry_frame_at);
     pub const KCTX_CR3: usize = offset_of!(PerCpu, kctx_cr3);
     pub const SYSCALL_SCRATCH: usize = offset_of!(PerCpu, syscall_scratch);
+}
+
+impl PerCpu {
+    /// This CPU's `TSS.rsp0` (the TSS is packed: write it unaligned).
+    pub fn tss_rsp0(&self) -> *mut u64 {
+        // SAFETY: a field address inside this slot's TSS; no reference to
+        // the packed field is made.
+        unsafe { core::ptr::addr_of_mut!((*self.tss.get()).rsp).cast::<u64>() }
+    }
 }
 
 /// All CPU slots.

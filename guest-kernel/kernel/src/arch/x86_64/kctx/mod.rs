@@ -222,7 +222,6 @@ pub fn init_cpu(index: usize) {
     // SAFETY: the CPU's own slots, written before it runs any user code.
     unsafe {
         *cpu.kctx_trap_rsp0.get() = stack_top(&TRAP_STACKS, index) - 16;
-        *cpu.kctx_stack_top.get() = stack;
         let frame = cpu.kctx_entry_frame.get();
         *frame = user_entry::entry_frame(stack);
         *cpu.kctx_entry_frame_at.get() = frame as u64;
@@ -277,14 +276,13 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
     };
     let index = percpu::index();
     let cpu = percpu::cpu(index);
-    let tss = cpu.tss.get();
     // SAFETY: this CPU's TSS, context stacks and per-CPU slots are its own;
     // the context's page table maps the kernel half (so the code, the
     // stacks and `slot` stay reachable in ring 3); `kctx_enter` returns
     // only through `kctx_leave_tail` from the `Return` request of this call,
     // with the callee-saved registers and flags it saved.
     unsafe {
-        let rsp0 = core::ptr::addr_of_mut!((*tss).rsp).cast::<u64>();
+        let rsp0 = cpu.tss_rsp0();
         let saved_rsp0 = rsp0.read_unaligned();
         let trap_rsp0 = *cpu.kctx_trap_rsp0.get();
         rsp0.write_unaligned(trap_rsp0);
@@ -294,7 +292,7 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
         let escape = kctx_enter(
             &raw mut slot as u64,
             run::<F, R> as *const () as u64,
-            *cpu.kctx_stack_top.get(),
+            stack_top(&STACKS, index),
             (trap_rsp0 + 8) as *mut u64,
             root,
         );

@@ -195,10 +195,7 @@ pub fn handle_trap(frame: &mut TrapFrame) -> bool {
             // the user process's TSS.rsp0 and the CR3 to return to are this
             // CPU's own slots.
             unsafe {
-                let tss = cpu.tss.get();
-                core::ptr::addr_of_mut!((*tss).rsp)
-                    .cast::<u64>()
-                    .write_unaligned(*cpu.user_rsp0.get());
+                cpu.tss_rsp0().write_unaligned(*cpu.user_rsp0.get());
                 paging::write_cr3(*cpu.kctx_cr3.get());
                 let k = core::mem::transmute::<u64, fn() -> !>(a);
                 k()
