@@ -22,7 +22,7 @@ use crate::hw::{Hw, PAGE_SIZE, Pfn};
 use crate::pgtable::{self, USER_TOP};
 use crate::pte::{Pte, PteFlags};
 use crate::system::{MemSystem, ProcState, ShmemPage};
-use crate::vma::{Backing, MMAP_MIN_ADDR, VmFlags};
+use crate::vma::{Backing, VmFlags};
 
 /// The violations found by [`MemSystem::check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl<H: Hw> MemSystem<H> {
                     || v.end % PAGE_SIZE != 0
                     || v.start >= v.end
                     || v.start < prev_end
-                    || v.start < MMAP_MIN_ADDR
+                    || v.start < self.cfg.mmap_min_addr
                     || v.end > USER_TOP
                 {
                     bad.push(format!("mm {id:?}: bad vma {:#x}..{:#x}", v.start, v.end));

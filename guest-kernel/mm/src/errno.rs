@@ -76,36 +76,6 @@ impl From<Fault> for Errno {
     }
 }
 
-/// Why a new mapping could not be placed (`mm/mmap.c`: `do_mmap`,
-/// `get_unmapped_area`, `mmap_region`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapError {
-    /// `MAP_FIXED_NOREPLACE` over an existing mapping.
-    Overlap,
-    /// No free range large enough, or the range is outside the user space.
-    NoSpace,
-    /// Out of frames or over `max_map_count`.
-    NoMemory,
-    /// Bad alignment, length or flags.
-    Invalid,
-    /// Below `mmap_min_addr`.
-    Permission,
-    /// A file mapping was requested; there are no files.
-    NotAnonymous,
-}
-
-impl From<MapError> for Errno {
-    fn from(e: MapError) -> Self {
-        match e {
-            MapError::Overlap => Errno::EEXIST,
-            MapError::NoSpace | MapError::NoMemory => Errno::ENOMEM,
-            MapError::Invalid => Errno::EINVAL,
-            MapError::Permission => Errno::EPERM,
-            MapError::NotAnonymous => Errno::EBADF,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,7 +85,6 @@ mod tests {
         assert_eq!(Errno::EEXIST as i32, 17);
         assert_eq!(Errno::ENOMEM as i32, 12);
         assert_eq!(Errno::EINVAL.to_ret(), -22);
-        assert_eq!(Errno::from(MapError::Overlap), Errno::EEXIST);
         assert_eq!(Errno::from(Fault::Oom), Errno::ENOMEM);
     }
 }

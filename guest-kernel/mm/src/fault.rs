@@ -47,7 +47,12 @@ impl<H: Hw> MemSystem<H> {
             return Err(SEGV_MAP);
         }
         let va = va & !(PAGE_SIZE - 1);
-        let vma = self.mm(mm).vmas.find(va).cloned().ok_or(SEGV_MAP)?;
+        let vma = if ff.user {
+            self.find_vma_or_grow(mm, va)
+        } else {
+            self.mm(mm).vmas.find(va).cloned()
+        };
+        let vma = vma.ok_or(SEGV_MAP)?;
         // sanitize_fault_flags + access_error.
         if ff.unshare && (ff.write || !vma.is_cow()) {
             return Err(SEGV_ACC);
@@ -126,13 +131,19 @@ impl<H: Hw> MemSystem<H> {
             .alloc(order, FrameUse::Folio)
             .ok_or(Fault::Oom)?;
         let av = self.anon_vma_prepare(mm, va);
+        // MAP_DROPPABLE memory is never swap-backed: reclaim drops it.
+        let droppable = self
+            .mm(mm)
+            .vmas
+            .find(va)
+            .is_some_and(|v| v.flags.has(VmFlags::DROPPABLE));
         let f = self.frames.get_mut(head);
         f.mapping = Mapping::Anon {
             anon_vma: av,
             index,
         };
         f.flags.set(FolioFlags::ANON, true);
-        f.flags.set(FolioFlags::SWAPBACKED, true);
+        f.flags.set(FolioFlags::SWAPBACKED, !droppable);
         for i in 0..1u64 << order {
             self.frames.get_mut(head.offset(i)).anon_exclusive = true;
         }
@@ -385,6 +396,37 @@ impl<H: Hw> MemSystem<H> {
         }
         pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });
         self.map_ptes(page, 1);
+        if !write {
+            self.fault_around(vma, obj, va, slot);
+        }
         Ok(())
+    }
+
+    /// `do_fault_around` + `filemap_map_pages`: a read fault on shared
+    /// memory also maps the object's pages already in memory around it,
+    /// in the aligned 16-page window (`fault_around_bytes`, 64 KiB) clipped
+    /// to the VMA and the page table, where nothing is mapped yet.
+    fn fault_around(&mut self, vma: &Vma, obj: crate::ids::ShmemId, va: u64, slot: u64) {
+        const WINDOW: u64 = 16;
+        let pte_off = (va / PAGE_SIZE) % 512;
+        let vma_off = (va - vma.start) / PAGE_SIZE;
+        let vma_pages = (vma.end - vma.start) / PAGE_SIZE;
+        let from = (pte_off & !(WINDOW - 1)).max(pte_off - pte_off.min(vma_off));
+        let to = (from + WINDOW).min(512).min(pte_off + vma_pages - vma_off);
+        let idx = vma.page_index(va);
+        for p in (from..to).filter(|&p| p != pte_off) {
+            let (i, s) = (idx + p - pte_off, slot + p * 8 - pte_off * 8);
+            let Some(ShmemPage::Folio(page)) =
+                self.shmems.get(&obj).and_then(|o| o.pages.get(&i)).copied()
+            else {
+                continue;
+            };
+            if pgtable::read_pte(&self.hw, s) != Pte::None {
+                continue;
+            }
+            let flags = vma.base_pte_flags();
+            pgtable::write_pte(&mut self.hw, s, Pte::Mapped { pfn: page, flags });
+            self.map_ptes(page, 1);
+        }
     }
 }

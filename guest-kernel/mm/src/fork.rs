@@ -8,6 +8,10 @@
 //! child and lose `PageAnonExclusive`, so the first write on either side
 //! goes through `do_wp_page`. The parent's TLB is flushed before fork
 //! returns, because its cached writable translations are now wrong.
+//! As in Linux 6.18, `MADV_DONTFORK` VMAs stay behind, `MADV_WIPEONFORK`
+//! ones arrive empty, mlocks are not inherited, and only memory with an
+//! anon_vma has its PTEs copied (`vma_needs_copy`): the child faults
+//! shared and never-written memory in again.
 
 use alloc::vec::Vec;
 
@@ -18,7 +22,7 @@ use crate::ids::{AnonVmaId, MmId};
 use crate::pgtable;
 use crate::pte::{MarkerKind, Pte, PteFlags};
 use crate::system::MemSystem;
-use crate::vma::{Backing, Vma};
+use crate::vma::{Backing, VmFlags, Vma};
 
 impl<H: Hw> MemSystem<H> {
     /// `dup_mmap`: a copy-on-write duplicate of `parent`.
@@ -26,19 +30,29 @@ impl<H: Hw> MemSystem<H> {
         let child = self.mm_create().ok_or(Errno::ENOMEM)?;
         let vmas: Vec<Vma> = self.mm(parent).vmas.iter().cloned().collect();
         let mut result = Ok(());
-        for v in &vmas {
+        for v in vmas.iter().filter(|v| !v.flags.has(VmFlags::DONTCOPY)) {
             let mut cv = v.clone();
+            cv.flags.0 &= !VmFlags::LOCKED_MASK;
+            let wipe = v.flags.has(VmFlags::WIPEONFORK);
             if let Backing::Anon { chain } = &mut cv.backing {
-                if !chain.is_empty() {
+                if wipe {
+                    chain.clear();
+                } else if !chain.is_empty() {
                     // anon_vma_fork: the child's new folios get their own root.
                     chain.push(AnonVmaId(self.new_id()));
                 }
             }
             self.vma_link(child, &cv);
             self.mm_mut(child).vmas.insert(cv);
-            result = self.copy_page_range(parent, child, v);
-            if result.is_err() {
-                break;
+            // vma_needs_copy: only memory with an anon_vma has PTEs a fault
+            // could not rebuild; shared and never-written private memory is
+            // faulted in again by the child.
+            let needs_copy = matches!(&v.backing, Backing::Anon { chain } if !chain.is_empty());
+            if needs_copy && !wipe {
+                result = self.copy_page_range(parent, child, v);
+                if result.is_err() {
+                    break;
+                }
             }
         }
         // Parent PTEs were write-protected: flush before anyone writes.

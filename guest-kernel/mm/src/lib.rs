@@ -11,7 +11,8 @@
 //! The kernel's entry point is [`MemSystem`]: build it with
 //! [`MemSystem::new`] over the RAM ranges it does not use itself, then call
 //! the syscall methods (`mmap`, `munmap`, `mprotect`, `madvise`, `mremap`,
-//! `fork`, `exit`, `wait`, `getpid`, `write`, `mm_stats`), `activate` on
+//! `mlock`, `munlock`, `fork`, `exit`, `wait`, `getpid`, `write`,
+//! `mm_stats`), `activate` on
 //! every context switch, and `handle_user_fault` from the #PF handler.
 //! The core is single-threaded: the kernel serialises calls with one lock.
 //!
@@ -34,6 +35,12 @@
 //!   Kernel access to user memory: `copy_from_user` / `copy_to_user`
 //!   (software walk, `EFAULT` on failure) or `fault_in_user`.
 //!
+//! Results, the VMA layout and page contents match Linux 6.18 for the
+//! same calls; `tests/linux_diff` checks that against the host's kernel
+//! (docs/CONFORMANCE.md). [`MemSystem::maps`] lists a process's VMAs as
+//! `/proc/pid/maps` does and [`MemSystem::peek_range`] shows its resident
+//! pages without touching them.
+//!
 //! # Testing (host side)
 //! `testing::SimMachine` (`cfg(test)` or feature `sim`) is physical memory
 //! in a `Vec<u8>` plus a page walker and per-CPU TLBs; `testing::user`
@@ -53,6 +60,7 @@ mod gather;
 pub mod hw;
 pub mod ids;
 pub mod madvise;
+pub mod mlock;
 pub mod mmap;
 pub mod mprotect;
 pub mod mremap;
@@ -60,9 +68,11 @@ pub mod pgtable;
 mod process;
 pub mod pte;
 mod rmap;
+mod stack;
 pub mod swap;
 pub mod syscall;
 mod system;
+pub mod view;
 pub mod vma;
 
 #[cfg(any(test, feature = "sim"))]
@@ -72,7 +82,7 @@ pub mod testing;
 mod tests;
 
 pub use check::InvariantError;
-pub use errno::{Errno, Fault, MapError, SegvCode};
+pub use errno::{Errno, Fault, SegvCode};
 pub use fault::FaultFlags;
 pub use hw::{
     CpuId, CpuSet, CurrentCpu, FlushRange, FlushRequest, Hw, PAGE_SIZE, Pfn, PhysMem, Release, Tlb,
@@ -81,3 +91,4 @@ pub use ids::Pid;
 pub use process::{MmStats, SIGBUS, SIGKILL, SIGSEGV, SigReport};
 pub use syscall::Outcome;
 pub use system::{Config, Counters, InitError, MemSystem, ProcState};
+pub use view::{MapEntry, PageView};

@@ -1,23 +1,26 @@
 //! `mmap` and `munmap`, plus VMA split/merge with their reference
 //! bookkeeping.
 //!
-//! Mirrors `mm/mmap.c` (`do_mmap`, `get_unmapped_area`, `mmap_region`,
-//! `__vm_munmap`) and `mm/vma.c` (`do_vmi_munmap`, `vma_merge_new_range`,
-//! `__split_vma`). Errors are Linux's: `EINVAL` for a zero length, an
-//! unaligned fixed address or bad flags, `ENOMEM` when no range fits,
-//! `EEXIST` for `MAP_FIXED_NOREPLACE` over a mapping, `EPERM` below
-//! `mmap_min_addr`, `EBADF` for a file mapping (there are no files).
+//! Mirrors `arch/x86/kernel/sys_x86_64.c` (`sys_mmap`), `mm/mmap.c`
+//! (`ksys_mmap_pgoff`, `do_mmap`, `__get_unmapped_area`) and `mm/vma.c`
+//! (`__mmap_region`, `do_vmi_munmap`, `vma_merge_new_range`,
+//! `__split_vma`), as of Linux 6.18. The checks run in Linux's order, which
+//! decides the errno when several apply: the offset, then the file
+//! (`EBADF`: there are no files), `MAP_HUGETLB`'s size, the length, the
+//! address (`ENOMEM` past TASK_SIZE before `EINVAL` for misalignment, then
+//! `EPERM` below `mmap_min_addr`), `EEXIST` for `MAP_FIXED_NOREPLACE`, and
+//! only then the mapping type. Unknown `prot` and flag bits are ignored, as
+//! Linux ignores them for anonymous memory.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use crate::errno::{Errno, MapError};
+use crate::errno::Errno;
 use crate::gather::MmuGather;
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::{MmId, ShmemId};
-use crate::pgtable::USER_TOP;
 use crate::system::{MemSystem, Shmem};
-use crate::vma::{Backing, MMAP_MIN_ADDR, VmFlags, Vma};
+use crate::vma::{Backing, TASK_SIZE, VmFlags, Vma};
 
 /// `PROT_READ`.
 pub const PROT_READ: u32 = 0x1;
@@ -25,26 +28,53 @@ pub const PROT_READ: u32 = 0x1;
 pub const PROT_WRITE: u32 = 0x2;
 /// `PROT_EXEC`.
 pub const PROT_EXEC: u32 = 0x4;
+/// `PROT_SEM` (accepted by mprotect, no effect on x86).
+pub const PROT_SEM: u32 = 0x8;
+/// `PROT_GROWSDOWN` (mprotect: extend the change to the start of a
+/// `MAP_GROWSDOWN` mapping).
+pub const PROT_GROWSDOWN: u32 = 0x0100_0000;
+/// `PROT_GROWSUP` (no such mappings on x86).
+pub const PROT_GROWSUP: u32 = 0x0200_0000;
 /// `MAP_SHARED`.
 pub const MAP_SHARED: u32 = 0x01;
 /// `MAP_PRIVATE`.
 pub const MAP_PRIVATE: u32 = 0x02;
-/// `MAP_SHARED_VALIDATE`.
+/// `MAP_SHARED_VALIDATE`: a file-mapping type; not one for anonymous memory.
 pub const MAP_SHARED_VALIDATE: u32 = 0x03;
+/// `MAP_DROPPABLE` (6.11): private memory the kernel may drop under
+/// pressure, wiped on fork.
+pub const MAP_DROPPABLE: u32 = 0x08;
 /// `MAP_FIXED`.
 pub const MAP_FIXED: u32 = 0x10;
 /// `MAP_ANONYMOUS`.
 pub const MAP_ANONYMOUS: u32 = 0x20;
-/// `MAP_NORESERVE` (accepted, no effect).
+/// `MAP_GROWSDOWN`: a stack that grows down on faults.
+pub const MAP_GROWSDOWN: u32 = 0x100;
+/// `MAP_LOCKED`: mlock the mapping (populate it).
+pub const MAP_LOCKED: u32 = 0x2000;
+/// `MAP_NORESERVE`: no commit charge (`VM_NORESERVE`).
 pub const MAP_NORESERVE: u32 = 0x4000;
-/// `MAP_POPULATE`: fault every page in now (write-faulting writable
+/// `MAP_POPULATE`: fault every page in now (write-faulting private writable
 /// mappings, like `populate_vma_page_range`); failures are ignored.
 pub const MAP_POPULATE: u32 = 0x8000;
+/// `MAP_NONBLOCK`: with `MAP_POPULATE`, do not populate.
+pub const MAP_NONBLOCK: u32 = 0x1_0000;
+/// `MAP_STACK`: `VM_NOHUGEPAGE`.
+pub const MAP_STACK: u32 = 0x2_0000;
+/// `MAP_HUGETLB`.
+pub const MAP_HUGETLB: u32 = 0x4_0000;
 /// `MAP_FIXED_NOREPLACE`.
 pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+/// Where `MAP_HUGETLB`'s page-size log sits in the flags.
+pub const MAP_HUGE_SHIFT: u32 = 26;
+const MAP_HUGE_MASK: u32 = 0x3f;
 const MAP_TYPE: u32 = 0x0f;
-const KNOWN_FLAGS: u32 =
-    MAP_TYPE | MAP_FIXED | MAP_ANONYMOUS | MAP_NORESERVE | MAP_POPULATE | MAP_FIXED_NOREPLACE;
+
+/// Linux's commit limit for `MAP_LOCKED` and `mlock` without
+/// CAP_IPC_LOCK: the default `RLIMIT_MEMLOCK` (8 MiB since 5.16).
+pub const MEMLOCK_LIMIT: u64 = 8 << 20;
+/// `stack_guard_gap`: room kept below a `MAP_GROWSDOWN` mapping (256 pages).
+pub const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
 
 /// Rounds `len` up to pages; `None` on overflow.
 pub(crate) fn page_align(len: u64) -> Option<u64> {
@@ -52,81 +82,124 @@ pub(crate) fn page_align(len: u64) -> Option<u64> {
 }
 
 /// `calc_vm_prot_bits`.
-pub(crate) fn prot_to_vm(prot: u32) -> u32 {
+pub(crate) fn prot_to_vm(prot: u64) -> u64 {
     let mut f = 0;
-    if prot & PROT_READ != 0 {
+    if prot & u64::from(PROT_READ) != 0 {
         f |= VmFlags::READ;
     }
-    if prot & PROT_WRITE != 0 {
+    if prot & u64::from(PROT_WRITE) != 0 {
         f |= VmFlags::WRITE;
     }
-    if prot & PROT_EXEC != 0 {
+    if prot & u64::from(PROT_EXEC) != 0 {
         f |= VmFlags::EXEC;
     }
     f
 }
 
+/// `accountable_mapping`: private writable memory without `VM_NORESERVE`
+/// is charged to the commit and carries `VM_ACCOUNT`.
+pub(crate) fn accountable(vf: u64) -> bool {
+    vf & (VmFlags::NORESERVE | VmFlags::SHARED | VmFlags::WRITE) == VmFlags::WRITE
+}
+
 impl<H: Hw> MemSystem<H> {
-    /// `do_mmap` for anonymous memory. Returns the address.
+    /// `sys_mmap` + `ksys_mmap_pgoff` + `do_mmap` for anonymous memory.
+    /// Returns the address.
     pub(crate) fn do_mmap(
         &mut self,
         mm: MmId,
         addr: u64,
         len: u64,
-        prot: u32,
-        flags: u32,
-    ) -> Result<u64, MapError> {
-        if len == 0 || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC) != 0 {
-            return Err(MapError::Invalid);
+        prot: u64,
+        flags: u64,
+        off: u64,
+    ) -> Result<u64, Errno> {
+        let has = |bits: u32| flags & u64::from(bits) != 0;
+        if off & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
         }
-        let len = page_align(len).ok_or(MapError::NoMemory)?;
-        let ty = flags & MAP_TYPE;
-        if ty == MAP_SHARED_VALIDATE && flags & !KNOWN_FLAGS != 0 {
-            return Err(MapError::Invalid);
+        if !has(MAP_ANONYMOUS) {
+            // fget(fd) fails: guest-mm has no files.
+            return Err(Errno::EBADF);
         }
-        let shared = match ty {
-            MAP_SHARED | MAP_SHARED_VALIDATE => true,
-            MAP_PRIVATE => false,
-            _ => return Err(MapError::Invalid),
-        };
-        if flags & MAP_ANONYMOUS == 0 {
-            return Err(MapError::NotAnonymous);
+        if has(MAP_HUGETLB) {
+            // hstate_sizelog: 0 is the default size (2 MiB), else 2 MiB or 1 GiB.
+            let log = (flags >> MAP_HUGE_SHIFT) as u32 & MAP_HUGE_MASK;
+            if !matches!(log, 0 | 21 | 30) {
+                return Err(Errno::EINVAL);
+            }
         }
-        if len > USER_TOP - MMAP_MIN_ADDR {
-            return Err(MapError::NoSpace);
+        if len == 0 {
+            return Err(Errno::EINVAL);
         }
-        let start = if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) != 0 {
-            if addr & (PAGE_SIZE - 1) != 0 {
-                return Err(MapError::Invalid);
-            }
-            if addr > USER_TOP - len {
-                return Err(MapError::NoSpace);
-            }
-            if addr < MMAP_MIN_ADDR {
-                return Err(MapError::Permission);
-            }
-            if self.mm(mm).vmas.any_overlap(addr, addr + len) {
-                if flags & MAP_FIXED_NOREPLACE != 0 {
-                    return Err(MapError::Overlap);
-                }
-                if self.mm(mm).vmas.len() + 2 > self.cfg.max_map_count {
-                    return Err(MapError::NoMemory);
-                }
-                self.unmap_region(mm, addr, addr + len);
-            }
+        let fixed = has(MAP_FIXED | MAP_FIXED_NOREPLACE);
+        let hint = if fixed {
             addr
         } else {
-            self.mm(mm)
-                .vmas
-                .find_gap(len, addr, USER_TOP)
-                .ok_or(MapError::NoSpace)?
+            self.round_hint_to_min(addr)
         };
-        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
-            return Err(MapError::NoMemory);
+        let len = page_align(len).filter(|&l| l != 0).ok_or(Errno::ENOMEM)?;
+        if self.mm(mm).vmas.len() > self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
         }
         let mut vf = prot_to_vm(prot) | VmFlags::MAYREAD | VmFlags::MAYWRITE | VmFlags::MAYEXEC;
+        if has(MAP_GROWSDOWN) {
+            vf |= VmFlags::GROWSDOWN;
+        }
+        if has(MAP_LOCKED) {
+            vf |= VmFlags::LOCKED;
+        }
+        if has(MAP_STACK) {
+            vf |= VmFlags::NOHUGEPAGE;
+        }
+        let start = self.get_unmapped_area(mm, hint, len, fixed)?;
+        if has(MAP_FIXED_NOREPLACE) && self.mm(mm).vmas.any_overlap(start, start + len) {
+            return Err(Errno::EEXIST);
+        }
+        if vf & VmFlags::LOCKED != 0 && self.locked_bytes(mm) + len > MEMLOCK_LIMIT {
+            return Err(Errno::EAGAIN);
+        }
+        let shared = match flags as u32 & MAP_TYPE {
+            MAP_SHARED => {
+                if vf & VmFlags::GROWSDOWN != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
+                true
+            }
+            MAP_DROPPABLE => {
+                if has(MAP_LOCKED | MAP_HUGETLB) || vf & VmFlags::GROWSDOWN != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                vf |= VmFlags::DROPPABLE
+                    | VmFlags::NORESERVE
+                    | VmFlags::WIPEONFORK
+                    | VmFlags::DONTDUMP;
+                false
+            }
+            MAP_PRIVATE => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        if has(MAP_NORESERVE) {
+            vf |= VmFlags::NORESERVE;
+        }
+        if has(MAP_HUGETLB) {
+            // hugetlbfs_file_mmap -> hugetlb_reserve_pages: guest-mm has no
+            // huge page pool yet, so no reservation can be met (the host's
+            // pool is empty too). With MAP_NORESERVE Linux would map and
+            // SIGBUS on the first fault; docs/CONFORMANCE.md.
+            return Err(Errno::ENOMEM);
+        }
+        if accountable(vf) {
+            vf |= VmFlags::ACCOUNT;
+        }
+        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
+            self.munmap_checked(mm, start, start + len)?;
+        }
+        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
+        }
         let (backing, pgoff) = if shared {
-            vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
             let id = ShmemId(self.new_id());
             self.shmems.insert(
                 id,
@@ -151,44 +224,168 @@ impl<H: Hw> MemSystem<H> {
         self.mm_mut(mm).vmas.insert(v);
         self.merge_vma_at(mm, start + len);
         self.merge_vma_at(mm, start);
-        if flags & MAP_POPULATE != 0 && prot != 0 {
-            let write = prot & PROT_WRITE != 0;
-            for va in (start..start + len).step_by(PAGE_SIZE as usize) {
-                let ff = crate::fault::FaultFlags {
-                    write,
-                    ..Default::default()
-                };
-                if self.handle_mm_fault(mm, va, ff).is_err() {
-                    break;
-                }
-            }
+        // do_mmap's *populate: VM_LOCKED, or MAP_POPULATE without
+        // MAP_NONBLOCK; mm_populate ignores errors.
+        let populate = u64::from(MAP_POPULATE | MAP_NONBLOCK);
+        if vf & VmFlags::LOCKED != 0 || flags & populate == u64::from(MAP_POPULATE) {
+            let _ = self.populate(mm, start, start + len, true);
         }
         Ok(start)
     }
 
-    /// `munmap`.
+    /// `round_hint_to_min`.
+    fn round_hint_to_min(&self, hint: u64) -> u64 {
+        let hint = hint & !(PAGE_SIZE - 1);
+        let min = self.cfg.mmap_min_addr;
+        if hint != 0 && hint < min {
+            page_align(min).unwrap_or(min)
+        } else {
+            hint
+        }
+    }
+
+    /// `__get_unmapped_area` with x86's `arch_get_unmapped_area_topdown`:
+    /// a fixed address is checked, not searched; a hint is used if the
+    /// range is free (keeping a growing-down neighbour's guard gap); else
+    /// the highest free range below the mmap base.
+    pub(crate) fn get_unmapped_area(
+        &self,
+        mm: MmId,
+        addr: u64,
+        len: u64,
+        fixed: bool,
+    ) -> Result<u64, Errno> {
+        if len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        let vmas = &self.mm(mm).vmas;
+        let found = if fixed {
+            addr
+        } else {
+            let min = self.cfg.mmap_min_addr.max(PAGE_SIZE);
+            let hint = addr & !(PAGE_SIZE - 1);
+            let hint_ok = hint != 0 && hint <= TASK_SIZE - len && vmas.fits(hint, len);
+            if hint_ok {
+                hint
+            } else {
+                vmas.find_gap(len, 0, min, TASK_SIZE).ok_or(Errno::ENOMEM)?
+            }
+        };
+        if found > TASK_SIZE - len {
+            return Err(Errno::ENOMEM);
+        }
+        if found & (PAGE_SIZE - 1) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        // security_mmap_addr / cap_mmap_addr (no CAP_SYS_RAWIO here).
+        if found < self.cfg.mmap_min_addr {
+            return Err(Errno::EPERM);
+        }
+        Ok(found)
+    }
+
+    /// Bytes of `mm` in `VM_LOCKED` mappings (`mm->locked_vm`).
+    pub(crate) fn locked_bytes(&self, mm: MmId) -> u64 {
+        self.mm(mm)
+            .vmas
+            .iter()
+            .filter(|v| v.flags.has(VmFlags::LOCKED))
+            .map(|v| v.end - v.start)
+            .sum()
+    }
+
+    /// `__mm_populate`: fault `[start, end)` in, VMA by VMA, the way
+    /// `populate_vma_page_range` does (write faults for private writable
+    /// memory, read faults with unshare otherwise; nothing for
+    /// `VM_LOCKONFAULT`; `PROT_NONE` memory fails). With `ignore_errors`
+    /// a failing VMA is skipped; otherwise the first failure is returned.
+    pub(crate) fn populate(
+        &mut self,
+        mm: MmId,
+        start: u64,
+        end: u64,
+        ignore_errors: bool,
+    ) -> Result<(), Errno> {
+        let mut cur = start;
+        while cur < end {
+            let Some(v) = self
+                .mm(mm)
+                .vmas
+                .overlapping(cur, end)
+                .first()
+                .and_then(|&s| self.mm(mm).vmas.get(s))
+                .cloned()
+            else {
+                break;
+            };
+            let (s, e) = (cur.max(v.start), end.min(v.end));
+            cur = e;
+            if v.flags.has(VmFlags::LOCKONFAULT) {
+                continue;
+            }
+            let r = if !v.flags.has(VmFlags::ACCESS) {
+                Err(Errno::EFAULT)
+            } else {
+                let write = v.flags.0 & (VmFlags::WRITE | VmFlags::SHARED) == VmFlags::WRITE;
+                self.fault_range(mm, s, e, write)
+            };
+            if let Err(err) = r {
+                if !ignore_errors {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Faults `[start, end)` in as GUP does for populate (`FOLL_WRITE`, or
+    /// a read with `FOLL_UNSHARE` on private memory).
+    pub(crate) fn fault_range(
+        &mut self,
+        mm: MmId,
+        start: u64,
+        end: u64,
+        write: bool,
+    ) -> Result<(), Errno> {
+        for va in (start..end).step_by(PAGE_SIZE as usize) {
+            let ff = crate::fault::FaultFlags {
+                write,
+                ..Default::default()
+            };
+            match self.handle_mm_fault(mm, va, ff) {
+                Ok(()) | Err(crate::errno::Fault::Retry) => {}
+                Err(crate::errno::Fault::Oom) => return Err(Errno::ENOMEM),
+                Err(_) => return Err(Errno::EFAULT),
+            }
+        }
+        Ok(())
+    }
+
+    /// `munmap` (`do_vmi_munmap`): the length is checked against
+    /// TASK_SIZE before it is rounded up; nothing mapped is success.
     pub(crate) fn do_munmap(&mut self, mm: MmId, addr: u64, len: u64) -> Result<(), Errno> {
-        if addr & (PAGE_SIZE - 1) != 0 || len == 0 {
+        if addr & (PAGE_SIZE - 1) != 0 || addr > TASK_SIZE || len > TASK_SIZE - addr {
             return Err(Errno::EINVAL);
         }
         let len = page_align(len).ok_or(Errno::EINVAL)?;
-        if addr >= USER_TOP || len > USER_TOP - addr {
+        if len == 0 {
             return Err(Errno::EINVAL);
         }
-        if self.mm(mm).vmas.len() + 2 > self.cfg.max_map_count
-            && self.mm(mm).vmas.any_overlap(addr, addr + len)
-        {
-            // A split in the middle of a VMA would exceed the limit.
-            let inner = self
-                .mm(mm)
-                .vmas
-                .find(addr)
-                .is_some_and(|v| v.start < addr && v.end > addr + len);
-            if inner {
-                return Err(Errno::ENOMEM);
-            }
+        self.munmap_checked(mm, addr, addr + len)
+    }
+
+    /// Unmaps `[start, end)` unless that would split one VMA in three with
+    /// the map count at its limit (`vms_gather_munmap_vmas`: `ENOMEM`).
+    pub(crate) fn munmap_checked(&mut self, mm: MmId, start: u64, end: u64) -> Result<(), Errno> {
+        let inner = self
+            .mm(mm)
+            .vmas
+            .find(start)
+            .is_some_and(|v| v.start < start && v.end > end);
+        if inner && self.mm(mm).vmas.len() >= self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
         }
-        self.unmap_region(mm, addr, addr + len);
+        self.unmap_region(mm, start, end);
         Ok(())
     }
 

@@ -2,20 +2,27 @@
 //! the PTEs in the range.
 //!
 //! Mirrors `mm/mprotect.c` (`do_mprotect_pkey`, `mprotect_fixup`,
-//! `change_pte_range`, `can_change_pte_writable`). As in Linux, the change
-//! is applied VMA by VMA and a hole stops it with `ENOMEM` after the part
-//! before it was changed; asking for more than `VM_MAY*` allows is
-//! `EACCES`. A private page becomes writable only if it is anon-exclusive:
-//! shared (COW) pages stay read-only so the next write copies them.
+//! `change_pte_range`, `can_change_pte_writable`) as of Linux 6.18. The
+//! checks run in Linux's order: `PROT_GROWSDOWN | PROT_GROWSUP` together,
+//! alignment, a zero length (success before `prot` is looked at), overflow
+//! (`ENOMEM`), then `prot` (`PROT_SEM` is accepted). The change is applied
+//! VMA by VMA and a hole stops it with `ENOMEM` after the part before it
+//! was changed; asking for more than `VM_MAY*` allows is `EACCES`. A
+//! private page becomes writable only if it is anon-exclusive: shared
+//! (COW) pages stay read-only so the next write copies them. A private
+//! mapping made writable for the first time takes `VM_ACCOUNT` (and drops
+//! it again when made read-only before any page was faulted), and an
+//! mlocked one is populated for writing, as `mprotect_fixup` does.
 
 use crate::errno::Errno;
 use crate::hw::{FlushRange, Hw, PAGE_SIZE};
 use crate::ids::MmId;
-use crate::mmap::{PROT_EXEC, PROT_READ, PROT_WRITE, page_align, prot_to_vm};
-use crate::pgtable::{self, USER_TOP};
+use crate::mmap::{PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE};
+use crate::mmap::{page_align, prot_to_vm};
+use crate::pgtable;
 use crate::pte::{Pte, PteFlags};
 use crate::system::MemSystem;
-use crate::vma::VmFlags;
+use crate::vma::{Backing, VmFlags};
 
 impl<H: Hw> MemSystem<H> {
     /// `mprotect`.
@@ -24,9 +31,11 @@ impl<H: Hw> MemSystem<H> {
         mm: MmId,
         addr: u64,
         len: u64,
-        prot: u32,
+        prot: u64,
     ) -> Result<(), Errno> {
-        if addr & (PAGE_SIZE - 1) != 0 || prot & !(PROT_READ | PROT_WRITE | PROT_EXEC) != 0 {
+        let grows = prot & u64::from(PROT_GROWSDOWN | PROT_GROWSUP);
+        let prot = prot & !grows;
+        if grows == u64::from(PROT_GROWSDOWN | PROT_GROWSUP) || addr & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
         }
         if len == 0 {
@@ -34,21 +43,52 @@ impl<H: Hw> MemSystem<H> {
         }
         let len = page_align(len).ok_or(Errno::ENOMEM)?;
         let end = addr.checked_add(len).ok_or(Errno::ENOMEM)?;
-        if end > USER_TOP {
-            return Err(Errno::ENOMEM);
+        if prot & !u64::from(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM) != 0 {
+            return Err(Errno::EINVAL);
         }
-        let access = VmFlags::READ | VmFlags::WRITE | VmFlags::EXEC;
-        let mut cur = addr;
+        let first = self.mm(mm).vmas.overlapping(addr, end).first().copied();
+        let Some(first) = first.and_then(|s| self.mm(mm).vmas.get(s)).cloned() else {
+            return Err(Errno::ENOMEM);
+        };
+        let mut start = addr;
+        if grows & u64::from(PROT_GROWSDOWN) != 0 {
+            start = first.start;
+            if !first.flags.has(VmFlags::GROWSDOWN) {
+                return Err(Errno::EINVAL);
+            }
+        } else {
+            if first.start > start {
+                return Err(Errno::ENOMEM);
+            }
+            if grows != 0 {
+                // PROT_GROWSUP: x86 has no VM_GROWSUP mappings.
+                return Err(Errno::EINVAL);
+            }
+        }
+        let mut cur = start;
         while cur < end {
             let Some(v) = self.mm(mm).vmas.find(cur).cloned() else {
                 return Err(Errno::ENOMEM);
             };
-            let newflags = (v.flags.0 & !access) | prot_to_vm(prot);
-            if newflags & !(newflags >> 4) & access != 0 {
+            let mut newflags = (v.flags.0 & !VmFlags::ACCESS) | prot_to_vm(prot);
+            if newflags & !(newflags >> 4) & VmFlags::ACCESS != 0 {
                 return Err(Errno::EACCES);
             }
+            let old = v.flags.0;
+            let first_write = newflags & VmFlags::WRITE != 0
+                && old & (VmFlags::ACCOUNT | VmFlags::WRITE | VmFlags::SHARED | VmFlags::NORESERVE)
+                    == 0;
+            let never_faulted = matches!(&v.backing, Backing::Anon { chain } if chain.is_empty());
+            if first_write {
+                newflags |= VmFlags::ACCOUNT;
+            } else if newflags & VmFlags::WRITE == 0 && old & VmFlags::ACCOUNT != 0 && never_faulted
+            {
+                // Nothing was charged to private pages yet: the commit
+                // charge can go (an anon_vma would make it stay).
+                newflags &= !VmFlags::ACCOUNT;
+            }
             let seg_end = v.end.min(end);
-            if newflags != v.flags.0 {
+            if newflags != old {
                 self.split_vma_at(mm, cur);
                 self.split_vma_at(mm, seg_end);
                 if let Some(v) = self.mm_mut(mm).vmas.get_mut(cur) {
@@ -57,6 +97,13 @@ impl<H: Hw> MemSystem<H> {
                 self.change_protection(mm, cur, seg_end);
                 self.merge_vma_at(mm, seg_end);
                 self.merge_vma_at(mm, cur);
+                let locked_private =
+                    old & (VmFlags::WRITE | VmFlags::SHARED | VmFlags::LOCKED) == VmFlags::LOCKED;
+                if locked_private && newflags & VmFlags::WRITE != 0 {
+                    // mprotect_fixup: break COW now so the locked range stays
+                    // populated with writable pages.
+                    let _ = self.fault_range(mm, cur, seg_end, true);
+                }
             }
             cur = seg_end;
         }

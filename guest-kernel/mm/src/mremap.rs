@@ -1,11 +1,23 @@
 //! `mremap`: shrink, grow in place, or move (and grow) a mapping.
 //!
-//! Mirrors `mm/mremap.c` (`SYSCALL_DEFINE5(mremap)`, `vma_to_resize`,
-//! `move_vma`, `move_page_tables`). Moving keeps `vm_pgoff`, so anonymous
-//! folios keep their rmap index and only the PTEs move; the old range is
-//! flushed before its page tables are freed. `MREMAP_DONTUNMAP` moves the
-//! pages and leaves the old VMA in place, empty; `old_len == 0` on a shared
-//! mapping creates a second mapping of the same pages (private: `EINVAL`).
+//! Mirrors `mm/mremap.c` as of Linux 6.18 (`check_mremap_params`,
+//! `check_prep_vma`, `mremap_at`, `mremap_to`, `remap_move`, `move_vma`,
+//! `copy_vma`). What follows from it:
+//! - Shrinking unmaps the tail without looking at VMA boundaries, so it
+//!   works across VMAs and holes; a same-size call is a no-op that succeeds.
+//! - Growing or moving needs `[old, old + old_len)` inside one VMA
+//!   (`EFAULT`), except a fixed same-size move, which (6.17+) moves every
+//!   VMA of the range, keeping the gaps between them.
+//! - `MREMAP_FIXED` and `MREMAP_DONTUNMAP` give a new address; without
+//!   `MREMAP_FIXED` it is a hint, used if free. A destination overlapping
+//!   the source is `EINVAL`, checked before anything is unmapped.
+//! - `old_len == 0` makes a second mapping of a shared mapping's pages;
+//!   for private memory it is `EINVAL`.
+//! - A moved VMA keeps its page offset, so anonymous folios keep their
+//!   rmap index and only the PTEs move; a never-faulted anonymous VMA takes
+//!   the new address as its offset instead, so it merges with its new
+//!   neighbours. `MREMAP_DONTUNMAP` leaves the old VMA in place, empty
+//!   and unlocked.
 
 use alloc::vec::Vec;
 
@@ -13,196 +25,270 @@ use crate::errno::Errno;
 use crate::gather::MmuGather;
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::MmId;
-use crate::mmap::page_align;
-use crate::pgtable::{self, USER_TOP};
+use crate::mmap::MEMLOCK_LIMIT;
+use crate::pgtable;
 use crate::pte::Pte;
 use crate::system::MemSystem;
-use crate::vma::{MMAP_MIN_ADDR, Vma};
+use crate::vma::{Backing, TASK_SIZE, VmFlags, Vma};
 
 /// `MREMAP_MAYMOVE`.
-pub const MREMAP_MAYMOVE: u32 = 1;
+pub const MREMAP_MAYMOVE: u64 = 1;
 /// `MREMAP_FIXED`.
-pub const MREMAP_FIXED: u32 = 2;
+pub const MREMAP_FIXED: u64 = 2;
 /// `MREMAP_DONTUNMAP`: move the pages but leave the old range mapped (and
 /// empty).
-pub const MREMAP_DONTUNMAP: u32 = 4;
+pub const MREMAP_DONTUNMAP: u64 = 4;
+
+/// One remap operation (`struct vma_remap_struct`): the piece of one VMA
+/// being resized or moved.
+#[derive(Debug, Clone, Copy)]
+struct Remap {
+    addr: u64,
+    old_len: u64,
+    new_len: u64,
+    flags: u64,
+    new_addr: u64,
+}
+
+impl Remap {
+    fn implies_new_addr(&self) -> bool {
+        self.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
+    }
+    fn overlaps(&self) -> bool {
+        self.addr + self.old_len > self.new_addr && self.new_addr + self.new_len > self.addr
+    }
+}
+
+/// `PAGE_ALIGN`, wrapping like the kernel's macro.
+fn align_wrapping(len: u64) -> u64 {
+    len.wrapping_add(PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
 
 impl<H: Hw> MemSystem<H> {
     /// `mremap`.
     pub(crate) fn do_mremap(
         &mut self,
         mm: MmId,
-        old: u64,
+        addr: u64,
         old_len: u64,
         new_len: u64,
-        flags: u32,
+        flags: u64,
         new_addr: u64,
     ) -> Result<u64, Errno> {
-        let may_move = flags & MREMAP_MAYMOVE != 0;
-        let dontunmap = flags & MREMAP_DONTUNMAP != 0;
+        let mut r = Remap {
+            addr,
+            old_len,
+            new_len,
+            flags,
+            new_addr,
+        };
+        // check_mremap_params.
         if flags & !(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
-            || (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0 && !may_move)
-            || old & (PAGE_SIZE - 1) != 0
+            || addr & (PAGE_SIZE - 1) != 0
+            || align_wrapping(new_len) == 0
         {
             return Err(Errno::EINVAL);
         }
-        let old_len = page_align(old_len).ok_or(Errno::EINVAL)?;
-        let new_len = page_align(new_len).ok_or(Errno::EINVAL)?;
-        if new_len == 0 || (dontunmap && old_len != new_len) {
-            return Err(Errno::EINVAL);
-        }
-        if old_len == 0 {
-            return self.dup_shared(mm, old, new_len, flags, new_addr);
-        }
-        let old_end = old.checked_add(old_len).ok_or(Errno::EFAULT)?;
-        let check_vma = |s: &Self| -> Result<Vma, Errno> {
-            let v = s.mm(mm).vmas.find(old).cloned().ok_or(Errno::EFAULT)?;
-            if old_end > v.end {
-                Err(Errno::EFAULT)
-            } else {
-                Ok(v)
-            }
-        };
-        if flags & MREMAP_FIXED != 0 {
+        if r.implies_new_addr() {
             if new_addr & (PAGE_SIZE - 1) != 0
-                || new_len > USER_TOP
-                || new_addr > USER_TOP - new_len
+                || flags & MREMAP_MAYMOVE == 0
+                || (flags & MREMAP_DONTUNMAP != 0 && old_len != new_len)
             {
                 return Err(Errno::EINVAL);
             }
-            if new_addr < MMAP_MIN_ADDR {
-                return Err(Errno::EPERM);
-            }
-            if new_addr < old_end && old < new_addr + new_len {
+            // The destination is checked against TASK_SIZE and the source
+            // before any VMA is looked up (6.18 checks these first).
+            let (o, n) = (align_wrapping(old_len), align_wrapping(new_len));
+            let whole = Remap {
+                old_len: o,
+                new_len: n,
+                ..r
+            };
+            if n > TASK_SIZE || new_addr > TASK_SIZE - n || whole.overlaps() {
                 return Err(Errno::EINVAL);
             }
-            check_vma(self)?;
-            self.unmap_region(mm, new_addr, new_addr + new_len);
-            let mut len = old_len;
-            if old_len > new_len {
-                self.unmap_region(mm, old + new_len, old_end);
-                len = new_len;
-            }
-            return self.move_vma(mm, old, len, new_len, new_addr, dontunmap);
-        }
-        let v = check_vma(self)?;
-        if dontunmap {
-            let dst = self
-                .mm(mm)
-                .vmas
-                .find_gap(new_len, 0, USER_TOP)
-                .ok_or(Errno::ENOMEM)?;
-            return self.move_vma(mm, old, old_len, new_len, dst, true);
-        }
-        if new_len <= old_len {
-            if new_len < old_len {
-                self.unmap_region(mm, old + new_len, old_end);
-            }
-            return Ok(old);
-        }
-        let grow_end = old.checked_add(new_len).filter(|&e| e <= USER_TOP);
-        if let Some(e) = grow_end {
-            if old_end == v.end && !self.mm(mm).vmas.any_overlap(v.end, e) {
-                if let Some(vm) = self.mm_mut(mm).vmas.get_mut(v.start) {
-                    vm.end = e;
-                }
-                self.merge_vma_at(mm, e);
-                return Ok(old);
+            if self.mm(mm).vmas.len() + 2 >= self.cfg.max_map_count.saturating_sub(3) {
+                return Err(Errno::ENOMEM);
             }
         }
-        if flags & MREMAP_MAYMOVE == 0 {
-            return Err(Errno::ENOMEM);
+        r.old_len = align_wrapping(old_len);
+        r.new_len = align_wrapping(new_len);
+        if flags & MREMAP_FIXED != 0 && r.old_len == r.new_len {
+            return self.remap_move(mm, r);
         }
-        let dst = self
-            .mm(mm)
-            .vmas
-            .find_gap(new_len, 0, USER_TOP)
-            .ok_or(Errno::ENOMEM)?;
-        self.move_vma(mm, old, old_len, new_len, dst, false)
+        let v = self.mm(mm).vmas.find(addr).cloned().ok_or(Errno::EFAULT)?;
+        self.remap_piece(mm, &v, r)
     }
 
-    /// `mremap(old, 0, new_len, MAYMOVE...)` of a shared mapping: a second
-    /// VMA over the same object pages (`copy_vma` without moving PTEs).
-    fn dup_shared(
-        &mut self,
-        mm: MmId,
-        old: u64,
-        new_len: u64,
-        flags: u32,
-        new_addr: u64,
-    ) -> Result<u64, Errno> {
-        let v = self.mm(mm).vmas.find(old).cloned().ok_or(Errno::EFAULT)?;
-        if !v.is_shared() || flags & MREMAP_MAYMOVE == 0 || flags & MREMAP_DONTUNMAP != 0 {
+    /// `remap_move`: a fixed same-size move of every VMA in the range, each
+    /// to the same offset from the destination; no hole at the start.
+    fn remap_move(&mut self, mm: MmId, r: Remap) -> Result<u64, Errno> {
+        let end = r.addr.checked_add(r.old_len).ok_or(Errno::EFAULT)?;
+        let mut result = Err(Errno::EFAULT);
+        let mut cursor = r.addr;
+        let mut target = r.new_addr;
+        let mut last_end = None;
+        while cursor < end {
+            let Some(&s) = self.mm(mm).vmas.overlapping(cursor, end).first() else {
+                break;
+            };
+            let v = self.mm(mm).vmas.get(s).cloned().expect("vma");
+            if last_end.is_none() && r.addr < v.start {
+                return Err(Errno::EFAULT);
+            }
+            let piece_start = v.start.max(r.addr);
+            let piece_len = end.min(v.end) - piece_start;
+            let gap = last_end.map_or(0, |e| v.start - e);
+            last_end = Some(v.end);
+            let piece = Remap {
+                addr: piece_start,
+                old_len: piece_len,
+                new_len: piece_len,
+                flags: r.flags,
+                new_addr: target + gap,
+            };
+            let moved = self.remap_piece(mm, &v, piece)?;
+            if result.is_err() {
+                result = Ok(moved);
+            }
+            target = moved + piece_len;
+            cursor = piece_start + piece_len;
+        }
+        result
+    }
+
+    /// `mremap_to` or `mremap_at` for one VMA.
+    fn remap_piece(&mut self, mm: MmId, v: &Vma, mut r: Remap) -> Result<u64, Errno> {
+        if r.implies_new_addr() {
+            // check_prep_vma, before anything is unmapped: what stays after
+            // a shrink must lie in the VMA.
+            let kept = Remap {
+                old_len: r.old_len.min(r.new_len),
+                ..r
+            };
+            self.remap_is_valid(mm, v, kept)?;
+            return self.mremap_to(mm, r);
+        }
+        r.new_addr = r.addr;
+        if r.new_len == r.old_len {
+            return Ok(r.addr);
+        }
+        if r.new_len < r.old_len {
+            self.munmap_len(mm, r.addr + r.new_len, r.old_len - r.new_len)?;
+            return Ok(r.addr);
+        }
+        self.remap_is_valid(mm, v, r)?;
+        // expand_vma: in place if the range ends the VMA and there is room.
+        let delta = r.new_len - r.old_len;
+        let room = v.end - r.addr == r.old_len
+            && v.end
+                .checked_add(delta)
+                .is_some_and(|e| e <= TASK_SIZE && !self.mm(mm).vmas.any_overlap(v.end, e));
+        if room {
+            let e = v.end + delta;
+            if let Some(x) = self.mm_mut(mm).vmas.get_mut(v.start) {
+                x.end = e;
+            }
+            self.merge_vma_at(mm, e);
+            if v.flags.has(VmFlags::LOCKED) {
+                let _ = self.populate(mm, r.addr + r.old_len, r.addr + r.new_len, true);
+            }
+            return Ok(r.addr);
+        }
+        if r.flags & MREMAP_MAYMOVE == 0 {
+            return Err(Errno::ENOMEM);
+        }
+        let dst = self.get_unmapped_area(mm, 0, r.new_len, false)?;
+        r.new_addr = dst;
+        self.move_vma(mm, r)
+    }
+
+    /// `remap_is_valid`: what growing or moving `[addr, addr + old_len)` of
+    /// `v` needs.
+    fn remap_is_valid(&self, mm: MmId, v: &Vma, r: Remap) -> Result<(), Errno> {
+        if r.old_len == 0 && !v.flags.has(VmFlags::SHARED | VmFlags::MAYSHARE) {
             return Err(Errno::EINVAL);
         }
-        let dst = if flags & MREMAP_FIXED != 0 {
-            if new_addr & (PAGE_SIZE - 1) != 0
-                || new_len > USER_TOP
-                || new_addr > USER_TOP - new_len
-            {
-                return Err(Errno::EINVAL);
+        if r.old_len > v.end - r.addr {
+            return Err(Errno::EFAULT);
+        }
+        if r.new_len == r.old_len {
+            return Ok(());
+        }
+        let pgoff = v.page_index(r.addr);
+        if pgoff.checked_add(r.new_len / PAGE_SIZE).is_none() {
+            return Err(Errno::EINVAL);
+        }
+        if v.flags.has(VmFlags::LOCKED)
+            && self.locked_bytes(mm) + (r.new_len - r.old_len) > MEMLOCK_LIMIT
+        {
+            return Err(Errno::EAGAIN);
+        }
+        Ok(())
+    }
+
+    /// `do_munmap` for the kernel's own unmaps inside mremap.
+    fn munmap_len(&mut self, mm: MmId, start: u64, len: u64) -> Result<(), Errno> {
+        self.munmap_checked(mm, start, start + len)
+    }
+
+    /// `mremap_to`: the destination is given (fixed) or hinted.
+    fn mremap_to(&mut self, mm: MmId, mut r: Remap) -> Result<u64, Errno> {
+        if r.new_len > TASK_SIZE || r.new_addr > TASK_SIZE - r.new_len || r.overlaps() {
+            return Err(Errno::EINVAL);
+        }
+        if r.flags & MREMAP_FIXED != 0 {
+            self.munmap_len(mm, r.new_addr, r.new_len)?;
+            if self.mm(mm).vmas.find(r.addr).is_none() {
+                return Err(Errno::EFAULT);
             }
-            if new_addr < MMAP_MIN_ADDR {
-                return Err(Errno::EPERM);
-            }
-            self.unmap_region(mm, new_addr, new_addr + new_len);
-            new_addr
-        } else {
-            self.mm(mm)
-                .vmas
-                .find_gap(new_len, 0, USER_TOP)
-                .ok_or(Errno::ENOMEM)?
-        };
-        // The unmap above may have removed the source VMA itself.
+        }
+        if r.new_len < r.old_len {
+            self.munmap_len(mm, r.addr + r.new_len, r.old_len - r.new_len)?;
+            r.old_len = r.new_len;
+        }
+        if self.mm(mm).vmas.find(r.addr).is_none() {
+            return Err(Errno::EFAULT);
+        }
+        let fixed = r.flags & MREMAP_FIXED != 0;
+        r.new_addr = self.get_unmapped_area(mm, r.new_addr, r.new_len, fixed)?;
+        self.move_vma(mm, r)
+    }
+
+    /// `move_vma`: `[addr, addr + old_len)` (inside one VMA) moves to
+    /// `new_addr`, growing to `new_len`.
+    fn move_vma(&mut self, mm: MmId, r: Remap) -> Result<u64, Errno> {
+        if self.mm(mm).vmas.len() >= self.cfg.max_map_count.saturating_sub(3) {
+            return Err(Errno::ENOMEM);
+        }
         let v = self
             .mm(mm)
             .vmas
-            .find(old)
+            .find(r.addr)
             .cloned()
-            .filter(|x| x.backing == v.backing)
             .ok_or(Errno::EFAULT)?;
-        let nv = Vma {
-            start: dst,
-            end: dst + new_len,
-            flags: v.flags,
-            pgoff: v.page_index(old),
-            backing: v.backing,
-        };
-        self.vma_link(mm, &nv);
-        self.mm_mut(mm).vmas.insert(nv);
-        self.merge_vma_at(mm, dst + new_len);
-        self.merge_vma_at(mm, dst);
-        Ok(dst)
-    }
-
-    /// `move_vma`: `[old, old+old_len)` (inside one VMA) moves to `new`,
-    /// growing to `new_len`. With `keep_old` (`MREMAP_DONTUNMAP`) the old
-    /// VMA stays, without pages.
-    fn move_vma(
-        &mut self,
-        mm: MmId,
-        old: u64,
-        old_len: u64,
-        new_len: u64,
-        new: u64,
-        keep_old: bool,
-    ) -> Result<u64, Errno> {
+        let (old, new) = (r.addr, r.new_addr);
         let root = self.mm(mm).root;
-        let leaves = pgtable::leaves(&self.hw, root, old, old + old_len);
+        let leaves = pgtable::leaves(&self.hw, root, old, old + r.old_len);
         let mut dst = Vec::with_capacity(leaves.len());
         for &(va, _, _) in &leaves {
             let s = pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, new + (va - old))
                 .ok_or(Errno::ENOMEM)?;
             dst.push(s);
         }
-        self.split_vma_at(mm, old);
-        self.split_vma_at(mm, old + old_len);
-        let v = self.mm(mm).vmas.find(old).cloned().expect("vma");
+        // copy_vma: a never-faulted anonymous VMA has nothing indexed by its
+        // offset, so it takes the new address as one.
+        let never_faulted = matches!(&v.backing, Backing::Anon { chain } if chain.is_empty());
+        let pgoff = if never_faulted {
+            new / PAGE_SIZE
+        } else {
+            v.page_index(old)
+        };
         let nv = Vma {
             start: new,
-            end: new + new_len,
+            end: new + r.new_len,
             flags: v.flags,
-            pgoff: v.pgoff,
+            pgoff,
             backing: v.backing.clone(),
         };
         for (&(_, slot, pte), &d) in leaves.iter().zip(&dst) {
@@ -211,30 +297,51 @@ impl<H: Hw> MemSystem<H> {
         }
         self.vma_link(mm, &nv);
         self.mm_mut(mm).vmas.insert(nv);
-        if !keep_old {
-            if let Some(gone) = self.mm_mut(mm).vmas.remove(old) {
-                self.vma_unlink(mm, &gone);
-            }
-        }
         // Flush the old translations, then free the old range's tables.
-        let mut g = MmuGather::new(mm);
-        self.zap_range(&mut g, old, old + old_len, true);
         if !leaves.is_empty() {
             self.flush_tlb(
                 mm,
                 crate::hw::FlushRange::Range {
                     start: old,
-                    end: old + old_len,
+                    end: old + r.old_len,
                 },
             );
         }
+        let mut g = MmuGather::new(mm);
+        self.zap_range(&mut g, old, old + r.old_len, true);
         self.tlb_finish(g);
-        if keep_old {
-            self.merge_vma_at(mm, old + old_len);
-            self.merge_vma_at(mm, old);
+        if r.flags & MREMAP_DONTUNMAP != 0 {
+            self.dontunmap_complete(mm, &v, old, old + r.old_len);
+        } else if r.old_len > 0 {
+            self.unmap_region(mm, old, old + r.old_len);
         }
-        self.merge_vma_at(mm, new + new_len);
+        self.merge_vma_at(mm, new + r.new_len);
         self.merge_vma_at(mm, new);
+        if v.flags.has(VmFlags::LOCKED) && r.new_len > r.old_len {
+            let _ = self.populate(mm, new + r.old_len, new + r.new_len, true);
+        }
         Ok(new)
+    }
+
+    /// `dontunmap_complete`: the old VMA stays, unlocked, and without its
+    /// anon_vma if it moved as a whole. (Linux 6.18 keeps its `VM_ACCOUNT`:
+    /// it still merges with a new writable neighbour.)
+    fn dontunmap_complete(&mut self, mm: MmId, v: &Vma, start: u64, end: u64) {
+        let whole = start == v.start && end == v.end;
+        if whole && matches!(v.backing, Backing::Anon { .. }) {
+            // unlink_anon_vmas: the moved VMA keeps the anon_vma alive.
+            let Some(old) = self.mm_mut(mm).vmas.remove(v.start) else {
+                return;
+            };
+            self.vma_unlink(mm, &old);
+            let mut kept = old;
+            kept.backing = Backing::Anon { chain: Vec::new() };
+            kept.flags.0 &= !VmFlags::LOCKED_MASK;
+            self.mm_mut(mm).vmas.insert(kept);
+        } else if let Some(x) = self.mm_mut(mm).vmas.get_mut(v.start) {
+            x.flags.0 &= !VmFlags::LOCKED_MASK;
+        }
+        self.merge_vma_at(mm, v.end);
+        self.merge_vma_at(mm, v.start);
     }
 }

@@ -102,7 +102,7 @@ impl MmStats {
 }
 
 impl<H: Hw> MemSystem<H> {
-    fn proc_mm(&self, pid: Pid) -> Result<MmId, Errno> {
+    pub(crate) fn proc_mm(&self, pid: Pid) -> Result<MmId, Errno> {
         match self.procs.get(&pid) {
             Some(Process {
                 mm: Some(mm),
@@ -151,22 +151,19 @@ impl<H: Hw> MemSystem<H> {
         self.proc_mm(pid).map(|_| pid)
     }
 
-    /// `mmap` (anonymous only; `fd` must be -1 unless `MAP_ANONYMOUS` is
-    /// given, `off` must be page aligned).
+    /// `mmap` (anonymous only: without `MAP_ANONYMOUS` it is `EBADF`, as
+    /// for a bad descriptor; `off` must be page aligned).
     pub fn mmap(
         &mut self,
         pid: Pid,
         addr: u64,
         len: u64,
-        prot: u32,
-        flags: u32,
+        prot: impl Into<u64>,
+        flags: impl Into<u64>,
         off: u64,
     ) -> Result<u64, Errno> {
         let mm = self.proc_mm(pid)?;
-        if off & (PAGE_SIZE - 1) != 0 {
-            return Err(Errno::EINVAL);
-        }
-        Ok(self.do_mmap(mm, addr, len, prot, flags)?)
+        self.do_mmap(mm, addr, len, prot.into(), flags.into(), off)
     }
 
     /// `munmap`.
@@ -176,9 +173,27 @@ impl<H: Hw> MemSystem<H> {
     }
 
     /// `mprotect`.
-    pub fn mprotect(&mut self, pid: Pid, addr: u64, len: u64, prot: u32) -> Result<(), Errno> {
+    pub fn mprotect(
+        &mut self,
+        pid: Pid,
+        addr: u64,
+        len: u64,
+        prot: impl Into<u64>,
+    ) -> Result<(), Errno> {
         let mm = self.proc_mm(pid)?;
-        self.do_mprotect(mm, addr, len, prot)
+        self.do_mprotect(mm, addr, len, prot.into())
+    }
+
+    /// `mlock2(addr, len, flags)` (`mlock` is flags 0).
+    pub fn mlock(&mut self, pid: Pid, addr: u64, len: u64, flags: u64) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_mlock(mm, addr, len, flags)
+    }
+
+    /// `munlock`.
+    pub fn munlock(&mut self, pid: Pid, addr: u64, len: u64) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        self.do_munlock(mm, addr, len)
     }
 
     /// `madvise`.
@@ -194,11 +209,11 @@ impl<H: Hw> MemSystem<H> {
         old: u64,
         old_len: u64,
         new_len: u64,
-        flags: u32,
+        flags: impl Into<u64>,
         new_addr: u64,
     ) -> Result<u64, Errno> {
         let mm = self.proc_mm(pid)?;
-        self.do_mremap(mm, old, old_len, new_len, flags, new_addr)
+        self.do_mremap(mm, old, old_len, new_len, flags.into(), new_addr)
     }
 
     /// `fork`: returns the child's pid. The kernel copies the registers.

@@ -32,6 +32,16 @@ pub const SYS_FORK: u64 = 57;
 pub const SYS_EXIT: u64 = 60;
 /// `wait4(pid, *status, options, rusage)`; only `options == 0`.
 pub const SYS_WAIT4: u64 = 61;
+/// `mlock`.
+pub const SYS_MLOCK: u64 = 149;
+/// `munlock`.
+pub const SYS_MUNLOCK: u64 = 150;
+/// `mlock2(addr, len, flags)`: `MLOCK_ONFAULT` locks without populating.
+pub const SYS_MLOCK2: u64 = 325;
+/// writewatch: `mm_maps(*buf, len)` copies the calling process's VMA
+/// listing in `/proc/self/maps` form ([`crate::MemSystem::maps_text`], at
+/// most `len` bytes) and returns the number of bytes written.
+pub const SYS_MM_MAPS: u64 = 1004;
 /// writewatch: `mm_stats(*buf, len)` copies [`crate::MmStats::to_words`]
 /// (at most `len` bytes) and returns the number of bytes written.
 pub const SYS_MM_STATS: u64 = 1000;
@@ -77,12 +87,24 @@ impl<H: Hw> MemSystem<H> {
             SYS_MMAP => {
                 // fd (a4) is ignored for MAP_ANONYMOUS, like Linux.
                 let _ = a4;
-                ret(self.mmap(pid, a0, a1, a2 as u32, a3 as u32, a5))
+                ret(self.mmap(pid, a0, a1, a2, a3, a5))
             }
-            SYS_MPROTECT => ret(self.mprotect(pid, a0, a1, a2 as u32).map(|()| 0)),
+            SYS_MPROTECT => ret(self.mprotect(pid, a0, a1, a2).map(|()| 0)),
             SYS_MUNMAP => ret(self.munmap(pid, a0, a1).map(|()| 0)),
-            SYS_MREMAP => ret(self.mremap(pid, a0, a1, a2, a3 as u32, a4)),
+            SYS_MREMAP => ret(self.mremap(pid, a0, a1, a2, a3, a4)),
+            // The advice is an `int`.
             SYS_MADVISE => ret(self.madvise(pid, a0, a1, a2 as u32).map(|()| 0)),
+            SYS_MLOCK => ret(self.mlock(pid, a0, a1, 0).map(|()| 0)),
+            SYS_MUNLOCK => ret(self.munlock(pid, a0, a1).map(|()| 0)),
+            SYS_MLOCK2 => ret(self.mlock(pid, a0, a1, a2).map(|()| 0)),
+            SYS_MM_MAPS => {
+                let r = self.maps_text(pid).and_then(|text| {
+                    let n = text.len().min(a1 as usize);
+                    self.copy_to_user(pid, a0, &text.as_bytes()[..n])
+                        .map(|()| n as u64)
+                });
+                ret(r)
+            }
             SYS_GETPID => ret(self.getpid(pid).map(u64::from)),
             SYS_FORK => match self.fork(pid) {
                 Ok(child) => Outcome::Forked { child },

@@ -30,6 +30,9 @@ pub struct Config {
     /// Run the invariant checker after every syscall (the `mm_check`
     /// command-line flag); a violation panics.
     pub check_every_op: bool,
+    /// `vm.mmap_min_addr`: the lowest address a process may map (Linux's
+    /// default is 4096; distributions set 65536).
+    pub mmap_min_addr: u64,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
             max_map_count: 65530,
             kernel_root: None,
             check_every_op: false,
+            mmap_min_addr: crate::vma::MMAP_MIN_ADDR,
         }
     }
 }

@@ -17,35 +17,74 @@ use crate::hw::PAGE_SIZE;
 use crate::ids::{AnonVmaId, ShmemId};
 use crate::pte::PteFlags;
 
-/// Lowest mappable address (`vm.mmap_min_addr` default).
+/// Default lowest mappable address (`vm.mmap_min_addr`, see
+/// [`crate::Config::mmap_min_addr`]).
 pub const MMAP_MIN_ADDR: u64 = 0x1_0000;
+/// x86-64 `TASK_SIZE`: the top user page (below 1 << 47) is never mapped,
+/// so that a `sysret` to the last user address cannot return to a
+/// non-canonical RIP (`arch/x86/include/asm/page_64_types.h`).
+pub const TASK_SIZE: u64 = crate::pgtable::USER_TOP - PAGE_SIZE;
 /// Where top-down placement starts (no ASLR: deterministic).
 pub const MMAP_BASE: u64 = 0x7f00_0000_0000;
 
-/// `VM_*` flags with Linux's values.
+/// `VM_*` flags with Linux's values (`include/linux/mm.h`). Two VMAs merge
+/// only if their flags are equal, so every flag Linux keeps on a VMA is
+/// kept here too, even those with no other effect in guest-mm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VmFlags(pub u32);
+pub struct VmFlags(pub u64);
 
 impl VmFlags {
     /// `VM_READ`.
-    pub const READ: u32 = 0x1;
+    pub const READ: u64 = 0x1;
     /// `VM_WRITE`.
-    pub const WRITE: u32 = 0x2;
+    pub const WRITE: u64 = 0x2;
     /// `VM_EXEC`.
-    pub const EXEC: u32 = 0x4;
+    pub const EXEC: u64 = 0x4;
     /// `VM_SHARED`.
-    pub const SHARED: u32 = 0x8;
+    pub const SHARED: u64 = 0x8;
     /// `VM_MAYREAD`.
-    pub const MAYREAD: u32 = 0x10;
+    pub const MAYREAD: u64 = 0x10;
     /// `VM_MAYWRITE`.
-    pub const MAYWRITE: u32 = 0x20;
+    pub const MAYWRITE: u64 = 0x20;
     /// `VM_MAYEXEC`.
-    pub const MAYEXEC: u32 = 0x40;
+    pub const MAYEXEC: u64 = 0x40;
     /// `VM_MAYSHARE`.
-    pub const MAYSHARE: u32 = 0x80;
+    pub const MAYSHARE: u64 = 0x80;
+    /// `VM_GROWSDOWN`: a stack that grows on faults below it.
+    pub const GROWSDOWN: u64 = 0x100;
+    /// `VM_LOCKED`: mlocked (populated; DONTNEED refused).
+    pub const LOCKED: u64 = 0x2000;
+    /// `VM_SEQ_READ` (`MADV_SEQUENTIAL`).
+    pub const SEQ_READ: u64 = 0x8000;
+    /// `VM_RAND_READ` (`MADV_RANDOM`).
+    pub const RAND_READ: u64 = 0x1_0000;
+    /// `VM_DONTCOPY` (`MADV_DONTFORK`): not inherited by fork.
+    pub const DONTCOPY: u64 = 0x2_0000;
+    /// `VM_LOCKONFAULT` (`mlock2(MLOCK_ONFAULT)`).
+    pub const LOCKONFAULT: u64 = 0x8_0000;
+    /// `VM_ACCOUNT`: a private writable mapping charged to the commit.
+    pub const ACCOUNT: u64 = 0x10_0000;
+    /// `VM_NORESERVE` (`MAP_NORESERVE`).
+    pub const NORESERVE: u64 = 0x20_0000;
+    /// `VM_WIPEONFORK` (`MADV_WIPEONFORK`): the child gets it empty.
+    pub const WIPEONFORK: u64 = 0x200_0000;
+    /// `VM_DONTDUMP` (`MADV_DONTDUMP`).
+    pub const DONTDUMP: u64 = 0x400_0000;
+    /// `VM_HUGEPAGE` (`MADV_HUGEPAGE`).
+    pub const HUGEPAGE: u64 = 0x2000_0000;
+    /// `VM_NOHUGEPAGE` (`MADV_NOHUGEPAGE`, `MAP_STACK`).
+    pub const NOHUGEPAGE: u64 = 0x4000_0000;
+    /// `VM_MERGEABLE` (`MADV_MERGEABLE`, KSM).
+    pub const MERGEABLE: u64 = 0x8000_0000;
+    /// `VM_DROPPABLE` (`MAP_DROPPABLE`, 64-bit only).
+    pub const DROPPABLE: u64 = 1 << 40;
+    /// `VM_LOCKED | VM_LOCKONFAULT`.
+    pub const LOCKED_MASK: u64 = Self::LOCKED | Self::LOCKONFAULT;
+    /// `VM_READ | VM_WRITE | VM_EXEC`.
+    pub const ACCESS: u64 = Self::READ | Self::WRITE | Self::EXEC;
 
     /// Whether any of `bits` is set.
-    pub fn has(self, bits: u32) -> bool {
+    pub fn has(self, bits: u64) -> bool {
         self.0 & bits != 0
     }
 }
@@ -124,8 +163,10 @@ impl Vma {
 }
 
 /// Whether `a` (ending where `b` starts) can merge with `b`
-/// (`can_vma_merge_after`): same flags, same or absent anon_vma, contiguous
-/// page offsets, same object.
+/// (`can_vma_merge_after`): same flags, contiguous page offsets, same
+/// object, and compatible anon_vmas (`is_mergeable_anon_vma`: when only one
+/// side has an anon_vma, it must not have been inherited by fork with its
+/// parent's still in the chain, `vma_had_uncowed_parents`).
 pub fn mergeable(a: &Vma, b: &Vma) -> bool {
     if a.end != b.start || a.flags != b.flags || a.pgoff + (a.end - a.start) / PAGE_SIZE != b.pgoff
     {
@@ -133,7 +174,7 @@ pub fn mergeable(a: &Vma, b: &Vma) -> bool {
     }
     match (&a.backing, &b.backing) {
         (Backing::Anon { chain: x }, Backing::Anon { chain: y }) => {
-            x == y || x.is_empty() || y.is_empty()
+            x == y || (x.is_empty() && y.len() == 1) || (y.is_empty() && x.len() == 1)
         }
         (Backing::Shmem(x), Backing::Shmem(y)) => x == y,
         _ => false,
@@ -232,11 +273,27 @@ impl VmaTree {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    /// Whether `[start, start + len)` is free, with the guard gap below a
+    /// growing-down VMA above it kept free too (`vm_start_gap`).
+    pub fn fits(&self, start: u64, len: u64) -> bool {
+        let end = start + len;
+        let next = self.map.range(start..).next().map(|(_, v)| v);
+        let below_ok = self.find(start).is_none();
+        let above_ok = next.is_none_or(|v| {
+            let gap_start = if v.flags.has(VmFlags::GROWSDOWN) {
+                v.start.saturating_sub(crate::mmap::STACK_GUARD_GAP)
+            } else {
+                v.start
+            };
+            end <= gap_start
+        });
+        below_ok && above_ok
+    }
     /// A free range of `len` bytes: the hint if it fits, else the highest gap
     /// below [`MMAP_BASE`] (`unmapped_area_topdown`).
-    pub fn find_gap(&self, len: u64, hint: u64, top: u64) -> Option<u64> {
+    pub fn find_gap(&self, len: u64, hint: u64, min: u64, top: u64) -> Option<u64> {
         let hint = hint & !(PAGE_SIZE - 1);
-        if hint >= MMAP_MIN_ADDR
+        if hint >= min
             && hint.checked_add(len).is_some_and(|e| e <= top)
             && !self.any_overlap(hint, hint + len)
         {
@@ -249,7 +306,7 @@ impl VmaTree {
             }
             hi = hi.min(s);
         }
-        (MMAP_MIN_ADDR.checked_add(len).is_some_and(|m| hi >= m)).then(|| hi - len)
+        (min.checked_add(len).is_some_and(|m| hi >= m)).then(|| hi - len)
     }
 }
 
@@ -299,12 +356,21 @@ mod tests {
     #[test]
     fn gaps_top_down_and_hint() {
         let mut t = VmaTree::default();
-        assert_eq!(t.find_gap(0x2000, 0, u64::MAX), Some(MMAP_BASE - 0x2000));
-        t.insert(anon(MMAP_BASE - 0x2000, MMAP_BASE));
-        assert_eq!(t.find_gap(0x1000, 0, u64::MAX), Some(MMAP_BASE - 0x3000));
-        assert_eq!(t.find_gap(0x1000, 0x40_0123, u64::MAX), Some(0x40_0000));
         assert_eq!(
-            t.find_gap(0x1000, MMAP_BASE - 0x1000, u64::MAX),
+            t.find_gap(0x2000, 0, MMAP_MIN_ADDR, u64::MAX),
+            Some(MMAP_BASE - 0x2000)
+        );
+        t.insert(anon(MMAP_BASE - 0x2000, MMAP_BASE));
+        assert_eq!(
+            t.find_gap(0x1000, 0, MMAP_MIN_ADDR, u64::MAX),
+            Some(MMAP_BASE - 0x3000)
+        );
+        assert_eq!(
+            t.find_gap(0x1000, 0x40_0123, MMAP_MIN_ADDR, u64::MAX),
+            Some(0x40_0000)
+        );
+        assert_eq!(
+            t.find_gap(0x1000, MMAP_BASE - 0x1000, MMAP_MIN_ADDR, u64::MAX),
             Some(MMAP_BASE - 0x3000)
         );
         assert!(t.overlapping(0, u64::MAX).len() == 1);

@@ -1,6 +1,7 @@
 //! Ring-3 accesses for tests: go through the simulated MMU and TLB, and on
 //! a page fault call the MM core exactly as the kernel's trap handler does.
 
+use crate::errno::{Fault, SegvCode};
 use crate::fault::FaultFlags;
 use crate::hw::{CpuId, PAGE_SIZE, PhysMem};
 use crate::ids::Pid;
@@ -92,4 +93,39 @@ pub fn user_exec(
     va: u64,
 ) -> Result<(), SigReport> {
     access(sys, pid, cpu, va, Access::Exec).map(|_| ())
+}
+
+/// A ring-3 access whose fatal fault is reported, not acted on: what a
+/// process with a SIGSEGV/SIGBUS handler sees (the handler skips the
+/// access). The process keeps running; `Err` carries the fault.
+pub fn user_try(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    kind: Access,
+) -> Result<u64, Fault> {
+    sys.hw.set_cpu(cpu);
+    let mm = sys
+        .proc_mm(pid)
+        .map_err(|_| Fault::Segv(SegvCode::MapErr))?;
+    let root = sys
+        .activate(pid, cpu)
+        .map_err(|_| Fault::Segv(SegvCode::MapErr))?;
+    let ff = FaultFlags {
+        write: kind == Access::Write,
+        exec: kind == Access::Exec,
+        user: true,
+        unshare: false,
+    };
+    for _ in 0..4 {
+        if let Ok(pa) = sys.hw.translate(root, va, kind) {
+            return Ok(pa);
+        }
+        match sys.handle_mm_fault(mm, va, ff) {
+            Ok(()) | Err(Fault::Retry) => {}
+            Err(f) => return Err(f),
+        }
+    }
+    panic!("fault at {va:#x} resolved but the access keeps faulting");
 }

@@ -125,8 +125,8 @@ fn shmem_swap_and_mkclean() {
     mmap(&mut s, p, A, 2 * PG, RW, SHARED | MAP_FIXED).unwrap();
     write(&mut s, p, A, b"shm!");
     let c = s.fork(p).unwrap();
-    let mut b = [0; 4];
-    user_read(&mut s, c, 1, A, &mut b).unwrap();
+    // Fork does not copy shared PTEs; the child's write maps the page.
+    user_write(&mut s, c, 1, A + 1, b"H").unwrap();
     let Pte::Mapped { pfn, .. } = pte(&s, p, A) else {
         panic!()
     };
@@ -152,6 +152,7 @@ fn shmem_swap_and_mkclean() {
         "shmem PTEs are cleared; the object holds the swap entry"
     );
     assert_eq!(pte(&s, c, A), Pte::None);
+    let mut b = [0; 4];
     user_read(&mut s, c, 1, A, &mut b).unwrap();
     assert_eq!(&b, b"SHM!");
     ok(&s);

@@ -1,0 +1,460 @@
+//! The host's side: real Linux processes doing the same steps with real
+//! system calls. The harness starts this test binary again with
+//! `--oracle`; that process (process 0) reads one command per line and
+//! answers one line. A `fork` command forks a real child that serves its
+//! own pipes; commands for it are routed through its ancestors (a route
+//! is the chain of process numbers below the receiver).
+//!
+//! A ring-3 access that faults is caught the way a signal handler in a
+//! real program would: the access is one instruction of a probe whose
+//! SIGSEGV/SIGBUS handler moves RIP past it and reports `si_code`. Pages
+//! are looked at through `/proc/self/pagemap` and read through
+//! `/proc/self/mem` only where present, so looking changes nothing. Run
+//! as root, the oracle drops to `nobody` first: root's CAP_SYS_RAWIO
+//! would let it map below `mmap_min_addr`, which an ordinary process (and
+//! a guest process) cannot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use crate::backend::{Access, Backend, MapLine, digest};
+use crate::script::PAGE;
+
+core::arch::global_asm!(
+    ".globl wwdiff_probe_read",
+    "wwdiff_probe_read:",
+    "xor eax, eax",
+    ".globl wwdiff_probe_read_insn",
+    "wwdiff_probe_read_insn:",
+    "movzx ecx, byte ptr [rdi]",
+    "mov byte ptr [rsi], cl",
+    ".globl wwdiff_probe_read_fixup",
+    "wwdiff_probe_read_fixup:",
+    "ret",
+    ".globl wwdiff_probe_write",
+    "wwdiff_probe_write:",
+    "xor eax, eax",
+    ".globl wwdiff_probe_write_insn",
+    "wwdiff_probe_write_insn:",
+    "mov byte ptr [rdi], sil",
+    ".globl wwdiff_probe_write_fixup",
+    "wwdiff_probe_write_fixup:",
+    "ret",
+);
+
+unsafe extern "C" {
+    /// Reads the byte at `addr` into `*out`; 0, or `signal << 8 | si_code`.
+    fn wwdiff_probe_read(addr: u64, out: *mut u8) -> u64;
+    /// Writes `val` at `addr`; 0, or `signal << 8 | si_code`.
+    fn wwdiff_probe_write(addr: u64, val: u8) -> u64;
+    static wwdiff_probe_read_insn: u8;
+    static wwdiff_probe_read_fixup: u8;
+    static wwdiff_probe_write_insn: u8;
+    static wwdiff_probe_write_fixup: u8;
+}
+
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    let targets = [
+        (
+            &raw const wwdiff_probe_read_insn,
+            &raw const wwdiff_probe_read_fixup,
+        ),
+        (
+            &raw const wwdiff_probe_write_insn,
+            &raw const wwdiff_probe_write_fixup,
+        ),
+    ];
+    // SAFETY: the kernel passes a valid ucontext_t and siginfo_t to an
+    // SA_SIGINFO handler; both live for the handler's duration.
+    unsafe {
+        let uc = ctx.cast::<libc::ucontext_t>();
+        let gregs = &mut (*uc).uc_mcontext.gregs;
+        let rip = gregs[libc::REG_RIP as usize] as u64;
+        match targets.iter().find(|(insn, _)| *insn as u64 == rip) {
+            Some(&(_, fixup)) => {
+                gregs[libc::REG_RIP as usize] = fixup as i64;
+                gregs[libc::REG_RAX as usize] = i64::from(sig << 8 | (*info).si_code);
+            }
+            None => {
+                // Not a probe: die of it, as without a handler.
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+/// One Linux process of the oracle and the children it forked.
+struct Proc {
+    maps: File,
+    pagemap: File,
+    mem: File,
+    children: BTreeMap<usize, (File, BufReader<File>, libc::pid_t)>,
+}
+
+fn open_self() -> (File, File, File) {
+    let open = |p: &str| File::open(p).unwrap_or_else(|e| panic!("oracle: {p}: {e}"));
+    (
+        open("/proc/self/maps"),
+        open("/proc/self/pagemap"),
+        open("/proc/self/mem"),
+    )
+}
+
+fn errno() -> i64 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(0)
+        .into()
+}
+
+fn drop_privileges() {
+    // SAFETY: plain syscalls on this single-threaded process.
+    unsafe {
+        // The limits guest-mm assumes (Linux's usual defaults), whatever
+        // the harness was started with.
+        for res in [libc::RLIMIT_MEMLOCK, libc::RLIMIT_STACK] {
+            let lim = libc::rlimit {
+                rlim_cur: 8 << 20,
+                rlim_max: 8 << 20,
+            };
+            assert_eq!(libc::setrlimit(res, &lim), 0, "setrlimit");
+        }
+        if libc::getuid() == 0 {
+            let nobody = 65534;
+            assert_eq!(libc::setgroups(0, std::ptr::null()), 0, "setgroups");
+            assert_eq!(libc::setgid(nobody), 0, "setgid");
+            assert_eq!(libc::setuid(nobody), 0, "setuid");
+        }
+        // A credential change makes the process undumpable, which would
+        // leave its /proc files to root.
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+    }
+}
+
+fn install_handlers() {
+    for sig in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: a zeroed sigaction is valid; the handler only touches the
+        // context the kernel gives it.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fault as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut sa.sa_mask);
+            assert_eq!(libc::sigaction(sig, &sa, std::ptr::null_mut()), 0);
+        }
+    }
+}
+
+/// The oracle's `main`.
+pub fn serve_stdio() -> ! {
+    drop_privileges();
+    install_handlers();
+    let (maps, pagemap, mem) = open_self();
+    let mut p = Proc {
+        maps,
+        pagemap,
+        mem,
+        children: BTreeMap::new(),
+    };
+    // SAFETY: fds 0 and 1 are this process's stdin and stdout pipes.
+    let (input, output) = unsafe { (File::from_raw_fd(0), File::from_raw_fd(1)) };
+    p.serve(BufReader::new(input), output)
+}
+
+impl Proc {
+    fn serve(&mut self, mut input: BufReader<File>, mut output: File) -> ! {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if input.read_line(&mut line).unwrap_or(0) == 0 {
+                std::process::exit(0);
+            }
+            let (route, cmd) = line.trim_end().split_once(' ').unwrap_or(("-", ""));
+            let answer = if route == "-" {
+                if cmd == "exit" {
+                    let _ = output.write_all(b"exited\n");
+                    // SAFETY: ends this process; nothing to clean up.
+                    unsafe { libc::_exit(0) };
+                }
+                self.execute(cmd)
+            } else {
+                self.forward(route, cmd)
+            };
+            output
+                .write_all(answer.as_bytes())
+                .and_then(|()| output.write_all(b"\n"))
+                .expect("oracle reply");
+        }
+    }
+
+    fn forward(&mut self, route: &str, cmd: &str) -> String {
+        let (hop, rest) = route.split_once('.').unwrap_or((route, "-"));
+        let hop: usize = hop.parse().expect("route hop");
+        let (w, r, pid) = self.children.get_mut(&hop).expect("routed to a live child");
+        writeln!(w, "{rest} {cmd}").expect("to child");
+        let mut answer = String::new();
+        r.read_line(&mut answer).expect("from child");
+        if rest == "-" && cmd == "exit" {
+            let pid = *pid;
+            let mut status = 0;
+            // SAFETY: reaps our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            self.children.remove(&hop);
+        }
+        answer.trim_end().to_string()
+    }
+
+    fn execute(&mut self, cmd: &str) -> String {
+        let w: Vec<&str> = cmd.split_whitespace().collect();
+        let n = |i: usize| -> u64 { w[i].parse::<u64>().expect("number") };
+        match w[0] {
+            "sys" => {
+                let a: Vec<u64> = (2..8).map(n).collect();
+                // SAFETY: memory-management calls on this process's own
+                // address space; the window is reserved for them.
+                let r = unsafe {
+                    libc::syscall(n(1) as libc::c_long, a[0], a[1], a[2], a[3], a[4], a[5])
+                };
+                let r = if r == -1 { -errno() } else { r };
+                r.to_string()
+            }
+            "read" => {
+                let mut b = 0u8;
+                // SAFETY: the probe catches any fault on this address.
+                let r = unsafe { wwdiff_probe_read(n(1), &mut b) };
+                if r == 0 {
+                    format!("ok {b}")
+                } else {
+                    format!("fault {r}")
+                }
+            }
+            "write" => {
+                // SAFETY: as for read.
+                let r = unsafe { wwdiff_probe_write(n(1), n(2) as u8) };
+                if r == 0 {
+                    format!("ok {}", n(2))
+                } else {
+                    format!("fault {r}")
+                }
+            }
+            "fork" => self.fork(n(1) as usize),
+            "maps" => {
+                let mut text = String::new();
+                self.maps.read_to_string(&mut text).expect("maps");
+                let _ = std::io::Seek::rewind(&mut self.maps);
+                text.lines()
+                    .filter_map(|l| {
+                        let mut f = l.split_whitespace();
+                        let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
+                        let (s, e) = range.split_once('-')?;
+                        Some(format!("{s} {e} {perms} {off}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(";")
+            }
+            "pages" => self.pages(n(1), n(2)),
+            other => panic!("oracle: unknown command {other:?}"),
+        }
+    }
+
+    fn pages(&mut self, start: u64, end: u64) -> String {
+        let count = ((end - start) / PAGE) as usize;
+        let mut raw = vec![0u8; count * 8];
+        self.pagemap
+            .read_exact_at(&mut raw, start / PAGE * 8)
+            .expect("pagemap");
+        let mut out = Vec::new();
+        let mut page = vec![0u8; PAGE as usize];
+        for (i, e) in raw.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            let va = start + i as u64 * PAGE;
+            if e >> 63 & 1 == 1 {
+                self.mem.read_exact_at(&mut page, va).expect("mem");
+                out.push(format!("{va}={}", digest(&page)));
+            } else if e >> 62 & 1 == 1 {
+                out.push(format!("{va}=swap"));
+            }
+        }
+        out.join(";")
+    }
+
+    fn fork(&mut self, child: usize) -> String {
+        let mut to_child = [0; 2];
+        let mut from_child = [0; 2];
+        // SAFETY: pipe writes two fds into the arrays.
+        unsafe {
+            assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(from_child.as_mut_ptr()), 0);
+        }
+        // SAFETY: this process is single-threaded, so the child may go on
+        // running Rust code.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return (-errno()).to_string();
+        }
+        let file = |fd: RawFd| {
+            // SAFETY: a pipe end we own and hand to exactly one File.
+            unsafe { File::from_raw_fd(fd) }
+        };
+        let close = |fd: RawFd| {
+            // SAFETY: closing a pipe end this side does not use.
+            unsafe { libc::close(fd) };
+        };
+        if pid == 0 {
+            close(to_child[1]);
+            close(from_child[0]);
+            // The parent's pipes to its other children stay with it.
+            self.children.clear();
+            let (maps, pagemap, mem) = open_self();
+            let mut me = Proc {
+                maps,
+                pagemap,
+                mem,
+                children: BTreeMap::new(),
+            };
+            me.serve(BufReader::new(file(to_child[0])), file(from_child[1]));
+        }
+        close(to_child[0]);
+        close(from_child[1]);
+        self.children.insert(
+            child,
+            (file(to_child[1]), BufReader::new(file(from_child[0])), pid),
+        );
+        "0".into()
+    }
+}
+
+/// The harness's handle on the oracle.
+pub struct Oracle {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    parents: Vec<usize>,
+}
+
+impl Oracle {
+    pub fn start() -> Self {
+        let exe = std::env::current_exe().expect("own executable");
+        let mut child = Command::new(exe)
+            .arg("--oracle")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the Linux oracle");
+        let input = child.stdin.take().expect("stdin");
+        let output = BufReader::new(child.stdout.take().expect("stdout"));
+        Oracle {
+            child,
+            input,
+            output,
+            parents: vec![0],
+        }
+    }
+
+    fn route(&self, proc: usize) -> String {
+        let mut chain = Vec::new();
+        let mut p = proc;
+        while p != 0 {
+            chain.push(p.to_string());
+            p = self.parents[p];
+        }
+        chain.reverse();
+        if chain.is_empty() {
+            "-".into()
+        } else {
+            chain.join(".")
+        }
+    }
+
+    fn ask(&mut self, proc: usize, cmd: &str) -> String {
+        let route = self.route(proc);
+        writeln!(self.input, "{route} {cmd}").expect("oracle gone");
+        let mut answer = String::new();
+        self.output.read_line(&mut answer).expect("oracle gone");
+        assert!(!answer.is_empty(), "the oracle died on {cmd:?}");
+        answer.trim_end().to_string()
+    }
+}
+
+impl Drop for Oracle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Backend for Oracle {
+    fn syscall(&mut self, proc: usize, nr: u64, a: [u64; 6]) -> i64 {
+        let cmd = format!(
+            "sys {nr} {} {} {} {} {} {}",
+            a[0], a[1], a[2], a[3], a[4], a[5]
+        );
+        self.ask(proc, &cmd).parse().expect("syscall result")
+    }
+
+    fn access(&mut self, proc: usize, va: u64, write: Option<u8>) -> Access {
+        let cmd = match write {
+            Some(v) => format!("write {va} {v}"),
+            None => format!("read {va}"),
+        };
+        let answer = self.ask(proc, &cmd);
+        let (kind, v) = answer.split_once(' ').expect("access answer");
+        let v: i64 = v.parse().expect("access value");
+        match kind {
+            "ok" => Access::Done(v as u8),
+            _ if v >> 8 == i64::from(libc::SIGBUS) => Access::Bus,
+            _ => Access::Segv((v & 0xff) as i32),
+        }
+    }
+
+    fn fork(&mut self, proc: usize, child: usize) -> Result<(), i64> {
+        let r: i64 = self
+            .ask(proc, &format!("fork {child}"))
+            .parse()
+            .expect("fork result");
+        if r < 0 {
+            return Err(r);
+        }
+        assert_eq!(child, self.parents.len());
+        self.parents.push(proc);
+        Ok(())
+    }
+
+    fn exit(&mut self, proc: usize) {
+        assert_eq!(self.ask(proc, "exit"), "exited");
+    }
+
+    fn maps(&mut self, proc: usize) -> Vec<MapLine> {
+        let answer = self.ask(proc, "maps");
+        let hex = |s: &str| u64::from_str_radix(s, 16).expect("hex");
+        answer
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                MapLine {
+                    start: hex(f[0]),
+                    end: hex(f[1]),
+                    perms: f[2].into(),
+                    offset: hex(f[3]),
+                }
+            })
+            .collect()
+    }
+
+    fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)> {
+        let answer = self.ask(proc, &format!("pages {start} {end}"));
+        answer
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(|e| {
+                let (va, d) = e.split_once('=').expect("page entry");
+                (va.parse().expect("va"), d.to_string())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,264 @@
+//! Random operation sequences, run on guest-mm and on Linux side by side
+//! (proptest: seeded, and shrunk to a shortest differing sequence).
+//!
+//! Everything happens in the first 64 pages of the window, so mappings
+//! meet, split, merge and overlap often. Processes are picked among the
+//! live ones when a step runs; `exit` takes a live child without children
+//! of its own (or does nothing).
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
+
+use crate::backend::Runner;
+use crate::script::{Addr, Op, PAGE, Step, WINDOW};
+use crate::{host_mmap_min_addr, oracle, sim};
+
+/// Sequences one plain `cargo test` runs.
+pub const DEFAULT_SEQUENCES: u32 = 96;
+const PAGES: u64 = 64;
+const MAX_PROCS: usize = 3;
+
+/// One step before its process is chosen.
+#[derive(Debug, Clone)]
+struct Abstract {
+    proc: u8,
+    op: Op,
+}
+
+fn page(max: u64) -> impl Strategy<Value = u64> {
+    0..max
+}
+
+fn at(p: u64) -> Addr {
+    Addr::Abs(WINDOW + p * PAGE)
+}
+
+fn prot() -> impl Strategy<Value = u64> {
+    prop_oneof![4 => Just(3u64), 2 => Just(1u64), 1 => Just(0u64), 1 => Just(7u64)]
+}
+
+fn mmap_flags() -> impl Strategy<Value = u64> {
+    let ty = prop_oneof![5 => Just(0x02u64), 2 => Just(0x01u64), 1 => Just(0x08u64)];
+    let place = prop_oneof![6 => Just(0x10u64), 2 => Just(0x10_0000u64), 1 => Just(0u64)];
+    let extra = prop_oneof![
+        8 => Just(0u64),
+        1 => Just(0x8000u64),
+        1 => Just(0x2000u64),
+        1 => Just(0x4000u64),
+        1 => Just(0x2_0000u64),
+        1 => Just(0x100u64),
+    ];
+    (ty, place, extra).prop_map(|(t, p, e)| t | p | e | 0x20)
+}
+
+fn advice() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => Just(4u64),
+        2 => Just(8u64),
+        2 => Just(21u64),
+        1 => Just(9u64),
+        1 => Just(10u64),
+        1 => Just(11u64),
+        1 => Just(18u64),
+        1 => Just(19u64),
+        1 => Just(1u64),
+        1 => Just(0u64),
+        1 => Just(22u64),
+        1 => Just(23u64),
+        1 => Just(24u64),
+        1 => Just(14u64),
+    ]
+}
+
+fn mremap_flags() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        2 => Just(0u64),
+        2 => Just(1u64),
+        3 => Just(3u64),
+        2 => Just(7u64),
+        1 => Just(5u64),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let len = 1u64..6;
+    prop_oneof![
+        6 => (page(PAGES), len.clone(), prot(), mmap_flags()).prop_map(|(p, n, prot, flags)| {
+            Op::Mmap { addr: at(p), len: n * PAGE, prot, flags, fd: -1, off: 0 }
+        }),
+        3 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Munmap { addr: at(p), len: n * PAGE }),
+        4 => (page(PAGES), len.clone(), prot()).prop_map(|(p, n, prot)| Op::Mprotect {
+            addr: at(p),
+            len: n * PAGE,
+            prot,
+        }),
+        4 => (page(PAGES), len.clone(), advice()).prop_map(|(p, n, advice)| Op::Madvise {
+            addr: at(p),
+            len: n * PAGE,
+            advice,
+        }),
+        4 => (page(PAGES), len.clone(), len.clone(), mremap_flags(), page(PAGES)).prop_map(
+            |(p, o, n, flags, d)| Op::Mremap {
+                old: at(p),
+                old_len: o * PAGE,
+                new_len: if flags & 4 != 0 { o * PAGE } else { n * PAGE },
+                flags,
+                new_addr: at(d),
+            }
+        ),
+        1 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Mlock { addr: at(p), len: n * PAGE }),
+        1 => (page(PAGES), len).prop_map(|(p, n)| Op::Munlock { addr: at(p), len: n * PAGE }),
+        10 => (page(PAGES), 0u64..4, 1u8..=255).prop_map(|(p, o, val)| Op::Write {
+            addr: Addr::Abs(WINDOW + p * PAGE + o * 1024),
+            val,
+        }),
+        4 => page(PAGES).prop_map(|p| Op::Read { addr: at(p) }),
+        1 => Just(Op::Fork),
+        1 => Just(Op::Exit),
+    ]
+}
+
+fn sequence() -> impl Strategy<Value = Vec<Abstract>> {
+    prop::collection::vec(
+        (any::<u8>(), op()).prop_map(|(proc, op)| Abstract { proc, op }),
+        1..40,
+    )
+}
+
+/// The process tree as the steps build it.
+struct Tree {
+    parent: Vec<usize>,
+    alive: Vec<bool>,
+}
+
+impl Tree {
+    fn live(&self) -> Vec<usize> {
+        (0..self.alive.len()).filter(|&p| self.alive[p]).collect()
+    }
+    fn has_children(&self, p: usize) -> bool {
+        (1..self.alive.len()).any(|c| self.alive[c] && self.parent[c] == p)
+    }
+    /// The concrete step for `a`, or `None` to skip it.
+    fn place(&mut self, a: &Abstract) -> Option<Step> {
+        let live = self.live();
+        let pick = live[a.proc as usize % live.len()];
+        match a.op {
+            Op::Fork if live.len() >= MAX_PROCS => None,
+            Op::Fork => {
+                self.parent.push(pick);
+                self.alive.push(true);
+                Some(Step {
+                    proc: pick,
+                    op: Op::Fork,
+                })
+            }
+            Op::Exit => {
+                let leaves: Vec<usize> = live
+                    .iter()
+                    .copied()
+                    .filter(|&p| p != 0 && !self.has_children(p))
+                    .collect();
+                let p = *leaves.get(a.proc as usize % leaves.len().max(1))?;
+                self.alive[p] = false;
+                Some(Step {
+                    proc: p,
+                    op: Op::Exit,
+                })
+            }
+            ref op => Some(Step {
+                proc: pick,
+                op: op.clone(),
+            }),
+        }
+    }
+}
+
+/// Runs one sequence on both sides; the first differing step fails it.
+fn check(seq: &[Abstract], steps_run: &Cell<u64>) -> Result<(), TestCaseError> {
+    let mut linux = Runner::new(oracle::Oracle::start());
+    let mut guest = Runner::new(sim::Sim::new(host_mmap_min_addr()));
+    let mut tree = Tree {
+        parent: vec![0],
+        alive: vec![true],
+    };
+    let mut log = Vec::new();
+    for (k, a) in seq.iter().enumerate() {
+        let Some(step) = tree.place(a) else {
+            continue;
+        };
+        steps_run.set(steps_run.get() + 1);
+        let l = crate::transcript_step(&mut linux, k, &step);
+        let g = crate::transcript_step(&mut guest, k, &step);
+        if l != g {
+            let d = crate::Divergence {
+                step: k,
+                common: log,
+                linux: l,
+                guest: g,
+            };
+            return Err(TestCaseError::fail(d.render()));
+        }
+        if let Err(e) = guest.backend.sys.check() {
+            return Err(TestCaseError::fail(format!(
+                "step {k} {step}: invariants {:?}",
+                e.violations
+            )));
+        }
+        log.extend(l);
+    }
+    Ok(())
+}
+
+/// Runs `n` random sequences from `seed` (or a fresh one). False on a
+/// divergence, after printing the shrunk sequence.
+pub fn run(n: u32, seed: Option<u64>) -> bool {
+    if n == 0 {
+        return true;
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &bytes);
+    let config = Config {
+        cases: n,
+        failure_persistence: None,
+        max_shrink_iters: 2000,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new_with_rng(config, rng);
+    let started = Instant::now();
+    let steps = Cell::new(0u64);
+    let result = runner.run(&sequence(), |seq| check(&seq, &steps));
+    let steps = steps.get();
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            println!(
+                "linux_diff random: {n} sequences, {steps} steps agree with Linux {} in {secs:.1} s \
+                 ({:.0} sequences per minute), seed {seed}",
+                crate::cases::host_kernel(),
+                f64::from(n) * 60.0 / secs.max(1e-9),
+            );
+            true
+        }
+        Err(TestError::Fail(why, seq)) => {
+            println!("FAIL random sequence (seed {seed}), shrunk to:");
+            for a in &seq {
+                println!("    p{} {:?}", a.proc, a.op);
+            }
+            println!("{why}");
+            false
+        }
+        Err(TestError::Abort(why)) => {
+            println!("FAIL random sequences aborted (seed {seed}): {why}");
+            false
+        }
+    }
+}

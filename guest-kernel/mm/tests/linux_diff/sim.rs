@@ -1,0 +1,109 @@
+//! guest-mm's side: the MM core on the simulated machine, driven through
+//! its syscall dispatcher like the kernel drives it.
+
+use guest_mm::testing::user::{sim_system, user_try};
+use guest_mm::testing::{Access as Kind, SimMachine};
+use guest_mm::{Config, Fault, MemSystem, Outcome, PageView, PhysMem, Pid, SegvCode};
+
+use crate::backend::{Access, Backend, MapLine, digest};
+
+pub struct Sim {
+    pub sys: MemSystem<SimMachine>,
+    pids: Vec<Pid>,
+    parents: Vec<usize>,
+}
+
+impl Sim {
+    /// A 64 MiB machine whose `mmap_min_addr` is the host's.
+    pub fn new(mmap_min_addr: u64) -> Self {
+        let cfg = Config {
+            mmap_min_addr,
+            ..Config::default()
+        };
+        let mut sys = sim_system(64, 1, cfg);
+        let pid = sys.spawn(0).expect("first process");
+        Sim {
+            sys,
+            pids: vec![pid],
+            parents: vec![0],
+        }
+    }
+}
+
+impl Backend for Sim {
+    fn syscall(&mut self, proc: usize, nr: u64, args: [u64; 6]) -> i64 {
+        match self.sys.syscall(self.pids[proc], nr, args, &mut |_| {}) {
+            Outcome::Return(v) => v,
+            other => panic!("syscall {nr} gave {other:?}"),
+        }
+    }
+
+    fn access(&mut self, proc: usize, va: u64, write: Option<u8>) -> Access {
+        let kind = if write.is_some() {
+            Kind::Write
+        } else {
+            Kind::Read
+        };
+        match user_try(&mut self.sys, self.pids[proc], 0, va, kind) {
+            Ok(pa) => {
+                let mut b = [write.unwrap_or(0)];
+                if write.is_some() {
+                    self.sys.hw.write_bytes(pa, &b);
+                } else {
+                    self.sys.hw.read_bytes(pa, &mut b);
+                }
+                Access::Done(b[0])
+            }
+            Err(Fault::Segv(SegvCode::MapErr)) => Access::Segv(1),
+            Err(Fault::Segv(SegvCode::AccErr)) => Access::Segv(2),
+            Err(Fault::Bus) => Access::Bus,
+            Err(f) => panic!("access at {va:#x}: {f:?}"),
+        }
+    }
+
+    fn fork(&mut self, proc: usize, child: usize) -> Result<(), i64> {
+        assert_eq!(child, self.pids.len());
+        let c = self.sys.fork(self.pids[proc]).map_err(|e| e.to_ret())?;
+        self.pids.push(c);
+        self.parents.push(proc);
+        Ok(())
+    }
+
+    fn exit(&mut self, proc: usize) {
+        let pid = self.pids[proc];
+        self.sys.exit(pid, 0).expect("exit");
+        let parent = self.pids[self.parents[proc]];
+        self.sys.wait(parent, i64::from(pid)).expect("reap");
+    }
+
+    fn maps(&mut self, proc: usize) -> Vec<MapLine> {
+        let maps = self.sys.maps(self.pids[proc]).expect("maps");
+        maps.into_iter()
+            .map(|e| MapLine {
+                start: e.start,
+                end: e.end,
+                perms: String::from_utf8_lossy(&e.perms()).into_owned(),
+                offset: e.offset,
+            })
+            .collect()
+    }
+
+    fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)> {
+        let pages = self
+            .sys
+            .peek_range(self.pids[proc], start, end)
+            .expect("peek");
+        pages
+            .into_iter()
+            .map(|(va, v)| {
+                let d = match v {
+                    PageView::Present(page) => digest(&page[..]),
+                    // Linux's pagemap reports a marker as a swap entry.
+                    PageView::Swapped | PageView::Marker => "swap".into(),
+                    PageView::NotPresent => unreachable!(),
+                };
+                (va, d)
+            })
+            .collect()
+    }
+}
