@@ -27,6 +27,7 @@ const USER_PROGRAMS: &[&str] = &[
     "mmbench",
     "wwprobe",
     "forkwork",
+    "conform",
 ];
 
 include!("../build-support/scrubbed_env.rs");
@@ -49,6 +50,9 @@ fn build_user_programs(manifest_dir: &Path, out_dir: &Path) {
     let workspace = manifest_dir.parent().expect("kernel/ has a parent");
     let user_dir = workspace.join("user");
     println!("cargo:rerun-if-changed={}", user_dir.display());
+    // The case table `conform` embeds.
+    let cases = workspace.join("../resources/conformance/cases.txt");
+    println!("cargo:rerun-if-changed={}", cases.display());
     println!("cargo:rerun-if-changed=../build-support/scrubbed_env.rs");
 
     let target_dir = out_dir.join("user-target");

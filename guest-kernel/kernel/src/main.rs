@@ -137,7 +137,8 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     // After `ready`: building the MM core costs milliseconds of emulated
     // ring 0 (see `memory::mm`), and only the workload needs it.
-    if let Err(e) = memory::mm::init(info.cmdline.mm_check) {
+    let swap = info.cmdline.swap_frames.unwrap_or(memory::mm::SWAP_FRAMES);
+    if let Err(e) = memory::mm::init(info.cmdline.mm_check, swap) {
         panic!("MM core: {e:?}");
     }
     match info.cmdline.mode {

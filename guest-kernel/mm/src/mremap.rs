@@ -324,7 +324,7 @@ impl<H: Hw> MemSystem<H> {
     }
 
     /// `dontunmap_complete`: the old VMA stays, unlocked, and without its
-    /// anon_vma if it moved as a whole. (Linux 6.18 keeps its `VM_ACCOUNT`:
+    /// anon_vma if it moved as a whole; it is not merged with anything. (Linux 6.18 keeps its `VM_ACCOUNT`:
     /// it still merges with a new writable neighbour.)
     fn dontunmap_complete(&mut self, mm: MmId, v: &Vma, start: u64, end: u64) {
         let whole = start == v.start && end == v.end;
@@ -341,7 +341,7 @@ impl<H: Hw> MemSystem<H> {
         } else if let Some(x) = self.mm_mut(mm).vmas.get_mut(v.start) {
             x.flags.0 &= !VmFlags::LOCKED_MASK;
         }
-        self.merge_vma_at(mm, v.end);
-        self.merge_vma_at(mm, v.start);
+        // Linux tries no merge here: the old VMA stays as it was, even
+        // where it could now merge with a neighbour.
     }
 }

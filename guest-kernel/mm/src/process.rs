@@ -284,8 +284,20 @@ impl<H: Hw> MemSystem<H> {
         &mut self,
         pid: Pid,
         va: u64,
-        mut ff: FaultFlags,
+        ff: FaultFlags,
     ) -> Result<(), SigReport> {
+        let r = self.user_fault(pid, va, ff);
+        if let Err(report) = r {
+            let _ = self.exit(pid, report.signal);
+        }
+        r
+    }
+
+    /// Resolves a page fault taken in ring 3 at `va` by `pid` without
+    /// acting on a failure: the report says which signal the access earns,
+    /// and the kernel delivers it (to a handler, or by killing the process
+    /// with [`MemSystem::exit`]).
+    pub fn user_fault(&mut self, pid: Pid, va: u64, mut ff: FaultFlags) -> Result<(), SigReport> {
         ff.user = true;
         let Ok(mm) = self.proc_mm(pid) else {
             return Err(SigReport {
@@ -321,7 +333,6 @@ impl<H: Hw> MemSystem<H> {
                 code: None,
             },
         };
-        let _ = self.exit(pid, report.signal);
         Err(report)
     }
 

@@ -38,10 +38,19 @@ pub const SYS_MLOCK: u64 = 149;
 pub const SYS_MUNLOCK: u64 = 150;
 /// `mlock2(addr, len, flags)`: `MLOCK_ONFAULT` locks without populating.
 pub const SYS_MLOCK2: u64 = 325;
-/// writewatch: `mm_maps(*buf, len)` copies the calling process's VMA
-/// listing in `/proc/self/maps` form ([`crate::MemSystem::maps_text`], at
-/// most `len` bytes) and returns the number of bytes written.
+/// writewatch: `mm_maps(*buf, len, pid)` copies the VMA listing of `pid`
+/// (0: the caller) in `/proc/pid/maps` form
+/// ([`crate::MemSystem::maps_text`], at most `len` bytes) and returns the
+/// number of bytes written.
 pub const SYS_MM_MAPS: u64 = 1004;
+/// writewatch: `mm_peek(start, end, *buf, len, pid)`: the pages of
+/// `[start, end)` of `pid` (0: the caller) that are present or swapped,
+/// without touching them
+/// ([`crate::MemSystem::peek_range`]), as records of a `u64` address, a
+/// `u64` kind (1 present, 2 swapped or a marker) and, for present pages,
+/// the page's 4096 bytes. Copies the whole records that fit in `len` bytes
+/// and returns the number of bytes written.
+pub const SYS_MM_PEEK: u64 = 1005;
 /// writewatch: `mm_stats(*buf, len)` copies [`crate::MmStats::to_words`]
 /// (at most `len` bytes) and returns the number of bytes written.
 pub const SYS_MM_STATS: u64 = 1000;
@@ -97,8 +106,33 @@ impl<H: Hw> MemSystem<H> {
             SYS_MLOCK => ret(self.mlock(pid, a0, a1, 0).map(|()| 0)),
             SYS_MUNLOCK => ret(self.munlock(pid, a0, a1).map(|()| 0)),
             SYS_MLOCK2 => ret(self.mlock(pid, a0, a1, a2).map(|()| 0)),
+            SYS_MM_PEEK => {
+                let of = if a4 == 0 { pid } else { a4 as Pid };
+                let cap = a3 as usize;
+                let r = self.peek_iter(of, a0, a1).map(|pages| {
+                    let mut out = alloc::vec::Vec::new();
+                    for (va, view) in pages {
+                        let page = match &view {
+                            crate::PageView::Present(page) => Some(&page[..]),
+                            _ => None,
+                        };
+                        let size = 16 + page.map_or(0, <[u8]>::len);
+                        if out.len() + size > cap {
+                            break;
+                        }
+                        out.extend_from_slice(&va.to_le_bytes());
+                        out.extend_from_slice(&(1 + u64::from(page.is_none())).to_le_bytes());
+                        out.extend_from_slice(page.unwrap_or(&[]));
+                    }
+                    out
+                });
+                ret(r.and_then(|out: alloc::vec::Vec<u8>| {
+                    self.copy_to_user(pid, a2, &out).map(|()| out.len() as u64)
+                }))
+            }
             SYS_MM_MAPS => {
-                let r = self.maps_text(pid).and_then(|text| {
+                let of = if a2 == 0 { pid } else { a2 as Pid };
+                let r = self.maps_text(of).and_then(|text| {
                     let n = text.len().min(a1 as usize);
                     self.copy_to_user(pid, a0, &text.as_bytes()[..n])
                         .map(|()| n as u64)

@@ -126,18 +126,25 @@ impl<H: Hw> MemSystem<H> {
         start: u64,
         end: u64,
     ) -> Result<Vec<(u64, PageView)>, Errno> {
+        Ok(self.peek_iter(pid, start, end)?.collect())
+    }
+
+    /// [`MemSystem::peek_range`] one page at a time: each page's contents
+    /// are read only when the iterator gets there.
+    pub fn peek_iter(
+        &self,
+        pid: Pid,
+        start: u64,
+        end: u64,
+    ) -> Result<impl Iterator<Item = (u64, PageView)> + '_, Errno> {
         let mm = self.proc_mm(pid)?;
         let root = self.mm(mm).root;
         let end = end.min(pgtable::USER_TOP);
-        Ok(
-            pgtable::leaves(&self.hw, root, start & !(PAGE_SIZE - 1), end)
-                .into_iter()
-                .filter_map(|(va, _, pte)| {
-                    let view = self.view_of(pte);
-                    (view != PageView::NotPresent).then_some((va, view))
-                })
-                .collect(),
-        )
+        let leaves = pgtable::leaves(&self.hw, root, start & !(PAGE_SIZE - 1), end);
+        Ok(leaves.into_iter().filter_map(|(va, _, pte)| {
+            let view = self.view_of(pte);
+            (view != PageView::NotPresent).then_some((va, view))
+        }))
     }
 
     fn view_of(&self, pte: Pte) -> PageView {

@@ -9,6 +9,9 @@
 
 pub mod fmt;
 pub mod mm;
+pub mod probe;
+pub mod script;
+pub mod signal;
 
 use core::arch::asm;
 

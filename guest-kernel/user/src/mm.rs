@@ -26,6 +26,10 @@ pub const SYS_RECORD: u64 = 1001;
 pub const SYS_PIN_READ: u64 = 1002;
 /// writewatch: `getcpu()`.
 pub const SYS_GETCPU: u64 = 1003;
+/// writewatch: `mm_maps(buf, len, pid)`.
+pub const SYS_MM_MAPS: u64 = 1004;
+/// writewatch: `mm_peek(start, end, buf, len, pid)`.
+pub const SYS_MM_PEEK: u64 = 1005;
 
 /// Page size.
 pub const PAGE: u64 = 4096;
@@ -112,6 +116,28 @@ pub fn madvise(addr: u64, len: u64, advice: u64) -> i64 {
 /// `mremap(old, old_len, new_len, flags, new_addr)`.
 pub fn mremap(old: u64, old_len: u64, new_len: u64, flags: u64, new_addr: u64) -> i64 {
     call6(SYS_MREMAP, [old, old_len, new_len, flags, new_addr, 0])
+}
+
+/// The VMA listing of `pid` (0: this process) in `/proc/pid/maps` form,
+/// into `buf`: the bytes written, or `-errno`.
+pub fn mm_maps(pid: u64, buf: &mut [u8]) -> i64 {
+    call3(SYS_MM_MAPS, buf.as_mut_ptr() as u64, buf.len() as u64, pid)
+}
+
+/// The present and swapped pages of `[start, end)` of `pid` (0: this
+/// process), without touching them, as records into `buf` (address, kind
+/// 1 present / 2 swapped, then 4096 bytes for a present page): the bytes
+/// written, or `-errno`.
+pub fn mm_peek(pid: u64, start: u64, end: u64, buf: &mut [u8]) -> i64 {
+    let args = [
+        start,
+        end,
+        buf.as_mut_ptr() as u64,
+        buf.len() as u64,
+        pid,
+        0,
+    ];
+    call6(SYS_MM_PEEK, args)
 }
 
 /// `fork()`: the child's pid in the parent, 0 in the child.

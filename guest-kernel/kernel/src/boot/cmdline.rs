@@ -47,6 +47,9 @@ pub struct Cmdline {
     pub arg: u64,
     /// `tsc_khz=N`: the TSC frequency (the writewatch VMM passes it).
     pub tsc_khz: Option<u64>,
+    /// `swap=N`: frames of the swap region (0: no swap, as on a machine
+    /// without a swap device).
+    pub swap_frames: Option<u64>,
 }
 
 impl Cmdline {
@@ -61,6 +64,7 @@ impl Cmdline {
             kernel_mode: None,
             arg: 0,
             tsc_khz: None,
+            swap_frames: None,
         };
         for word in raw.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -69,6 +73,7 @@ impl Cmdline {
                 Some(("program", p)) => cmdline.program = Some(p),
                 Some(("kernel_mode", m)) => cmdline.kernel_mode = Some(m),
                 Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
+                Some(("swap", n)) => cmdline.swap_frames = n.parse().ok(),
                 Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

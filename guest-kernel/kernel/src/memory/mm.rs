@@ -43,7 +43,8 @@ const LOW_WATER_FRAMES: u64 = 256;
 /// Boot-allocator memory kept for the kernel after the hand-off (kernel
 /// page tables, stacks, self-test frames).
 const KERNEL_RESERVE: u64 = 2 << 20;
-/// Frames of the swap region (carved from the initial RAM).
+/// Frames of the swap region (carved from the initial RAM) unless the
+/// command line says `swap=N`.
 pub const SWAP_FRAMES: u64 = 64;
 
 /// The core plus the RAM not given to it yet.
@@ -121,8 +122,9 @@ pub enum MmInitError {
     NoMemory,
 }
 
-/// Builds the MM core over the RAM the boot allocator does not keep.
-pub fn init(mm_check: bool) -> Result<(), MmInitError> {
+/// Builds the MM core over the RAM the boot allocator does not keep, with
+/// a swap region of `swap_frames` frames.
+pub fn init(mm_check: bool, swap_frames: u64) -> Result<(), MmInitError> {
     let mut pending = frames::hand_off(KERNEL_RESERVE);
     let (start, end) = *pending.first().ok_or(MmInitError::NoMemory)?;
     let cut = end.min(start + INITIAL_BYTES);
@@ -132,7 +134,7 @@ pub fn init(mm_check: bool) -> Result<(), MmInitError> {
         pending[0].0 = cut;
     }
     let cfg = Config {
-        swap_frames: SWAP_FRAMES,
+        swap_frames,
         kernel_root: Some(Pfn(kmap::kernel_pml4() / PAGE_SIZE)),
         check_every_op: mm_check,
         ..Config::default()

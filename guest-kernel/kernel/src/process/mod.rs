@@ -14,6 +14,7 @@ pub mod elf;
 pub mod programs;
 pub mod report;
 pub mod sched;
+pub mod signal;
 mod start_stack;
 pub mod syscall;
 pub mod task;
@@ -148,6 +149,7 @@ impl Process {
                 output: Vec::new(),
                 brk: (0, 0),
                 fs_base: 0,
+                signals: signal::SignalState::default(),
             },
         );
         p.image = elf::load(pid, program.image).map_err(SpawnError::Elf)?;

@@ -39,10 +39,14 @@ pub static MMBENCH: Program = program!("mmbench");
 /// Checks the host write watch's view of a process (tests/write_watch_va.rs).
 pub static WWPROBE: Program = program!("wwprobe");
 
+/// Runs the conformance edge cases (`resources/conformance/cases.txt`)
+/// and prints their transcripts (tests/guest_conformance.rs).
+pub static CONFORM: Program = program!("conform");
+
 /// The programs `mode=run program=NAME` may name.
-static ALL: [&Program; 11] = [
+static ALL: [&Program; 12] = [
     &INIT, &EXIT42, &GETPID, &BADACCESS, &MEMSLOT, &SYSABI, &COWFORK, &MMTEST, &MMBENCH, &WWPROBE,
-    &FORKWORK,
+    &FORKWORK, &CONFORM,
 ];
 
 /// Copy-on-write churn for write-watch experiments (`--workload fork`).

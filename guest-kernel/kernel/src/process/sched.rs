@@ -4,7 +4,8 @@
 //! round robin over the APs for forked children, so a parent and its
 //! children run on different CPUs when there are several) and runs
 //! there until it blocks (`wait4`), exits or is killed; there is no
-//! preemption. All user state is in the trap frame, so switching needs no
+//! preemption (`sched_yield` gives the CPU to its next runnable task,
+//! round robin). All user state is in the trap frame, so switching needs no
 //! kernel stacks per task: a CPU runs one task through `enter_user`, and
 //! when that task stops, the trap handler saves its frame in the task table
 //! and `leave_user`s back to [`run_one`]'s caller, which picks the next.
@@ -25,7 +26,7 @@ use crate::arch::x86_64::{cpu, kctx, smp};
 use crate::memory::{kmap, mm};
 use crate::percpu::{self, MAX_CPUS};
 use alloc::collections::BTreeMap;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use guest_mm::Pid;
 
 /// Round-robin cursor for the home CPU of forked children.
@@ -62,9 +63,15 @@ pub fn has_work(index: usize) -> bool {
     PENDING[index].load(Ordering::Acquire)
 }
 
+/// Per CPU: the task it ran last, where the search for the next starts
+/// (round robin, so a task that yields lets the others run).
+static LAST: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
 fn runnable_on(tasks: &BTreeMap<Pid, Task>, index: usize) -> Option<Pid> {
+    let last = LAST[index].load(Ordering::Relaxed);
     tasks
-        .iter()
+        .range(last.saturating_add(1)..)
+        .chain(tasks.range(..=last))
         .find(|(_, t)| t.cpu == index && t.state == TaskState::Runnable)
         .map(|(&pid, _)| pid)
 }
@@ -111,6 +118,7 @@ fn run_one() -> bool {
         };
         let t = tasks.get_mut(&pid).expect("runnable task exists");
         t.state = TaskState::Running;
+        LAST[me].store(pid, Ordering::Relaxed);
         (pid, t.frame, t.fs_base)
     };
     let root = match mm::with(|s| s.activate(pid, me as u32)) {

@@ -13,7 +13,7 @@
 //! memory. Any other number returns `ENOSYS`.
 
 use super::task::{self, TASKS, Task, TaskState};
-use super::{Exit, Signal, leave, leave_address_space, sched, stop};
+use super::{Exit, Signal, leave, leave_address_space, sched, signal, stop};
 use crate::arch::x86_64::cpu;
 use crate::arch::x86_64::paging::USER_END;
 use crate::arch::x86_64::trap_entry::TrapFrame;
@@ -59,6 +59,14 @@ const SYS_SET_TID_ADDRESS: u64 = 218;
 const SYS_CLOCK_GETTIME: u64 = 228;
 /// `nanosleep`.
 const SYS_NANOSLEEP: u64 = 35;
+/// `sched_yield()`.
+const SYS_SCHED_YIELD: u64 = 24;
+/// `rt_sigaction(sig, act, oldact, sigsetsize)`.
+const SYS_RT_SIGACTION: u64 = 13;
+/// `rt_sigprocmask(how, set, oldset, sigsetsize)`.
+const SYS_RT_SIGPROCMASK: u64 = 14;
+/// `rt_sigreturn()`: back from a signal handler.
+const SYS_RT_SIGRETURN: u64 = 15;
 /// `kill`.
 const SYS_KILL: u64 = 62;
 /// `tkill`.
@@ -125,6 +133,13 @@ pub fn dispatch(frame: &mut TrapFrame) {
         SYS_CLOCK_NANOSLEEP => sleep(pid, args[2], args[1] & TIMER_ABSTIME != 0),
         SYS_KILL | SYS_TKILL => kill_self(frame, pid, args[0], args[1]),
         SYS_TGKILL => kill_self(frame, pid, args[1], args[2]),
+        SYS_SCHED_YIELD => sched_yield(frame, pid),
+        SYS_RT_SIGACTION => signal::sigaction(pid, args[0], args[1], args[2], args[3]),
+        SYS_RT_SIGPROCMASK => signal::sigprocmask(pid, args[0], args[1], args[2], args[3]),
+        SYS_RT_SIGRETURN => match signal::sigreturn(frame) {
+            Ok(rax) => rax as i64,
+            Err(()) => super::trap::kill(frame, Signal::Sigsegv, 0, true),
+        },
         SYS_RECORD => record(args[0], args[1]),
         SYS_PIN_READ => result(mm::with(|s| s.unshare_user(pid, args[0])).map(|()| 0)),
         SYS_GETCPU => percpu::index() as i64,
@@ -315,11 +330,12 @@ fn sleep(pid: guest_mm::Pid, req: u64, absolute: bool) -> i64 {
 }
 
 /// `kill(pid, sig)`, `tkill(tid, sig)`, `tgkill(tgid, tid, sig)` aimed at
-/// the caller itself (how `abort` and `raise` end a program): there are no
-/// signal handlers, so the signals the kernel knows end it, as their
-/// default action does on Linux; 0 only checks. Other targets `-EPERM`,
-/// other signals `-EINVAL`.
-fn kill_self(frame: &TrapFrame, pid: guest_mm::Pid, target: u64, sig: u64) -> i64 {
+/// the caller itself (how `abort` and `raise` end a program): a signal the
+/// kernel knows goes to the handler the task installed (the call returns
+/// 0 to the interrupted code when the handler returns), or ends the task,
+/// as its default action does on Linux; 0 only checks. Other targets
+/// `-EPERM`, other signals `-EINVAL`.
+fn kill_self(frame: &mut TrapFrame, pid: guest_mm::Pid, target: u64, sig: u64) -> i64 {
     if target != u64::from(pid) {
         return Errno::EPERM.to_ret();
     }
@@ -329,6 +345,12 @@ fn kill_self(frame: &TrapFrame, pid: guest_mm::Pid, target: u64, sig: u64) -> i6
     let signal = Signal::from_number(sig as i32);
     if signal as u64 != sig {
         return Errno::EINVAL.to_ret();
+    }
+    // SI_USER for kill, SI_TKILL (-6) for tkill and tgkill.
+    let code = if frame.rax == SYS_KILL { 0 } else { -6 };
+    frame.rax = 0;
+    if signal != Signal::Sigkill && signal::deliver(frame, sig as usize, code, 0) {
+        return 0;
     }
     super::trap::kill(frame, signal, 0, true)
 }
@@ -345,10 +367,10 @@ fn result(r: Result<u64, Errno>) -> i64 {
 /// on the next CPU in round robin.
 fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
     let cpu = sched::pick_cpu();
-    let (name, brk, fs_base) = TASKS
-        .lock()
-        .get(&parent)
-        .map_or(("?", (0, 0), 0), |t| (t.name, t.brk, t.fs_base));
+    let (name, brk, fs_base, signals) = TASKS.lock().get(&parent).map_or(
+        ("?", (0, 0), 0, super::signal::SignalState::default()),
+        |t| (t.name, t.brk, t.fs_base, t.signals),
+    );
     // Announced before it can run: a watcher may want its page tables.
     super::report::created(child, name);
     let mut tasks = TASKS.lock();
@@ -363,8 +385,20 @@ fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
         output: Vec::new(),
         brk,
         fs_base,
+        signals,
     });
     sched::make_runnable(task);
+}
+
+/// `sched_yield`: the task goes to the back of its CPU's queue (there is
+/// no preemption, so a task that waits for another on its CPU must yield).
+fn sched_yield(frame: &TrapFrame, pid: guest_mm::Pid) -> i64 {
+    let resume = TrapFrame { rax: 0, ..*frame };
+    if let Some(t) = TASKS.lock().get_mut(&pid) {
+        t.frame = resume;
+        sched::make_runnable(t);
+    }
+    leave()
 }
 
 /// `wait4` found no exited child: sleeps until one exits, then makes the

@@ -52,6 +52,8 @@ pub struct Task {
     pub brk: (u64, u64),
     /// The FS base (`arch_prctl(ARCH_SET_FS)`), loaded whenever it runs.
     pub fs_base: u64,
+    /// Signal handlers and the blocked mask.
+    pub signals: super::signal::SignalState,
 }
 
 /// Every task.

@@ -48,17 +48,28 @@ fn handle(frame: &mut TrapFrame, cr2: u64) {
     // interrupt context.
     cpu::enable_interrupts();
     trap_entry::syscall_from_fault(frame, cr2);
+    // si_code of the signal each exception raises (SEGV_MAPERR-like
+    // "kernel" codes are Linux's SI_KERNEL, 0x80, for #GP-style faults).
+    const SI_KERNEL: i32 = 0x80;
     match frame.vector {
         traps::VEC_SYSCALL => syscall::dispatch(frame),
         traps::VEC_PAGE_FAULT => page_fault(frame, cr2),
-        traps::VEC_BREAKPOINT => kill(frame, Signal::Sigtrap, 0, true),
-        0 => kill(frame, Signal::Sigfpe, 0, true),
-        6 => kill(frame, Signal::Sigill, 0, true),
-        _ => kill(frame, Signal::Sigsegv, 0, true),
+        // TRAP_BRKPT, FPE_INTDIV, ILL_ILLOPN.
+        traps::VEC_BREAKPOINT => fault_signal(frame, Signal::Sigtrap, 1, 0),
+        0 => fault_signal(frame, Signal::Sigfpe, 1, frame.rip),
+        6 => fault_signal(frame, Signal::Sigill, 2, frame.rip),
+        _ => fault_signal(frame, Signal::Sigsegv, SI_KERNEL, 0),
     }
 }
 
-fn page_fault(frame: &TrapFrame, cr2: u64) {
+/// Delivers `signal` to the task's handler, or kills the task with it.
+fn fault_signal(frame: &mut TrapFrame, signal: Signal, code: i32, addr: u64) {
+    if !super::signal::deliver(frame, signal as usize, code, addr) {
+        kill(frame, signal, addr, true);
+    }
+}
+
+fn page_fault(frame: &mut TrapFrame, cr2: u64) {
     let pid = task::current_pid();
     let ff = FaultFlags {
         write: frame.error_code & PF_WRITE != 0,
@@ -66,17 +77,15 @@ fn page_fault(frame: &TrapFrame, cr2: u64) {
         user: true,
         unshare: false,
     };
-    let result = mm::with(|s| {
-        let r = s.handle_user_fault(pid, cr2, ff);
-        if r.is_err() {
-            // The core already tore the address space down; leave it
-            // before anyone can reuse its page tables (we hold the lock).
-            leave_address_space();
-        }
-        r
-    });
-    if let Err(report) = result {
-        kill(frame, Signal::from_number(report.signal), cr2, false);
+    let Err(report) = mm::with(|s| s.user_fault(pid, cr2, ff)) else {
+        return;
+    };
+    let signal = Signal::from_number(report.signal);
+    // SIGKILL (out of memory) cannot be caught.
+    // SEGV_MAPERR / SEGV_ACCERR from the core; BUS_ADRERR for a lost page.
+    let code = report.code.map_or(2, |c| c as i32);
+    if signal == Signal::Sigkill || !super::signal::deliver(frame, signal as usize, code, cr2) {
+        kill(frame, signal, cr2, true);
     }
 }
 

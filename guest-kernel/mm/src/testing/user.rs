@@ -1,7 +1,6 @@
 //! Ring-3 accesses for tests: go through the simulated MMU and TLB, and on
 //! a page fault call the MM core exactly as the kernel's trap handler does.
 
-use crate::errno::{Fault, SegvCode};
 use crate::fault::FaultFlags;
 use crate::hw::{CpuId, PAGE_SIZE, PhysMem};
 use crate::ids::Pid;
@@ -18,12 +17,15 @@ pub fn sim_system(mib: usize, ncpus: usize, cfg: Config) -> MemSystem<SimMachine
     MemSystem::new(hw, &[(0x10_0000, bytes as u64)], cfg).expect("enough memory")
 }
 
-fn access(
+/// The CPU's side of a ring-3 access: translate, and on a page fault let
+/// `fault` resolve it (or report the signal), then try again.
+fn walk(
     sys: &mut MemSystem<SimMachine>,
     pid: Pid,
     cpu: CpuId,
     va: u64,
     kind: Access,
+    fault: fn(&mut MemSystem<SimMachine>, Pid, u64, FaultFlags) -> Result<(), SigReport>,
 ) -> Result<u64, SigReport> {
     sys.hw.set_cpu(cpu);
     let root = sys.activate(pid, cpu).map_err(|_| SigReport {
@@ -32,19 +34,31 @@ fn access(
         addr: va,
         code: None,
     })?;
+    let ff = FaultFlags {
+        write: kind == Access::Write,
+        exec: kind == Access::Exec,
+        user: true,
+        unshare: false,
+    };
     for _ in 0..4 {
         if let Ok(pa) = sys.hw.translate(root, va, kind) {
             return Ok(pa);
         }
-        let ff = FaultFlags {
-            write: kind == Access::Write,
-            exec: kind == Access::Exec,
-            user: true,
-            unshare: false,
-        };
-        sys.handle_user_fault(pid, va, ff)?;
+        fault(sys, pid, va, ff)?;
     }
     panic!("fault at {va:#x} resolved but the access keeps faulting");
+}
+
+/// A ring-3 access as the kernel's trap handler sees it: a fault that
+/// cannot be resolved kills the process.
+fn access(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    kind: Access,
+) -> Result<u64, SigReport> {
+    walk(sys, pid, cpu, va, kind, MemSystem::handle_user_fault)
 }
 
 /// Ring-3 write of `data` at `va` by `pid` on `cpu`.
@@ -97,35 +111,13 @@ pub fn user_exec(
 
 /// A ring-3 access whose fatal fault is reported, not acted on: what a
 /// process with a SIGSEGV/SIGBUS handler sees (the handler skips the
-/// access). The process keeps running; `Err` carries the fault.
+/// access). The process keeps running.
 pub fn user_try(
     sys: &mut MemSystem<SimMachine>,
     pid: Pid,
     cpu: CpuId,
     va: u64,
     kind: Access,
-) -> Result<u64, Fault> {
-    sys.hw.set_cpu(cpu);
-    let mm = sys
-        .proc_mm(pid)
-        .map_err(|_| Fault::Segv(SegvCode::MapErr))?;
-    let root = sys
-        .activate(pid, cpu)
-        .map_err(|_| Fault::Segv(SegvCode::MapErr))?;
-    let ff = FaultFlags {
-        write: kind == Access::Write,
-        exec: kind == Access::Exec,
-        user: true,
-        unshare: false,
-    };
-    for _ in 0..4 {
-        if let Ok(pa) = sys.hw.translate(root, va, kind) {
-            return Ok(pa);
-        }
-        match sys.handle_mm_fault(mm, va, ff) {
-            Ok(()) | Err(Fault::Retry) => {}
-            Err(f) => return Err(f),
-        }
-    }
-    panic!("fault at {va:#x} resolved but the access keeps faulting");
+) -> Result<u64, SigReport> {
+    walk(sys, pid, cpu, va, kind, MemSystem::user_fault)
 }

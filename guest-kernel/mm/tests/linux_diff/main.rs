@@ -13,11 +13,15 @@
 mod backend;
 mod cases;
 mod oracle;
+#[path = "../../../user/src/probe.rs"]
+mod probe;
 mod random;
+#[path = "../../../user/src/script.rs"]
+#[allow(dead_code)]
 mod script;
 mod sim;
 
-use backend::{Backend, Runner};
+use backend::Runner;
 use script::Step;
 
 /// Where two transcripts first differ.
@@ -53,21 +57,14 @@ pub fn host_mmap_min_addr() -> u64 {
         .unwrap_or(65536)
 }
 
-fn transcript_step<B: Backend>(r: &mut Runner<B>, k: usize, step: &Step) -> Vec<String> {
-    let res = r.run_step(k, step);
-    let mut out = vec![format!("{k}: {step} = {res}")];
-    out.extend(r.state());
-    out
-}
-
 /// Runs `steps` on guest-mm and on Linux side by side.
 pub fn compare(steps: &[Step]) -> Result<Vec<String>, Divergence> {
     let mut linux = Runner::new(oracle::Oracle::start());
     let mut guest = Runner::new(sim::Sim::new(host_mmap_min_addr()));
     let mut common = Vec::new();
     for (k, step) in steps.iter().enumerate() {
-        let l = transcript_step(&mut linux, k, step);
-        let g = transcript_step(&mut guest, k, step);
+        let l = linux.step_lines(k, step);
+        let g = guest.step_lines(k, step);
         if l != g {
             return Err(Divergence {
                 step: k,
@@ -105,8 +102,7 @@ fn main() {
             .into_iter()
             .find(|c| c.name == name)
             .expect("no such case");
-        let steps = script::parse_script(case.script).expect("case parses");
-        match compare(&steps) {
+        match compare(&cases::steps(&case)) {
             Ok(t) => println!("{}: agrees\n{}", case.name, t.join("\n")),
             Err(d) => println!("{}: differs\n{}", case.name, d.render()),
         }

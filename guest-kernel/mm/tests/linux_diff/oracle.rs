@@ -21,62 +21,20 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use crate::backend::{Access, Backend, MapLine, digest};
-use crate::script::PAGE;
-
-core::arch::global_asm!(
-    ".globl wwdiff_probe_read",
-    "wwdiff_probe_read:",
-    "xor eax, eax",
-    ".globl wwdiff_probe_read_insn",
-    "wwdiff_probe_read_insn:",
-    "movzx ecx, byte ptr [rdi]",
-    "mov byte ptr [rsi], cl",
-    ".globl wwdiff_probe_read_fixup",
-    "wwdiff_probe_read_fixup:",
-    "ret",
-    ".globl wwdiff_probe_write",
-    "wwdiff_probe_write:",
-    "xor eax, eax",
-    ".globl wwdiff_probe_write_insn",
-    "wwdiff_probe_write_insn:",
-    "mov byte ptr [rdi], sil",
-    ".globl wwdiff_probe_write_fixup",
-    "wwdiff_probe_write_fixup:",
-    "ret",
-);
-
-unsafe extern "C" {
-    /// Reads the byte at `addr` into `*out`; 0, or `signal << 8 | si_code`.
-    fn wwdiff_probe_read(addr: u64, out: *mut u8) -> u64;
-    /// Writes `val` at `addr`; 0, or `signal << 8 | si_code`.
-    fn wwdiff_probe_write(addr: u64, val: u8) -> u64;
-    static wwdiff_probe_read_insn: u8;
-    static wwdiff_probe_read_fixup: u8;
-    static wwdiff_probe_write_insn: u8;
-    static wwdiff_probe_write_fixup: u8;
-}
+use crate::backend::{Backend, MapLine, digest};
+use crate::probe;
+use crate::script::{Access, PAGE};
 
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    let targets = [
-        (
-            &raw const wwdiff_probe_read_insn,
-            &raw const wwdiff_probe_read_fixup,
-        ),
-        (
-            &raw const wwdiff_probe_write_insn,
-            &raw const wwdiff_probe_write_fixup,
-        ),
-    ];
     // SAFETY: the kernel passes a valid ucontext_t and siginfo_t to an
     // SA_SIGINFO handler; both live for the handler's duration.
     unsafe {
         let uc = ctx.cast::<libc::ucontext_t>();
         let gregs = &mut (*uc).uc_mcontext.gregs;
         let rip = gregs[libc::REG_RIP as usize] as u64;
-        match targets.iter().find(|(insn, _)| *insn as u64 == rip) {
-            Some(&(_, fixup)) => {
-                gregs[libc::REG_RIP as usize] = fixup as i64;
+        match probe::fixup(rip) {
+            Some(resume) => {
+                gregs[libc::REG_RIP as usize] = resume as i64;
                 gregs[libc::REG_RAX as usize] = i64::from(sig << 8 | (*info).si_code);
             }
             None => {
@@ -225,7 +183,7 @@ impl Proc {
             "read" => {
                 let mut b = 0u8;
                 // SAFETY: the probe catches any fault on this address.
-                let r = unsafe { wwdiff_probe_read(n(1), &mut b) };
+                let r = unsafe { probe::probe_read(n(1), &mut b) };
                 if r == 0 {
                     format!("ok {b}")
                 } else {
@@ -234,7 +192,7 @@ impl Proc {
             }
             "write" => {
                 // SAFETY: as for read.
-                let r = unsafe { wwdiff_probe_write(n(1), n(2) as u8) };
+                let r = unsafe { probe::probe_write(n(1), n(2) as u8) };
                 if r == 0 {
                     format!("ok {}", n(2))
                 } else {
@@ -326,6 +284,12 @@ impl Proc {
         );
         "0".into()
     }
+}
+
+/// The host kernel's release, recorded with every comparison.
+pub fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("?".into(), |s| s.trim().to_string())
 }
 
 /// The harness's handle on the oracle.
@@ -439,7 +403,7 @@ impl Backend for Oracle {
                 MapLine {
                     start: hex(f[0]),
                     end: hex(f[1]),
-                    perms: f[2].into(),
+                    perms: f[2].as_bytes().try_into().expect("4 perms"),
                     offset: hex(f[3]),
                 }
             })

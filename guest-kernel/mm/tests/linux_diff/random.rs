@@ -168,10 +168,7 @@ impl Tree {
                     op: Op::Exit,
                 })
             }
-            ref op => Some(Step {
-                proc: pick,
-                op: op.clone(),
-            }),
+            op => Some(Step { proc: pick, op }),
         }
     }
 }
@@ -190,8 +187,8 @@ fn check(seq: &[Abstract], steps_run: &Cell<u64>) -> Result<(), TestCaseError> {
             continue;
         };
         steps_run.set(steps_run.get() + 1);
-        let l = crate::transcript_step(&mut linux, k, &step);
-        let g = crate::transcript_step(&mut guest, k, &step);
+        let l = linux.step_lines(k, &step);
+        let g = guest.step_lines(k, &step);
         if l != g {
             let d = crate::Divergence {
                 step: k,
@@ -243,7 +240,7 @@ pub fn run(n: u32, seed: Option<u64>) -> bool {
             println!(
                 "linux_diff random: {n} sequences, {steps} steps agree with Linux {} in {secs:.1} s \
                  ({:.0} sequences per minute), seed {seed}",
-                crate::cases::host_kernel(),
+                oracle::host_kernel(),
                 f64::from(n) * 60.0 / secs.max(1e-9),
             );
             true

@@ -3,9 +3,10 @@
 
 use guest_mm::testing::user::{sim_system, user_try};
 use guest_mm::testing::{Access as Kind, SimMachine};
-use guest_mm::{Config, Fault, MemSystem, Outcome, PageView, PhysMem, Pid, SegvCode};
+use guest_mm::{Config, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
 
-use crate::backend::{Access, Backend, MapLine, digest};
+use crate::backend::{Backend, MapLine, digest};
+use crate::script::Access;
 
 pub struct Sim {
     pub sys: MemSystem<SimMachine>,
@@ -54,10 +55,9 @@ impl Backend for Sim {
                 }
                 Access::Done(b[0])
             }
-            Err(Fault::Segv(SegvCode::MapErr)) => Access::Segv(1),
-            Err(Fault::Segv(SegvCode::AccErr)) => Access::Segv(2),
-            Err(Fault::Bus) => Access::Bus,
-            Err(f) => panic!("access at {va:#x}: {f:?}"),
+            Err(r) if r.signal == SIGBUS => Access::Bus,
+            Err(r) if r.signal == SIGSEGV => Access::Segv(r.code.map_or(0, |c| c as i32)),
+            Err(r) => panic!("access at {va:#x}: {r:?}"),
         }
     }
 
@@ -82,7 +82,7 @@ impl Backend for Sim {
             .map(|e| MapLine {
                 start: e.start,
                 end: e.end,
-                perms: String::from_utf8_lossy(&e.perms()).into_owned(),
+                perms: e.perms(),
                 offset: e.offset,
             })
             .collect()

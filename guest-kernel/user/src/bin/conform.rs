@@ -1,0 +1,382 @@
+//! `conform`: runs the conformance edge cases
+//! (`resources/conformance/cases.txt`) in this guest, from ring 3, with
+//! the real system calls, page faults and forks, and prints each case's
+//! transcript between a `case NAME` and an `end NAME` line, in the same
+//! canonical text the differential test prints for guest-mm and Linux
+//! (tests/guest_conformance.rs compares it with Linux's). Argument 0 runs
+//! every case, `N` only the N-th (from 1), [`LIGHT`] every case not marked
+//! `heavy`.
+//!
+//! A case runs in a child of its own, so it starts with an empty window.
+//! Its processes share a control page (outside the window) that says whose
+//! turn it is: the process a step belongs to runs it, prints the result
+//! and then every live process's layout and resident pages (read without
+//! touching them, `mm_maps` and `mm_peek`), and passes the turn on. Faults
+//! of the accesses are caught by a SIGSEGV/SIGBUS handler that skips the
+//! probing instruction, as in the Linux oracle.
+
+#![no_std]
+#![no_main]
+
+use core::fmt::Write;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use guest_user::probe;
+use guest_user::script::{
+    Access, AccessResult, CallResult, Case, Digest, MAX_PROCS, MAX_STEPS, MapLine, MapsEntry, Op,
+    PAGE, State, Step, cases,
+};
+use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
+use guest_user::*;
+
+guest_user::entry!(main);
+
+const TABLE: &str = include_str!("../../../../resources/conformance/cases.txt");
+/// The argument that runs every case but the `heavy` ones.
+const LIGHT: u64 = 1 << 32;
+/// The control page: far from the window, the program and its stack.
+const CONTROL: u64 = 0x5000_0000_0000;
+const MAP_FIXED: u64 = 0x10;
+/// Most VMAs of one process the state lines look at.
+const MAX_VMAS: usize = 128;
+/// Pages `mm_peek` hands over per call.
+const PEEK_PAGES: usize = 64;
+const PEEK_RECORD: usize = 16 + PAGE as usize;
+
+/// What the processes of one case share.
+#[repr(C)]
+struct Control {
+    /// The step that may run now.
+    turn: AtomicUsize,
+    state: State,
+    pids: [u64; MAX_PROCS],
+}
+
+/// Offsets into Linux's `ucontext` (`uc_mcontext` at 40: RAX is word 13,
+/// RIP word 16) and `siginfo` (`si_code` at 8).
+const UC_RAX: usize = 40 + 13 * 8;
+const UC_RIP: usize = 40 + 16 * 8;
+const SI_CODE: usize = 8;
+
+extern "C" fn on_fault(sig: i32, info: *mut u8, uc: *mut u8) {
+    // SAFETY: the kernel passes its signal frame's siginfo and ucontext,
+    // which live on this stack until the handler returns.
+    unsafe {
+        let rip = uc.add(UC_RIP).cast::<u64>().read_unaligned();
+        let code = info.add(SI_CODE).cast::<i32>().read_unaligned();
+        match probe::fixup(rip) {
+            Some(resume) => {
+                uc.add(UC_RIP).cast::<u64>().write_unaligned(resume);
+                let r = (i64::from(sig) << 8) | i64::from(code);
+                uc.add(UC_RAX).cast::<i64>().write_unaligned(r);
+            }
+            // Not a probe: a bug here; end with a recognisable status.
+            None => exit(200 + sig),
+        }
+    }
+}
+
+/// Console output, flushed when full and after each step.
+struct Out {
+    buf: [u8; 4096],
+    len: usize,
+}
+
+impl Out {
+    fn flush(&mut self) {
+        write(1, &self.buf[..self.len]);
+        self.len = 0;
+    }
+}
+
+impl Write for Out {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for chunk in s.as_bytes().chunks(self.buf.len()) {
+            if self.len + chunk.len() > self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len..self.len + chunk.len()].copy_from_slice(chunk);
+            self.len += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+fn main(which: u64) -> i32 {
+    if sigaction(SIGSEGV, on_fault, 0) != 0 || sigaction(SIGBUS, on_fault, 0) != 0 {
+        return 2;
+    }
+    let mut out = Out {
+        buf: [0; 4096],
+        len: 0,
+    };
+    for (i, case) in cases(TABLE).enumerate() {
+        let wanted = match which {
+            0 => true,
+            LIGHT => case.heavy.is_none(),
+            n => n == i as u64 + 1,
+        };
+        if !wanted {
+            continue;
+        }
+        let _ = writeln!(out, "case {}", case.name);
+        out.flush();
+        let status = match fork() {
+            0 => exit(run_case(&case)),
+            pid if pid > 0 => {
+                let mut status = 0;
+                wait4(pid, &mut status);
+                status
+            }
+            _ => -1,
+        };
+        if status != 0 {
+            let _ = writeln!(out, "  aborted: status {status}");
+        }
+        let _ = writeln!(out, "end {}", case.name);
+        out.flush();
+    }
+    0
+}
+
+/// Runs one case as its process 0; every process of the case returns here.
+fn run_case(case: &Case<'_>) -> i32 {
+    let mut steps: [Option<Step>; MAX_STEPS] = [None; MAX_STEPS];
+    for (slot, s) in steps.iter_mut().zip(case.steps()) {
+        match s {
+            Ok(step) => *slot = Some(step),
+            Err(_) => return 3,
+        }
+    }
+    let pages = (core::mem::size_of::<Control>() as u64).div_ceil(PAGE) * PAGE;
+    let rw = PROT_READ | PROT_WRITE;
+    if mmap(CONTROL, pages, rw, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED) < 0 {
+        return 4;
+    }
+    // SAFETY: the control page was just mapped, shared and writable, for
+    // this case's processes only; all of them access it through atomics or
+    // only while it is their turn.
+    let ctrl = unsafe { &mut *(CONTROL as *mut Control) };
+    ctrl.turn.store(0, Ordering::Release);
+    ctrl.state = State::default();
+    ctrl.pids = [0; MAX_PROCS];
+    ctrl.pids[0] = getpid() as u64;
+    let mut me = 0;
+    let mut out = Out {
+        buf: [0; 4096],
+        len: 0,
+    };
+    for (k, step) in steps.iter().enumerate() {
+        let Some(step) = step else { break };
+        // The turn only moves forward; past `k`, another process ran it.
+        while ctrl.turn.load(Ordering::Acquire) < k {
+            sched_yield();
+        }
+        // A step of a process that does not live is process 0's to report.
+        let owner = if ctrl.state.alive(step.proc) {
+            step.proc
+        } else {
+            0
+        };
+        if owner != me {
+            continue;
+        }
+        let _ = write!(out, "{k}: {step} = ");
+        let mut exiting = false;
+        if !ctrl.state.alive(step.proc) {
+            let _ = write!(out, "no such process");
+        } else {
+            let done = match run_step(ctrl, k, step, &mut me) {
+                Ran::Child => {
+                    // The parent reports the fork; drop its half-written line.
+                    out.len = 0;
+                    continue;
+                }
+                Ran::Done(done) => done,
+            };
+            exiting = matches!(done, Done::Exited);
+            let _ = match done {
+                Done::Call(r) if step.op.maps_len().is_some() && r >= 0 => {
+                    write!(out, "{}", ctrl.state.show(step.proc, r as u64))
+                }
+                Done::Call(r) => write!(out, "{}", CallResult(r)),
+                Done::Access(a, write) => write!(out, "{}", AccessResult(a, write)),
+                Done::Forked(child) => write!(out, "p{child}"),
+                Done::TooMany => write!(out, "too many processes"),
+                Done::Exited => write!(out, "exited"),
+            };
+        }
+        let _ = writeln!(out);
+        print_state(&mut out, &ctrl.state, &ctrl.pids);
+        out.flush();
+        ctrl.turn.store(k + 1, Ordering::Release);
+        if exiting {
+            exit(0);
+        }
+    }
+    // Every process lives until the last step was reported (its layout is
+    // part of every step's state), then reaps its children and leaves.
+    let n = steps.iter().flatten().count();
+    while ctrl.turn.load(Ordering::Acquire) < n {
+        sched_yield();
+    }
+    let mut status = 0;
+    while wait4(-1, &mut status) > 0 {}
+    0
+}
+
+/// What running a step did to this process.
+enum Ran {
+    /// It ran, with this outcome.
+    Done(Done),
+    /// This is a fork's child: the parent reports the step.
+    Child,
+}
+
+/// A step's outcome, for its result text.
+enum Done {
+    /// A call returned this.
+    Call(i64),
+    /// An access (a write if true).
+    Access(Access, bool),
+    /// A fork made this process number.
+    Forked(usize),
+    /// A fork had no process number left.
+    TooMany,
+    /// The process exits after reporting.
+    Exited,
+}
+
+/// An access probe's result: 0, or `signal << 8 | si_code`.
+fn access(r: u64, value: u8) -> Access {
+    match r {
+        0 => Access::Done(value),
+        r if r >> 8 == SIGBUS => Access::Bus,
+        r => Access::Segv((r & 0xff) as i32),
+    }
+}
+
+fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
+    let st = &ctrl.state;
+    if let Some((nr, args)) = step.op.call(|a| st.resolve(a)) {
+        let r = call6(nr, args);
+        if let Some(len) = step.op.maps_len() {
+            ctrl.state.mapped(k, *me, r, len);
+        }
+        return Ran::Done(Done::Call(r));
+    }
+    Ran::Done(match step.op {
+        Op::Write { addr, val } => {
+            // SAFETY: the probe's faults are caught by `on_fault`.
+            let r = unsafe { probe::probe_write(ctrl.state.resolve(addr), val) };
+            Done::Access(access(r, val), true)
+        }
+        Op::Read { addr } => {
+            let mut b = 0u8;
+            // SAFETY: as for the write.
+            let r = unsafe { probe::probe_read(ctrl.state.resolve(addr), &mut b) };
+            Done::Access(access(r, b), false)
+        }
+        Op::Fork => {
+            let Some(child) = ctrl.state.next_proc() else {
+                return Ran::Done(Done::TooMany);
+            };
+            match fork() {
+                0 => {
+                    *me = child;
+                    return Ran::Child;
+                }
+                pid if pid > 0 => {
+                    ctrl.pids[child] = pid as u64;
+                    ctrl.state.forked(*me);
+                    Done::Forked(child)
+                }
+                e => Done::Call(e),
+            }
+        }
+        Op::Exit => {
+            ctrl.state.exited(*me);
+            Done::Exited
+        }
+        _ => unreachable!("calls are handled above"),
+    })
+}
+
+/// The layout and resident pages of every live process.
+fn print_state(out: &mut Out, state: &State, pids: &[u64; MAX_PROCS]) {
+    let mut text = [0u8; 16384];
+    for p in state.live() {
+        let n = mm_maps(pids[p], &mut text);
+        let mut maps = [MapLine {
+            start: 0,
+            end: 0,
+            perms: *b"----",
+            offset: 0,
+        }; MAX_VMAS];
+        let mut count = 0;
+        if n > 0 {
+            let s = core::str::from_utf8(&text[..n as usize]).unwrap_or("");
+            for line in s.lines().filter_map(MapLine::parse) {
+                if count < MAX_VMAS {
+                    maps[count] = line;
+                    count += 1;
+                }
+            }
+        }
+        let _ = write!(out, "  p{p} maps: ");
+        let mut first = true;
+        for line in state.cut(p, &maps[..count]) {
+            let _ = write!(
+                out,
+                "{}{}",
+                if first { "" } else { "; " },
+                MapsEntry {
+                    state,
+                    proc: p,
+                    line
+                }
+            );
+            first = false;
+        }
+        let _ = writeln!(out);
+        let mut any = false;
+        for line in state.cut(p, &maps[..count]) {
+            print_pages(out, state, p, pids[p], line, &mut any);
+        }
+        if any {
+            let _ = writeln!(out);
+        }
+    }
+}
+
+/// The present and swapped pages of one (cut) VMA, on the pages line.
+fn print_pages(out: &mut Out, state: &State, p: usize, pid: u64, line: MapLine, any: &mut bool) {
+    let mut buf = [0u8; PEEK_PAGES * PEEK_RECORD];
+    let mut start = line.start;
+    while start < line.end {
+        let n = mm_peek(pid, start, line.end, &mut buf);
+        if n <= 0 {
+            return;
+        }
+        let mut at = 0;
+        while at + 16 <= n as usize {
+            let word = |o: usize| u64::from_le_bytes(buf[o..o + 8].try_into().unwrap_or([0; 8]));
+            let (va, kind) = (word(at), word(at + 8));
+            let _ = if *any {
+                write!(out, " ")
+            } else {
+                write!(out, "  p{p} pages: ")
+            };
+            *any = true;
+            let _ = write!(out, "{}", state.show(p, va));
+            if kind == 1 {
+                let _ = write!(out, ":{}", Digest(&buf[at + 16..at + PEEK_RECORD]));
+                at += PEEK_RECORD;
+            } else {
+                let _ = write!(out, ":swap");
+                at += 16;
+            }
+            start = va + PAGE;
+        }
+    }
+}
