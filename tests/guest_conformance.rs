@@ -37,7 +37,14 @@ fn guest_transcripts(kernel_mode: &str, only: Option<usize>) -> BTreeMap<String,
         None => String::new(),
     };
     // No swap: the host has none, and pages that go to swap show there.
-    let cmdline = format!("mode=run program=conform kernel_mode={kernel_mode} swap=0{arg}");
+    // The host's lowest mappable address.
+    let min_addr = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(65536);
+    let cmdline = format!(
+        "mode=run program=conform kernel_mode={kernel_mode} swap=0 mmap_min_addr={min_addr}{arg}"
+    );
     let out = common::run(&["run", "--vcpus", "2", "--cmdline", &cmdline]);
     let text = common::stdout(&out);
     assert_eq!(

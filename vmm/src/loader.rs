@@ -151,9 +151,10 @@ pub fn load_init(
     const ET_DYN: u16 = 3;
     const PT_LOAD: u32 = 1;
     const PT_INTERP: u32 = 3;
-    /// The guest's user space (docs/GUEST_ABI.md): page 0 stays unmapped.
+    /// The guest's user space (docs/GUEST_ABI.md): page 0 stays unmapped,
+    /// and so does the page below 1 << 47 (Linux's TASK_SIZE).
     const USER_MIN: u64 = 0x1000;
-    const USER_END: u64 = 0x8000_0000_0000;
+    const USER_END: u64 = 0x7fff_ffff_f000;
     check_elf_identity(image, name)?;
     let u16_at = |at: usize| u16::from_le_bytes([image[at], image[at + 1]]);
     match u16_at(16) {
@@ -201,7 +202,7 @@ pub fn load_init(
         if !in_user_space {
             return Err(LoadError::InitBadLayout(
                 name.to_string(),
-                "has a segment outside user space [0x1000, 0x800000000000) or with more file bytes than memory",
+                "has a segment outside user space [0x1000, 0x7ffffffff000) or with more file bytes than memory",
             ));
         }
         segments.push((vaddr, vaddr + memsz));

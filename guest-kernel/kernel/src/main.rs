@@ -137,8 +137,12 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     // After `ready`: building the MM core costs milliseconds of emulated
     // ring 0 (see `memory::mm`), and only the workload needs it.
-    let swap = info.cmdline.swap_frames.unwrap_or(memory::mm::SWAP_FRAMES);
-    if let Err(e) = memory::mm::init(info.cmdline.mm_check, swap) {
+    let mm_cfg = memory::mm::Settings {
+        mm_check: info.cmdline.mm_check,
+        swap_frames: info.cmdline.swap_frames.unwrap_or(memory::mm::SWAP_FRAMES),
+        mmap_min_addr: info.cmdline.mmap_min_addr,
+    };
+    if let Err(e) = memory::mm::init(mm_cfg) {
         panic!("MM core: {e:?}");
     }
     match info.cmdline.mode {

@@ -50,6 +50,9 @@ pub struct Cmdline {
     /// `swap=N`: frames of the swap region (0: no swap, as on a machine
     /// without a swap device).
     pub swap_frames: Option<u64>,
+    /// `mmap_min_addr=N`: the lowest address a process may map
+    /// (`vm.mmap_min_addr`).
+    pub mmap_min_addr: Option<u64>,
 }
 
 impl Cmdline {
@@ -65,6 +68,7 @@ impl Cmdline {
             arg: 0,
             tsc_khz: None,
             swap_frames: None,
+            mmap_min_addr: None,
         };
         for word in raw.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -74,6 +78,7 @@ impl Cmdline {
                 Some(("kernel_mode", m)) => cmdline.kernel_mode = Some(m),
                 Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
                 Some(("swap", n)) => cmdline.swap_frames = n.parse().ok(),
+                Some(("mmap_min_addr", n)) => cmdline.mmap_min_addr = n.parse().ok(),
                 Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

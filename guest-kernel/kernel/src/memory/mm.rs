@@ -122,9 +122,18 @@ pub enum MmInitError {
     NoMemory,
 }
 
-/// Builds the MM core over the RAM the boot allocator does not keep, with
-/// a swap region of `swap_frames` frames.
-pub fn init(mm_check: bool, swap_frames: u64) -> Result<(), MmInitError> {
+/// What the command line chooses for the MM core.
+pub struct Settings {
+    /// `mm_check`: the invariant checker after every call.
+    pub mm_check: bool,
+    /// Frames of the swap region.
+    pub swap_frames: u64,
+    /// `vm.mmap_min_addr`, if not the core's default (65536).
+    pub mmap_min_addr: Option<u64>,
+}
+
+/// Builds the MM core over the RAM the boot allocator does not keep.
+pub fn init(settings: Settings) -> Result<(), MmInitError> {
     let mut pending = frames::hand_off(KERNEL_RESERVE);
     let (start, end) = *pending.first().ok_or(MmInitError::NoMemory)?;
     let cut = end.min(start + INITIAL_BYTES);
@@ -133,11 +142,13 @@ pub fn init(mm_check: bool, swap_frames: u64) -> Result<(), MmInitError> {
     } else {
         pending[0].0 = cut;
     }
+    let defaults = Config::default();
     let cfg = Config {
-        swap_frames,
+        swap_frames: settings.swap_frames,
         kernel_root: Some(Pfn(kmap::kernel_pml4() / PAGE_SIZE)),
-        check_every_op: mm_check,
-        ..Config::default()
+        check_every_op: settings.mm_check,
+        mmap_min_addr: settings.mmap_min_addr.unwrap_or(defaults.mmap_min_addr),
+        ..defaults
     };
     let sys = kctx::call(|| MemSystem::new(KernelHw, &[(start, cut)], cfg))
         .map_err(|_| MmInitError::NoMemory)?;

@@ -7,10 +7,11 @@
 //! so they are parsed defensively: every offset and size is checked before
 //! use.
 
-use crate::arch::x86_64::paging::{PAGE_SIZE, USER_END};
+use crate::arch::x86_64::paging::PAGE_SIZE;
 use crate::memory::mm;
 use alloc::vec::Vec;
 use guest_mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use guest_mm::vma::TASK_SIZE;
 use guest_mm::{Errno, Pid};
 
 const PT_LOAD: u32 = 1;
@@ -127,7 +128,7 @@ pub fn load(pid: Pid, image: &[u8]) -> Result<Loaded, ElfError> {
         let memsz = u64_at(image, ph + 40)?;
         let end = vaddr
             .checked_add(memsz)
-            .filter(|&e| vaddr >= USER_MIN && e <= USER_END);
+            .filter(|&e| vaddr >= USER_MIN && e <= TASK_SIZE);
         let Some(end) = end.filter(|_| filesz as u64 <= memsz) else {
             return Err(ElfError::BadSegment { vaddr });
         };
@@ -148,7 +149,7 @@ pub fn load(pid: Pid, image: &[u8]) -> Result<Loaded, ElfError> {
             prot,
         });
     }
-    if !(USER_MIN..USER_END).contains(&entry) {
+    if !(USER_MIN..TASK_SIZE).contains(&entry) {
         return Err(ElfError::NotExecutable);
     }
     load_segments(pid, &segments)?;

@@ -131,6 +131,10 @@ const TESTS: &[Test] = &[
         run: user::ud2_killed,
     },
     Test {
+        name: "user: a syscall returning to TASK_SIZE is killed with SIGSEGV there",
+        run: user::return_to_task_size_killed,
+    },
+    Test {
         name: "user: two processes have separate address spaces",
         run: user::separate_spaces,
     },

@@ -92,6 +92,12 @@ pub fn ud2_killed() -> TestResult {
     killed(2, Signal::Sigill, 6, None)
 }
 
+/// A `syscall` at the very top of the user space returns to TASK_SIZE,
+/// which is never mapped: the fetch there is SIGSEGV, the kernel lives.
+pub fn return_to_task_size_killed() -> TestResult {
+    killed(5, Signal::Sigsegv, 14, Some((1 << 47) - 4096))
+}
+
 pub fn separate_spaces() -> TestResult {
     let mut a = spawn(&programs::MEMSLOT)?;
     let mut b = spawn(&programs::MEMSLOT)?;

@@ -72,6 +72,18 @@ fn errno() -> i64 {
 fn drop_privileges() {
     // SAFETY: plain syscalls on this single-threaded process.
     unsafe {
+        // One CPU for the oracle and its children: Linux's reclaim sees
+        // only pages on the LRU, and new or lazily freed pages wait in
+        // per-CPU batches that only their CPU drains (MADV_PAGEOUT drains
+        // its own), so what MADV_PAGEOUT finds would depend on where the
+        // earlier calls ran.
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "affinity"
+        );
         // The limits guest-mm assumes (Linux's usual defaults), whatever
         // the harness was started with.
         for res in [libc::RLIMIT_MEMLOCK, libc::RLIMIT_STACK] {
