@@ -216,15 +216,8 @@ impl Proc {
                 let mut text = String::new();
                 self.maps.read_to_string(&mut text).expect("maps");
                 let _ = std::io::Seek::rewind(&mut self.maps);
-                text.lines()
-                    .filter_map(|l| {
-                        let mut f = l.split_whitespace();
-                        let (range, perms, off) = (f.next()?, f.next()?, f.next()?);
-                        let (s, e) = range.split_once('-')?;
-                        Some(format!("{s} {e} {perms} {off}"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(";")
+                // One answer line: the maps lines joined with ';'.
+                text.lines().collect::<Vec<_>>().join(";")
             }
             "pages" => self.pages(n(1), n(2)),
             other => panic!("oracle: unknown command {other:?}"),
@@ -406,20 +399,7 @@ impl Backend for Oracle {
 
     fn maps(&mut self, proc: usize) -> Vec<MapLine> {
         let answer = self.ask(proc, "maps");
-        let hex = |s: &str| u64::from_str_radix(s, 16).expect("hex");
-        answer
-            .split(';')
-            .filter(|s| !s.is_empty())
-            .map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                MapLine {
-                    start: hex(f[0]),
-                    end: hex(f[1]),
-                    perms: f[2].as_bytes().try_into().expect("4 perms"),
-                    offset: hex(f[3]),
-                }
-            })
-            .collect()
+        answer.split(';').filter_map(MapLine::parse).collect()
     }
 
     fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)> {
