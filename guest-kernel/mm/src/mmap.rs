@@ -296,7 +296,8 @@ impl<H: Hw> MemSystem<H> {
 
     /// `__mm_populate`: fault `[start, end)` in, VMA by VMA, the way
     /// `populate_vma_page_range` does (write faults for private writable
-    /// memory, read faults with unshare otherwise; nothing for
+    /// memory, read faults otherwise, where Linux's FOLL_UNSHARE would also
+    /// copy a COW-shared page: not done here, see CONFORMANCE.md; nothing for
     /// `VM_LOCKONFAULT`; `PROT_NONE` memory fails). With `ignore_errors`
     /// a failing VMA is skipped; otherwise the first failure is returned.
     pub(crate) fn populate(
@@ -338,8 +339,8 @@ impl<H: Hw> MemSystem<H> {
         Ok(())
     }
 
-    /// Faults `[start, end)` in as GUP does for populate (`FOLL_WRITE`, or
-    /// a read with `FOLL_UNSHARE` on private memory).
+    /// Faults `[start, end)` in as GUP does for populate: write faults
+    /// (`FOLL_WRITE`) or read faults.
     pub(crate) fn fault_range(
         &mut self,
         mm: MmId,
