@@ -101,10 +101,11 @@ fn first_difference(linux: &[String], guest: &[String]) -> String {
 fn check_mode(kernel_mode: &str, only: Option<&str>) -> bool {
     let cases: Vec<_> = script::cases(TABLE).collect();
     let index = only.map(|n| {
-        cases
-            .iter()
-            .position(|c| c.name == n)
-            .expect("no such case")
+        cases.iter().position(|c| c.name == n).unwrap_or_else(|| {
+            usage(&format!(
+                "no case named {n:?} in resources/conformance/cases.txt"
+            ))
+        })
     });
     let guest = guest_transcripts(kernel_mode, index);
     let (mut agree, mut later, mut ok) = (0, 0, true);
@@ -155,6 +156,12 @@ fn check_mode(kernel_mode: &str, only: Option<&str>) -> bool {
     ok
 }
 
+/// A one-line complaint about the arguments, exit 2.
+fn usage(why: &str) -> ! {
+    eprintln!("guest_conformance: {why} (arguments: --mode ring0|ring3, --case NAME)");
+    std::process::exit(2)
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--oracle") {
         oracle::serve_stdio();
@@ -172,7 +179,8 @@ fn main() {
     // The guest kernel in the mode it picks on this machine, and in the
     // other one (ring 0, as on hardware KVM and under QEMU).
     let modes: Vec<&str> = match value("--mode") {
-        Some(m) => vec![m.as_str()],
+        Some(m) if m == "ring0" || m == "ring3" => vec![m.as_str()],
+        Some(m) => usage(&format!("--mode is ring0 or ring3, not {m:?}")),
         None => vec!["ring3", "ring0"],
     };
     let only = value("--case").map(String::as_str);

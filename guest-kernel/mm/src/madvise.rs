@@ -172,13 +172,7 @@ impl<H: Hw> MemSystem<H> {
         if let Some(change) = flag_change(advice, v) {
             let newflags = change?;
             if newflags != v.flags.0 {
-                self.split_vma_at(mm, start);
-                self.split_vma_at(mm, end);
-                if let Some(x) = self.mm_mut(mm).vmas.get_mut(start) {
-                    x.flags = VmFlags(newflags);
-                }
-                self.merge_vma_at(mm, end);
-                self.merge_vma_at(mm, start);
+                self.modify_vma_flags(mm, start, end, newflags);
             }
             return Ok(());
         }

@@ -94,13 +94,7 @@ impl<H: Hw> MemSystem<H> {
             let newflags = (v.flags.0 & !VmFlags::LOCKED_MASK) | lock;
             // mlock_fixup leaves droppable memory alone.
             if newflags != v.flags.0 && !v.flags.has(VmFlags::DROPPABLE) {
-                self.split_vma_at(mm, cur);
-                self.split_vma_at(mm, seg_end);
-                if let Some(v) = self.mm_mut(mm).vmas.get_mut(cur) {
-                    v.flags = VmFlags(newflags);
-                }
-                self.merge_vma_at(mm, seg_end);
-                self.merge_vma_at(mm, cur);
+                self.modify_vma_flags(mm, cur, seg_end, newflags);
             }
             cur = seg_end;
         }

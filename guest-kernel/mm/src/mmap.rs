@@ -397,6 +397,19 @@ impl<H: Hw> MemSystem<H> {
         }
     }
 
+    /// `vma_modify_flags`: gives `[start, end)` (inside one VMA) the flags
+    /// `flags`, splitting the VMA at the edges and merging what can merge
+    /// afterwards.
+    pub(crate) fn modify_vma_flags(&mut self, mm: MmId, start: u64, end: u64, flags: u64) {
+        self.split_vma_at(mm, start);
+        self.split_vma_at(mm, end);
+        if let Some(v) = self.mm_mut(mm).vmas.get_mut(start) {
+            v.flags = VmFlags(flags);
+        }
+        self.merge_vma_at(mm, end);
+        self.merge_vma_at(mm, start);
+    }
+
     /// Merges the VMAs meeting at `addr` if compatible.
     pub(crate) fn merge_vma_at(&mut self, mm: MmId, addr: u64) {
         let Some(prev) = addr

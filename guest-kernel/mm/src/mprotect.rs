@@ -89,14 +89,8 @@ impl<H: Hw> MemSystem<H> {
             }
             let seg_end = v.end.min(end);
             if newflags != old {
-                self.split_vma_at(mm, cur);
-                self.split_vma_at(mm, seg_end);
-                if let Some(v) = self.mm_mut(mm).vmas.get_mut(cur) {
-                    v.flags = VmFlags(newflags);
-                }
+                self.modify_vma_flags(mm, cur, seg_end, newflags);
                 self.change_protection(mm, cur, seg_end);
-                self.merge_vma_at(mm, seg_end);
-                self.merge_vma_at(mm, cur);
                 let locked_private =
                     old & (VmFlags::WRITE | VmFlags::SHARED | VmFlags::LOCKED) == VmFlags::LOCKED;
                 if locked_private && newflags & VmFlags::WRITE != 0 {

@@ -174,7 +174,7 @@ impl<H: Hw> MemSystem<H> {
             return Ok(r.addr);
         }
         if r.new_len < r.old_len {
-            self.munmap_len(mm, r.addr + r.new_len, r.old_len - r.new_len)?;
+            self.munmap_checked(mm, r.addr + r.new_len, r.addr + r.old_len)?;
             return Ok(r.addr);
         }
         self.remap_is_valid(mm, v, r)?;
@@ -227,24 +227,19 @@ impl<H: Hw> MemSystem<H> {
         Ok(())
     }
 
-    /// `do_munmap` for the kernel's own unmaps inside mremap.
-    fn munmap_len(&mut self, mm: MmId, start: u64, len: u64) -> Result<(), Errno> {
-        self.munmap_checked(mm, start, start + len)
-    }
-
     /// `mremap_to`: the destination is given (fixed) or hinted.
     fn mremap_to(&mut self, mm: MmId, mut r: Remap) -> Result<u64, Errno> {
         if r.new_len > TASK_SIZE || r.new_addr > TASK_SIZE - r.new_len || r.overlaps() {
             return Err(Errno::EINVAL);
         }
         if r.flags & MREMAP_FIXED != 0 {
-            self.munmap_len(mm, r.new_addr, r.new_len)?;
+            self.munmap_checked(mm, r.new_addr, r.new_addr + r.new_len)?;
             if self.mm(mm).vmas.find(r.addr).is_none() {
                 return Err(Errno::EFAULT);
             }
         }
         if r.new_len < r.old_len {
-            self.munmap_len(mm, r.addr + r.new_len, r.old_len - r.new_len)?;
+            self.munmap_checked(mm, r.addr + r.new_len, r.addr + r.old_len)?;
             r.old_len = r.new_len;
         }
         if self.mm(mm).vmas.find(r.addr).is_none() {

@@ -317,49 +317,66 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         }
     };
     let opt = |i: usize| (i < n).then(|| w[i]);
+    // Most operations start with an address and a length.
+    let range = || -> Result<(Addr, u64), ParseError> { Ok((addr(arg(1)?)?, num(arg(2)?)?)) };
     let op = match arg(0)? {
-        "mmap" => Op::Mmap {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-            prot: prot(arg(3)?)?,
-            flags: flags(arg(4)?, MAP)?,
-            fd: opt(5).map_or(Ok(-1), signed)?,
-            off: opt(6).map_or(Ok(0), num)?,
-        },
-        "munmap" => Op::Munmap {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-        },
-        "mprotect" => Op::Mprotect {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-            prot: prot(arg(3)?)?,
-        },
-        "madvise" => Op::Madvise {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-            advice: flags(arg(3)?, MADV)?,
-        },
-        "mremap" => Op::Mremap {
-            old: addr(arg(1)?)?,
-            old_len: num(arg(2)?)?,
-            new_len: num(arg(3)?)?,
-            flags: flags(arg(4)?, MREMAP)?,
-            new_addr: opt(5).map_or(Ok(Addr::Abs(0)), addr)?,
-        },
-        "mlock" => Op::Mlock {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-        },
-        "mlock2" => Op::Mlock2 {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-            flags: num(arg(3)?)?,
-        },
-        "munlock" => Op::Munlock {
-            addr: addr(arg(1)?)?,
-            len: num(arg(2)?)?,
-        },
+        "mmap" => {
+            let (addr, len) = range()?;
+            Op::Mmap {
+                addr,
+                len,
+                prot: prot(arg(3)?)?,
+                flags: flags(arg(4)?, MAP)?,
+                fd: opt(5).map_or(Ok(-1), signed)?,
+                off: opt(6).map_or(Ok(0), num)?,
+            }
+        }
+        "munmap" => {
+            let (addr, len) = range()?;
+            Op::Munmap { addr, len }
+        }
+        "mprotect" => {
+            let (addr, len) = range()?;
+            Op::Mprotect {
+                addr,
+                len,
+                prot: prot(arg(3)?)?,
+            }
+        }
+        "madvise" => {
+            let (addr, len) = range()?;
+            Op::Madvise {
+                addr,
+                len,
+                advice: flags(arg(3)?, MADV)?,
+            }
+        }
+        "mremap" => {
+            let (old, old_len) = range()?;
+            Op::Mremap {
+                old,
+                old_len,
+                new_len: num(arg(3)?)?,
+                flags: flags(arg(4)?, MREMAP)?,
+                new_addr: opt(5).map_or(Ok(Addr::Abs(0)), addr)?,
+            }
+        }
+        "mlock" => {
+            let (addr, len) = range()?;
+            Op::Mlock { addr, len }
+        }
+        "mlock2" => {
+            let (addr, len) = range()?;
+            Op::Mlock2 {
+                addr,
+                len,
+                flags: num(arg(3)?)?,
+            }
+        }
+        "munlock" => {
+            let (addr, len) = range()?;
+            Op::Munlock { addr, len }
+        }
         "write" => Op::Write {
             addr: addr(arg(1)?)?,
             val: num(arg(2)?)? as u8,

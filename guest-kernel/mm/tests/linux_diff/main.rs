@@ -86,6 +86,12 @@ pub fn compare(steps: &[Step]) -> Result<Vec<String>, Divergence> {
     Ok(common)
 }
 
+/// A one-line complaint about the arguments, exit 2.
+fn usage(why: &str) -> ! {
+    eprintln!("linux_diff: {why} (arguments: --cases, --random N, --seed S, --show NAME)");
+    std::process::exit(2)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--oracle") {
@@ -97,26 +103,35 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    let number = |flag: &str| {
+        value(flag).map(|v| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| usage(&format!("{flag} wants a number, not {v:?}")))
+        })
+    };
     if let Some(name) = value("--show") {
-        let case = cases::all()
-            .into_iter()
-            .find(|c| c.name == name)
-            .expect("no such case");
+        let Some(case) = cases::all().into_iter().find(|c| c.name == name) else {
+            usage(&format!(
+                "no case named {name:?} in resources/conformance/cases.txt"
+            ));
+        };
         match compare(&cases::steps(&case)) {
             Ok(t) => println!("{}: agrees\n{}", case.name, t.join("\n")),
             Err(d) => println!("{}: differs\n{}", case.name, d.render()),
         }
         return;
     }
+    let random = number("--random");
+    let seed = number("--seed");
+    let only_cases = args.iter().any(|a| a == "--cases");
     let mut failed = false;
-    if value("--random").is_none() || args.iter().any(|a| a == "--cases") {
+    if random.is_none() || only_cases {
         failed |= !cases::run_all();
     }
-    if !args.iter().any(|a| a == "--cases") {
-        let n = value("--random")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(random::DEFAULT_SEQUENCES);
-        let seed = value("--seed").and_then(|s| s.parse().ok());
+    if !only_cases {
+        let n = random.map_or(random::DEFAULT_SEQUENCES, |n| {
+            n.min(u64::from(u32::MAX)) as u32
+        });
         failed |= !random::run(n, seed);
     }
     if failed {

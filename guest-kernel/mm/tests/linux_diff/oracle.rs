@@ -69,7 +69,9 @@ fn errno() -> i64 {
         .into()
 }
 
-fn drop_privileges() {
+/// Makes this process the Linux a guest process is compared with: an
+/// unprivileged user, on one CPU, with Linux's usual limits.
+fn prepare_process() {
     // SAFETY: plain syscalls on this single-threaded process.
     unsafe {
         // One CPU for the oracle and its children: Linux's reclaim sees
@@ -121,7 +123,7 @@ fn install_handlers() {
 
 /// The oracle's `main`.
 pub fn serve_stdio() -> ! {
-    drop_privileges();
+    prepare_process();
     install_handlers();
     let (maps, pagemap, mem) = open_self();
     let mut p = Proc {
