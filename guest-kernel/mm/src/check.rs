@@ -71,7 +71,7 @@ impl<H: Hw> MemSystem<H> {
                             }
                         }
                     }
-                    Backing::Shmem(o) => {
+                    Backing::Shmem { obj: o, .. } => {
                         if !self
                             .shmems
                             .get(o)
@@ -145,7 +145,7 @@ impl<H: Hw> MemSystem<H> {
                             (Mapping::Anon { anon_vma, index }, Backing::Anon { chain }) => {
                                 chain.contains(&anon_vma) && index + sub == idx
                             }
-                            (Mapping::Shmem { obj, index }, Backing::Shmem(o)) => {
+                            (Mapping::Shmem { obj, index }, Backing::Shmem { obj: o, .. }) => {
                                 obj == *o
                                     && index + sub == idx
                                     && self.shmems.get(o).and_then(|s| s.pages.get(&idx))
@@ -183,7 +183,7 @@ impl<H: Hw> MemSystem<H> {
             }
             for &(mm, start) in &s.i_mmap {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
-                if !v.is_some_and(|v| v.backing == Backing::Shmem(o)) {
+                if !v.is_some_and(|v| matches!(v.backing, Backing::Shmem { obj, .. } if obj == o)) {
                     bad.push(format!(
                         "{o:?}: i_mmap lists {mm:?}/{start:#x}, not a VMA of it"
                     ));

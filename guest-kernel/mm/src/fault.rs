@@ -89,7 +89,9 @@ impl<H: Hw> MemSystem<H> {
                 }
             }
             Pte::Marker(MarkerKind::Poisoned) => Err(Fault::Bus),
-            Pte::Marker(MarkerKind::Guard) => Err(SEGV_ACC),
+            // handle_pte_marker: VM_FAULT_SIGSEGV, which x86 reports as
+            // bad_area_nosemaphore, SEGV_MAPERR.
+            Pte::Marker(MarkerKind::Guard) => Err(SEGV_MAP),
             Pte::Swap(e) => self.do_swap_page(mm, &vma, va, slot, e, ff.write),
             Pte::Mapped { pfn, flags } => {
                 if flags.contains(PteFlags::PROTNONE) {
@@ -347,7 +349,7 @@ impl<H: Hw> MemSystem<H> {
         slot: u64,
         write: bool,
     ) -> Result<(), Fault> {
-        let Backing::Shmem(obj) = vma.backing else {
+        let Backing::Shmem { obj, .. } = vma.backing else {
             unreachable!("shared VMA without object")
         };
         let idx = vma.page_index(va);

@@ -16,7 +16,7 @@
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::gather::MmuGather;
+use crate::gather::{MmuGather, Zap};
 use crate::hw::{FlushRange, Hw};
 use crate::ids::{AnonVmaId, MmId};
 use crate::pgtable;
@@ -47,7 +47,10 @@ impl<H: Hw> MemSystem<H> {
             // vma_needs_copy: only memory with an anon_vma has PTEs a fault
             // could not rebuild; shared and never-written private memory is
             // faulted in again by the child.
-            let needs_copy = matches!(&v.backing, Backing::Anon { chain } if !chain.is_empty());
+            let needs_copy = match &v.backing {
+                Backing::Anon { chain } => !chain.is_empty(),
+                Backing::Shmem { anon_vma, .. } => *anon_vma,
+            };
             if needs_copy && !wipe {
                 result = self.copy_page_range(parent, child, v);
                 if result.is_err() {
@@ -92,8 +95,10 @@ impl<H: Hw> MemSystem<H> {
                     self.swap_dup(e);
                     pte
                 }
+                // copy_pte_marker: guard and poison markers always, uffd-wp
+                // only into a VMA registered for it (issue 12).
                 Pte::Marker(MarkerKind::UffdWp) | Pte::None => continue,
-                Pte::Marker(_) => pte,
+                Pte::Marker(MarkerKind::Guard | MarkerKind::Poisoned) => pte,
                 Pte::Table(_) => unreachable!("table at PTE level"),
             };
             let Some(cslot) = pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, croot, va)
@@ -121,7 +126,7 @@ impl<H: Hw> MemSystem<H> {
         let root = self.mm(mm).root;
         let mut g = MmuGather::new(mm);
         for v in &vmas {
-            self.zap_range(&mut g, v.start, v.end, false);
+            self.zap_range(&mut g, v.start, v.end, Zap::Exit);
         }
         for (t, _) in pgtable::tables(&self.hw, root) {
             self.gather_table(&mut g, t);

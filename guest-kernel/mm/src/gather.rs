@@ -19,8 +19,21 @@ use crate::frame::FolioFlags;
 use crate::hw::{FlushRange, FlushRequest, Hw, PAGE_SIZE, Pfn};
 use crate::ids::MmId;
 use crate::pgtable;
-use crate::pte::{Pte, PteFlags};
+use crate::pte::{MarkerKind, Pte, PteFlags};
 use crate::system::MemSystem;
+
+/// What a zap removes (`struct zap_details`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Zap {
+    /// The pages only (`MADV_DONTNEED`, hole punch): markers that say
+    /// something about the address itself survive.
+    Pages,
+    /// The mapping goes away and its emptied tables are freed (munmap,
+    /// mremap's old range): `ZAP_FLAG_DROP_MARKER`, everything goes.
+    Unmap,
+    /// Like `Unmap`, but the caller frees every table itself (exit).
+    Exit,
+}
 
 /// Proof that a TLB flush was issued. Only [`MemSystem::flush_tlb`] makes one.
 pub(crate) struct Flushed(());
@@ -106,11 +119,15 @@ impl<H: Hw> MemSystem<H> {
     /// Clears every PTE of `mm` in `[start, end)` into `g`
     /// (`unmap_page_range` / `zap_pte_range`). Swap entries are released at
     /// once (nothing can cache them); mapped pages wait in the gather.
-    /// With `prune`, emptied page tables are unlinked and freed after the
-    /// flush too.
-    pub(crate) fn zap_range(&mut self, g: &mut MmuGather, start: u64, end: u64, prune: bool) {
+    /// What happens to markers and emptied tables is `how`'s (see [`Zap`]).
+    pub(crate) fn zap_range(&mut self, g: &mut MmuGather, start: u64, end: u64, how: Zap) {
         let root = self.mm(g.mm).root;
         for (va, slot, pte) in pgtable::leaves(&self.hw, root, start, end) {
+            if let Pte::Marker(kind) = pte {
+                if how == Zap::Pages && self.marker_survives_zap(g.mm, va, kind) {
+                    continue;
+                }
+            }
             pgtable::write_pte(&mut self.hw, slot, Pte::None);
             match pte {
                 Pte::Mapped { pfn, flags } => {
@@ -136,13 +153,26 @@ impl<H: Hw> MemSystem<H> {
                 Pte::Table(_) => unreachable!("table entry at PTE level"),
             }
         }
-        if prune {
+        if how == Zap::Unmap {
             let t = pgtable::prune(&mut self.hw, root, start, end);
             if !t.is_empty() {
                 g.start = g.start.min(start);
                 g.end = g.end.max(end);
             }
             g.tables.extend(t);
+        }
+    }
+
+    /// Whether a marker stays when only the pages of its range are zapped
+    /// (`zap_nonpresent_ptes` without `ZAP_FLAG_DROP_MARKER`): a guard
+    /// marker always, a uffd-wp marker where the memory is not anonymous
+    /// (its page can come back from the object, the protection must stay
+    /// with it); a poison marker never (`should_zap_cows`).
+    fn marker_survives_zap(&self, mm: MmId, va: u64, kind: MarkerKind) -> bool {
+        match kind {
+            MarkerKind::Guard => true,
+            MarkerKind::UffdWp => self.mm(mm).vmas.find(va).is_some_and(|v| v.is_shared()),
+            MarkerKind::Poisoned => false,
         }
     }
 

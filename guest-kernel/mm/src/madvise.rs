@@ -11,21 +11,22 @@
 //! lazily free (Linux: anonymous folios without `PG_swapbacked`): they keep
 //! their data until reclaim, which drops them if they were not written
 //! since, even without swap. Locked memory refuses `DONTNEED`, `FREE`,
-//! `COLD` and `PAGEOUT` (`DONTNEED_LOCKED` is the way to drop it). The
-//! guard-region advice (`GUARD_INSTALL` / `REMOVE`) and `MADV_COLLAPSE`
-//! come with the markers and huge pages (docs/CONFORMANCE.md).
+//! `COLD` and `PAGEOUT` (`DONTNEED_LOCKED` is the way to drop it). Guard
+//! regions (`GUARD_INSTALL` / `REMOVE`, 6.13) are guard PTE markers
+//! (`pte.rs`): they survive every zap but the mapping's own end, and fork
+//! copies them. `MADV_COLLAPSE` needs THP, which guest-mm does not have.
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::frame::{FolioFlags, FrameUse};
-use crate::gather::MmuGather;
+use crate::gather::{MmuGather, Zap};
 use crate::hw::{FlushRange, Hw, PAGE_SIZE, Pfn};
 use crate::ids::MmId;
 use crate::mmap::page_align;
 use crate::pgtable;
-use crate::pte::{Pte, PteFlags};
+use crate::pte::{MarkerKind, Pte, PteFlags};
 use crate::swap::SwapOutError;
 use crate::system::{MemSystem, ShmemPage};
 use crate::vma::{Backing, VmFlags, Vma};
@@ -74,6 +75,11 @@ pub const MADV_POPULATE_READ: u32 = 22;
 pub const MADV_POPULATE_WRITE: u32 = 23;
 /// `MADV_DONTNEED_LOCKED`: `DONTNEED` that also drops locked pages.
 pub const MADV_DONTNEED_LOCKED: u32 = 24;
+/// `MADV_GUARD_INSTALL` (6.13): every page of the range becomes a guard
+/// marker; touching it is SIGSEGV.
+pub const MADV_GUARD_INSTALL: u32 = 102;
+/// `MADV_GUARD_REMOVE`: the range's guard markers become none again.
+pub const MADV_GUARD_REMOVE: u32 = 103;
 
 /// What one piece of advice does to a VMA's flags (`madvise_vma_behavior`),
 /// or `None` if it is not a flag change. `Err` when the VMA refuses it.
@@ -113,7 +119,13 @@ fn flag_change(advice: u32, v: &Vma) -> Option<Result<u64, Errno>> {
 /// not: they exist only with CONFIG_MEMORY_FAILURE, which the reference
 /// kernel (the host's 6.18) is built without.
 fn valid(advice: u32) -> bool {
-    matches!(advice, MADV_NORMAL..=MADV_DONTNEED | MADV_FREE..=MADV_DONTNEED_LOCKED)
+    matches!(
+        advice,
+        MADV_NORMAL..=MADV_DONTNEED
+            | MADV_FREE..=MADV_DONTNEED_LOCKED
+            | MADV_GUARD_INSTALL
+            | MADV_GUARD_REMOVE
+    )
 }
 
 impl<H: Hw> MemSystem<H> {
@@ -180,7 +192,7 @@ impl<H: Hw> MemSystem<H> {
             MADV_DONTNEED | MADV_FREE if locked => Err(Errno::EINVAL),
             MADV_DONTNEED | MADV_DONTNEED_LOCKED => {
                 let mut g = MmuGather::new(mm);
-                self.zap_range(&mut g, start, end, false);
+                self.zap_range(&mut g, start, end, Zap::Pages);
                 self.tlb_finish(g);
                 Ok(())
             }
@@ -191,6 +203,8 @@ impl<H: Hw> MemSystem<H> {
                 Ok(())
             }
             MADV_REMOVE => self.madvise_remove(v, start, end),
+            MADV_GUARD_INSTALL => self.guard_install(mm, v, start, end),
+            MADV_GUARD_REMOVE => self.guard_remove(mm, v, start, end),
             // can_madv_lru_vma.
             MADV_COLD | MADV_PAGEOUT if locked => Err(Errno::EINVAL),
             MADV_PAGEOUT => {
@@ -204,7 +218,8 @@ impl<H: Hw> MemSystem<H> {
     }
 
     /// `madvise_free_pte_range`: exclusive private pages become lazily free
-    /// (clean, old, not swap-backed); swapped pages and markers are dropped.
+    /// (clean, old, not swap-backed); swapped pages and poison markers are
+    /// dropped.
     fn lazy_free(&mut self, mm: MmId, start: u64, end: u64) {
         let root = self.mm(mm).root;
         let mut changed = false;
@@ -230,7 +245,10 @@ impl<H: Hw> MemSystem<H> {
                     pgtable::write_pte(&mut self.hw, slot, Pte::None);
                     self.swap_free(e);
                 }
-                Pte::Marker(_) => pgtable::write_pte(&mut self.hw, slot, Pte::None),
+                // A poison marker goes with the lost data; a guard stays.
+                Pte::Marker(MarkerKind::Poisoned) => {
+                    pgtable::write_pte(&mut self.hw, slot, Pte::None)
+                }
                 _ => {}
             }
         }
@@ -316,7 +334,7 @@ impl<H: Hw> MemSystem<H> {
         if v.flags.has(VmFlags::LOCKED) {
             return Err(Errno::EINVAL);
         }
-        let Backing::Shmem(obj) = v.backing else {
+        let Backing::Shmem { obj, .. } = v.backing else {
             return Err(Errno::EINVAL);
         };
         if !v.flags.has(VmFlags::MAYWRITE) {
@@ -341,7 +359,7 @@ impl<H: Hw> MemSystem<H> {
                     w.start + (lo - w.pgoff) * PAGE_SIZE,
                     w.start + (hi - w.pgoff) * PAGE_SIZE,
                 );
-                self.zap_range(&mut g, s, e, false);
+                self.zap_range(&mut g, s, e, Zap::Pages);
                 self.tlb_finish(g);
             }
         }
@@ -359,6 +377,58 @@ impl<H: Hw> MemSystem<H> {
                 }
                 ShmemPage::Swap(e) => self.swap_free(e),
                 ShmemPage::Poisoned => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `is_valid_guard_vma`: not hugetlb, and not mlocked unless removing
+    /// (removal destroys nothing).
+    fn guard_vma_ok(v: &Vma, allow_locked: bool) -> bool {
+        !v.flags.has(VmFlags::HUGETLB) && (allow_locked || !v.flags.has(VmFlags::LOCKED))
+    }
+
+    /// `madvise_guard_install`: zap whatever is mapped in `[start, end)`
+    /// (existing guard markers stay) and put a guard marker in every slot.
+    /// The VMA gets an anon_vma first, as in Linux, so fork copies its
+    /// page tables (and with them the markers).
+    fn guard_install(&mut self, mm: MmId, v: &Vma, start: u64, end: u64) -> Result<(), Errno> {
+        if !Self::guard_vma_ok(v, false) {
+            return Err(Errno::EINVAL);
+        }
+        match self
+            .mm_mut(mm)
+            .vmas
+            .get_mut(v.start)
+            .map(|x| &mut x.backing)
+        {
+            Some(Backing::Shmem { anon_vma, .. }) => *anon_vma = true,
+            _ => {
+                self.anon_vma_prepare(mm, start);
+            }
+        }
+        let mut g = MmuGather::new(mm);
+        self.zap_range(&mut g, start, end, Zap::Pages);
+        self.tlb_finish(g);
+        let root = self.mm(mm).root;
+        for va in (start..end).step_by(PAGE_SIZE as usize) {
+            let slot = pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, va)
+                .ok_or(Errno::ENOMEM)?;
+            pgtable::write_pte(&mut self.hw, slot, Pte::Marker(MarkerKind::Guard));
+        }
+        Ok(())
+    }
+
+    /// `madvise_guard_remove`: guard markers in `[start, end)` become none;
+    /// everything else stays.
+    fn guard_remove(&mut self, mm: MmId, v: &Vma, start: u64, end: u64) -> Result<(), Errno> {
+        if !Self::guard_vma_ok(v, true) {
+            return Err(Errno::EINVAL);
+        }
+        let root = self.mm(mm).root;
+        for (_, slot, pte) in pgtable::leaves(&self.hw, root, start, end) {
+            if pte == Pte::Marker(MarkerKind::Guard) {
+                pgtable::write_pte(&mut self.hw, slot, Pte::None);
             }
         }
         Ok(())

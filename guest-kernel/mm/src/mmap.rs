@@ -16,7 +16,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::gather::MmuGather;
+use crate::gather::{MmuGather, Zap};
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::{MmId, ShmemId};
 use crate::system::{MemSystem, Shmem};
@@ -209,7 +209,13 @@ impl<H: Hw> MemSystem<H> {
                     i_mmap: BTreeSet::new(),
                 },
             );
-            (Backing::Shmem(id), 0)
+            (
+                Backing::Shmem {
+                    obj: id,
+                    anon_vma: false,
+                },
+                0,
+            )
         } else {
             (Backing::Anon { chain: Vec::new() }, start / PAGE_SIZE)
         };
@@ -442,7 +448,7 @@ impl<H: Hw> MemSystem<H> {
         self.split_vma_at(mm, end);
         let starts = self.mm(mm).vmas.overlapping(start, end);
         let mut g = MmuGather::new(mm);
-        self.zap_range(&mut g, start, end, true);
+        self.zap_range(&mut g, start, end, Zap::Unmap);
         self.tlb_finish(g);
         for s in starts {
             if let Some(v) = self.mm_mut(mm).vmas.remove(s) {

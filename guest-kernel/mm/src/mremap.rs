@@ -22,7 +22,7 @@
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::gather::MmuGather;
+use crate::gather::{MmuGather, Zap};
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::MmId;
 use crate::mmap::MEMLOCK_LIMIT;
@@ -303,7 +303,7 @@ impl<H: Hw> MemSystem<H> {
             );
         }
         let mut g = MmuGather::new(mm);
-        self.zap_range(&mut g, old, old + r.old_len, true);
+        self.zap_range(&mut g, old, old + r.old_len, Zap::Unmap);
         self.tlb_finish(g);
         if r.flags & MREMAP_DONTUNMAP != 0 {
             self.dontunmap_complete(mm, &v, old, old + r.old_len);

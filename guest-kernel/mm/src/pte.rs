@@ -84,9 +84,13 @@ const OFFSET_BITS: u32 = 46;
 pub enum MarkerKind {
     /// The page is gone (swap-in I/O error, memory failure): access is SIGBUS.
     Poisoned,
-    /// A guard region (`MADV_GUARD_INSTALL`): access is SIGSEGV. Reserved.
+    /// A guard region (`MADV_GUARD_INSTALL`, Linux 6.13): access is
+    /// SIGSEGV; survives `MADV_DONTNEED`, `MADV_FREE` and hole punching,
+    /// goes only with the mapping (`ZAP_FLAG_DROP_MARKER`).
     Guard,
-    /// userfaultfd write-protect on a none PTE. Reserved.
+    /// userfaultfd write-protect on a PTE with no page: the protection
+    /// outlives the page (zap of file-backed memory, WP_UNPOPULATED). A
+    /// fault on it is a fault on none, write-protected.
     UffdWp,
 }
 
@@ -219,6 +223,22 @@ impl Pte {
                 dev: ty as u8,
                 offset: off,
             }))
+        }
+    }
+
+    /// `pte_none_mostly`: nothing mapped and nothing swapped — none or
+    /// a marker. Code that fills empty slots (faults, fault-around,
+    /// `UFFDIO_COPY`) asks this; code that must not lose a marker asks
+    /// `== Pte::None`.
+    pub fn is_none_mostly(self) -> bool {
+        matches!(self, Pte::None | Pte::Marker(_))
+    }
+
+    /// The marker kind, if this is a marker.
+    pub fn marker(self) -> Option<MarkerKind> {
+        match self {
+            Pte::Marker(k) => Some(k),
+            _ => None,
         }
     }
 

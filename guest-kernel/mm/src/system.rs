@@ -252,7 +252,7 @@ impl<H: Hw> MemSystem<H> {
                         .insert((mm, v.start));
                 }
             }
-            Backing::Shmem(obj) => {
+            Backing::Shmem { obj, .. } => {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.insert((mm, v.start));
             }
@@ -273,7 +273,7 @@ impl<H: Hw> MemSystem<H> {
                     }
                 }
             }
-            Backing::Shmem(obj) => {
+            Backing::Shmem { obj, .. } => {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.remove(&(mm, v.start));
                 if s.i_mmap.is_empty() {

@@ -47,7 +47,7 @@ impl MapEntry {
         let f = v.flags;
         let (offset, name) = match v.backing {
             Backing::Anon { .. } => (0, ""),
-            Backing::Shmem(_) => (v.pgoff * PAGE_SIZE, "/dev/zero (deleted)"),
+            Backing::Shmem { .. } => (v.pgoff * PAGE_SIZE, "/dev/zero (deleted)"),
         };
         MapEntry {
             start: v.start,

@@ -70,6 +70,8 @@ impl VmFlags {
     pub const WIPEONFORK: u64 = 0x200_0000;
     /// `VM_DONTDUMP` (`MADV_DONTDUMP`).
     pub const DONTDUMP: u64 = 0x400_0000;
+    /// `VM_HUGETLB`: hugetlb memory (`MAP_HUGETLB`).
+    pub const HUGETLB: u64 = 0x40_0000;
     /// `VM_HUGEPAGE` (`MADV_HUGEPAGE`).
     pub const HUGEPAGE: u64 = 0x2000_0000;
     /// `VM_NOHUGEPAGE` (`MADV_NOHUGEPAGE`, `MAP_STACK`).
@@ -101,7 +103,14 @@ pub enum Backing {
         chain: Vec<AnonVmaId>,
     },
     /// Shared anonymous memory: pages of a shmem object.
-    Shmem(ShmemId),
+    Shmem {
+        /// The object.
+        obj: ShmemId,
+        /// Whether the VMA has an anon_vma although no anonymous page can
+        /// be mapped in it: `MADV_GUARD_INSTALL` gives it one so that
+        /// fork copies its page tables, markers included.
+        anon_vma: bool,
+    },
 }
 
 /// One mapping (`struct vm_area_struct`).
@@ -157,7 +166,7 @@ impl Vma {
     pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
         match &self.backing {
             Backing::Anon { chain } => chain.last().copied(),
-            Backing::Shmem(_) => None,
+            Backing::Shmem { .. } => None,
         }
     }
 }
@@ -176,7 +185,7 @@ pub fn mergeable(a: &Vma, b: &Vma) -> bool {
         (Backing::Anon { chain: x }, Backing::Anon { chain: y }) => {
             x == y || (x.is_empty() && y.len() == 1) || (y.is_empty() && x.len() == 1)
         }
-        (Backing::Shmem(x), Backing::Shmem(y)) => x == y,
+        (Backing::Shmem { obj: x, .. }, Backing::Shmem { obj: y, .. }) => x == y,
         _ => false,
     }
 }
@@ -252,12 +261,14 @@ impl VmaTree {
         let next = self.map.remove(&addr)?;
         let p = self.map.get_mut(&prev.start)?;
         p.end = next.end;
-        if let (Backing::Anon { chain }, Backing::Anon { chain: nc }) =
-            (&mut p.backing, &next.backing)
-        {
-            if chain.is_empty() {
+        match (&mut p.backing, &next.backing) {
+            (Backing::Anon { chain }, Backing::Anon { chain: nc }) if chain.is_empty() => {
                 chain.clone_from(nc);
             }
+            (Backing::Shmem { anon_vma, .. }, Backing::Shmem { anon_vma: na, .. }) => {
+                *anon_vma |= *na;
+            }
+            _ => {}
         }
         Some(next)
     }

@@ -6,6 +6,7 @@ mod faults;
 mod fork_exit;
 mod fuzz;
 mod mapping;
+mod markers;
 mod prop;
 mod swap;
 mod syscalls;

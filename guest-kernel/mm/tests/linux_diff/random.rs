@@ -70,6 +70,8 @@ fn advice() -> impl Strategy<Value = u64> {
         1 => Just(23u64),
         1 => Just(24u64),
         1 => Just(14u64),
+        2 => Just(102u64),
+        1 => Just(103u64),
     ]
 }
 

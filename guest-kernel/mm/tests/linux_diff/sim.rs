@@ -15,10 +15,14 @@ pub struct Sim {
 }
 
 impl Sim {
-    /// A 64 MiB machine whose `mmap_min_addr` is the host's.
+    /// A 64 MiB machine whose `mmap_min_addr` is the host's, checked after
+    /// every call.
     pub fn new(mmap_min_addr: u64) -> Self {
+        // The invariant checker runs after every call: a divergence from
+        // Linux is one failure, a broken invariant on the way is another.
         let cfg = Config {
             mmap_min_addr,
+            check_every_op: true,
             ..Config::default()
         };
         let mut sys = sim_system(64, 1, cfg);
