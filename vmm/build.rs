@@ -29,6 +29,12 @@ fn main() {
             guest_dir.join(watched).display()
         );
     }
+    // Guest programs embed files from outside the guest tree (`conform`
+    // the conformance cases).
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../resources/conformance").display()
+    );
     ensure_target_installed();
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -145,6 +145,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if let Err(e) = memory::mm::init(mm_cfg) {
         panic!("MM core: {e:?}");
     }
+    memory::mm::boot_hugepages(info.cmdline.hugepages);
     match info.cmdline.mode {
         Ok(Mode::Run) => modes::run_init(),
         Ok(Mode::Selftest) => modes::selftest(),

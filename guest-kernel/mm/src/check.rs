@@ -71,6 +71,8 @@ impl<H: Hw> MemSystem<H> {
                             }
                         }
                     }
+                    // check_hugetlb covers these.
+                    Backing::Hugetlb { .. } => {}
                     Backing::Shmem { obj: o, .. } => {
                         if !self
                             .shmems
@@ -177,6 +179,8 @@ impl<H: Hw> MemSystem<H> {
             }
         }
 
+        self.check_hugetlb(&mut bad, &mut mapcount, &mut cache_refs);
+
         for (&o, s) in &self.shmems {
             if s.i_mmap.is_empty() {
                 bad.push(format!("{o:?}: alive without VMAs"));
@@ -215,7 +219,7 @@ impl<H: Hw> MemSystem<H> {
             for &(mm, start) in &av.vmas {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
                 let chained = v.is_some_and(
-                    |v| matches!(&v.backing, Backing::Anon { chain } if chain.contains(&id)),
+                    |v| matches!(&v.backing, Backing::Anon { chain } | Backing::Hugetlb { chain, .. } if chain.contains(&id)),
                 );
                 if !chained {
                     bad.push(format!(
@@ -278,6 +282,9 @@ impl<H: Hw> MemSystem<H> {
                         }) {
                             bad.push(format!("tail {:#x} has bad head {:#x}", pfn.0, h.0));
                         }
+                        continue;
+                    }
+                    if f.refcount == 0 && self.is_pooled_huge(pfn) {
                         continue;
                     }
                     let maps: u32 = (0..1u64 << f.order)

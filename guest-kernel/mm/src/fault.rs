@@ -64,6 +64,9 @@ impl<H: Hw> MemSystem<H> {
         {
             return Err(SEGV_ACC);
         }
+        if vma.is_hugetlb() {
+            return self.hugetlb_fault(mm, &vma, va, ff.write);
+        }
         let root = self.mm(mm).root;
         let slot =
             pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, va).ok_or(Fault::Oom)?;

@@ -34,7 +34,7 @@ impl<H: Hw> MemSystem<H> {
             let mut cv = v.clone();
             cv.flags.0 &= !VmFlags::LOCKED_MASK;
             let wipe = v.flags.has(VmFlags::WIPEONFORK);
-            if let Backing::Anon { chain } = &mut cv.backing {
+            if let Backing::Anon { chain } | Backing::Hugetlb { chain, .. } = &mut cv.backing {
                 if wipe {
                     chain.clear();
                 } else if !chain.is_empty() {
@@ -42,17 +42,25 @@ impl<H: Hw> MemSystem<H> {
                     chain.push(AnonVmaId(self.new_id()));
                 }
             }
+            // hugetlb_dup_vma_private: a child owns no reservations.
+            if let Backing::Hugetlb { resv, .. } = &mut cv.backing {
+                *resv = crate::vma::HugeResv::None;
+            }
             self.vma_link(child, &cv);
             self.mm_mut(child).vmas.insert(cv);
             // vma_needs_copy: only memory with an anon_vma has PTEs a fault
             // could not rebuild; shared and never-written private memory is
             // faulted in again by the child.
             let needs_copy = match &v.backing {
-                Backing::Anon { chain } => !chain.is_empty(),
+                Backing::Anon { chain } | Backing::Hugetlb { chain, .. } => !chain.is_empty(),
                 Backing::Shmem { anon_vma, .. } => *anon_vma,
             };
             if needs_copy && !wipe {
-                result = self.copy_page_range(parent, child, v);
+                result = if v.is_hugetlb() {
+                    self.copy_hugetlb_page_range(parent, child, v)
+                } else {
+                    self.copy_page_range(parent, child, v)
+                };
                 if result.is_err() {
                     break;
                 }
@@ -126,7 +134,11 @@ impl<H: Hw> MemSystem<H> {
         let root = self.mm(mm).root;
         let mut g = MmuGather::new(mm);
         for v in &vmas {
-            self.zap_range(&mut g, v.start, v.end, Zap::Exit);
+            if v.is_hugetlb() {
+                self.unmap_hugepage_range(mm, v, v.start, v.end, true);
+            } else {
+                self.zap_range(&mut g, v.start, v.end, Zap::Exit);
+            }
         }
         for (t, _) in pgtable::tables(&self.hw, root) {
             self.gather_table(&mut g, t);

@@ -57,6 +57,7 @@ mod fault;
 mod fork;
 pub mod frame;
 mod gather;
+pub mod hugetlb;
 pub mod hw;
 pub mod ids;
 pub mod madvise;
@@ -84,6 +85,7 @@ mod tests;
 pub use check::InvariantError;
 pub use errno::{Errno, Fault, SegvCode};
 pub use fault::FaultFlags;
+pub use hugetlb::{HugeCounters, PoolKnob};
 pub use hw::{
     CpuId, CpuSet, CurrentCpu, FlushRange, FlushRequest, Hw, PAGE_SIZE, Pfn, PhysMem, Release, Tlb,
 };

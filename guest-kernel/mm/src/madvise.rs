@@ -92,7 +92,7 @@ fn flag_change(advice: u32, v: &Vma) -> Option<Result<u64, Errno>> {
         MADV_DONTFORK => f | VmFlags::DONTCOPY,
         MADV_DOFORK => f & !VmFlags::DONTCOPY,
         // Anonymous private memory only.
-        MADV_WIPEONFORK if v.is_shared() => return Some(Err(Errno::EINVAL)),
+        MADV_WIPEONFORK if v.is_shared() || v.is_hugetlb() => return Some(Err(Errno::EINVAL)),
         MADV_WIPEONFORK => f | VmFlags::WIPEONFORK,
         MADV_KEEPONFORK if v.flags.has(VmFlags::DROPPABLE) => return Some(Err(Errno::EINVAL)),
         MADV_KEEPONFORK => f & !VmFlags::WIPEONFORK,
@@ -103,8 +103,9 @@ fn flag_change(advice: u32, v: &Vma) -> Option<Result<u64, Errno>> {
         MADV_NOHUGEPAGE => (f & !VmFlags::HUGEPAGE) | VmFlags::NOHUGEPAGE,
         // ksm_madvise ignores shared and droppable memory.
         MADV_MERGEABLE
-            if v.flags
-                .has(VmFlags::SHARED | VmFlags::MAYSHARE | VmFlags::DROPPABLE) =>
+            if v.flags.has(
+                VmFlags::SHARED | VmFlags::MAYSHARE | VmFlags::DROPPABLE | VmFlags::HUGETLB,
+            ) =>
         {
             f
         }
@@ -184,9 +185,24 @@ impl<H: Hw> MemSystem<H> {
         if let Some(change) = flag_change(advice, v) {
             let newflags = change?;
             if newflags != v.flags.0 {
+                if !self.hugetlb_split_ok(mm, start) || !self.hugetlb_split_ok(mm, end) {
+                    return Err(Errno::EINVAL);
+                }
                 self.modify_vma_flags(mm, start, end, newflags);
             }
             return Ok(());
+        }
+        if v.is_hugetlb() {
+            return match advice {
+                MADV_DONTNEED | MADV_DONTNEED_LOCKED => self.hugetlb_dontneed(mm, v, start, end),
+                MADV_REMOVE => self.hugetlb_punch_hole(v, start, end),
+                // Not for hugetlb: FREE (madvise_dontneed_free_valid_vma),
+                // COLD and PAGEOUT (can_madv_lru_vma), guard regions.
+                MADV_FREE | MADV_COLD | MADV_PAGEOUT | MADV_GUARD_INSTALL | MADV_GUARD_REMOVE => {
+                    Err(Errno::EINVAL)
+                }
+                _ => Ok(()),
+            };
         }
         match advice {
             MADV_DONTNEED | MADV_FREE if locked => Err(Errno::EINVAL),

@@ -92,8 +92,9 @@ impl<H: Hw> MemSystem<H> {
             };
             let seg_end = v.end.min(end);
             let newflags = (v.flags.0 & !VmFlags::LOCKED_MASK) | lock;
-            // mlock_fixup leaves droppable memory alone.
-            if newflags != v.flags.0 && !v.flags.has(VmFlags::DROPPABLE) {
+            // mlock_fixup leaves droppable and hugetlb memory alone (the
+            // populate that follows still faults hugetlb pages in).
+            if newflags != v.flags.0 && !v.flags.has(VmFlags::DROPPABLE | VmFlags::HUGETLB) {
                 self.modify_vma_flags(mm, cur, seg_end, newflags);
             }
             cur = seg_end;

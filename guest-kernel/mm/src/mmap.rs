@@ -122,13 +122,22 @@ impl<H: Hw> MemSystem<H> {
             // fget(fd) fails: guest-mm has no files.
             return Err(Errno::EBADF);
         }
-        if has(MAP_HUGETLB) {
-            // hstate_sizelog: 0 is the default size (2 MiB), else 2 MiB or 1 GiB.
+        // ksys_mmap_pgoff: MAP_HUGETLB picks the hstate and rounds the
+        // length up to its page size before do_mmap sees it.
+        let huge = if has(MAP_HUGETLB) {
             let log = (flags >> MAP_HUGE_SHIFT) as u32 & MAP_HUGE_MASK;
-            if !matches!(log, 0 | 21 | 30) {
-                return Err(Errno::EINVAL);
+            let h = crate::hugetlb::hstate_of_log(log).ok_or(Errno::EINVAL)?;
+            Some(h)
+        } else {
+            None
+        };
+        let len = match huge {
+            Some(h) => {
+                let size = crate::hugetlb::huge_size(h);
+                len.checked_add(size - 1).map_or(0, |l| l & !(size - 1))
             }
-        }
+            None => len,
+        };
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -152,7 +161,10 @@ impl<H: Hw> MemSystem<H> {
         if has(MAP_STACK) {
             vf |= VmFlags::NOHUGEPAGE;
         }
-        let start = self.get_unmapped_area(mm, hint, len, fixed)?;
+        let start = match huge {
+            Some(h) => self.hugetlb_get_unmapped_area(mm, hint, len, fixed, h)?,
+            None => self.get_unmapped_area(mm, hint, len, fixed)?,
+        };
         if has(MAP_FIXED_NOREPLACE) && self.mm(mm).vmas.any_overlap(start, start + len) {
             return Err(Errno::EEXIST);
         }
@@ -183,12 +195,15 @@ impl<H: Hw> MemSystem<H> {
         if has(MAP_NORESERVE) {
             vf |= VmFlags::NORESERVE;
         }
-        if has(MAP_HUGETLB) {
-            // hugetlbfs_file_mmap -> hugetlb_reserve_pages: guest-mm has no
-            // huge page pool yet, so no reservation can be met (the host's
-            // pool is empty too). With MAP_NORESERVE Linux would map and
-            // SIGBUS on the first fault; docs/CONFORMANCE.md.
-            return Err(Errno::ENOMEM);
+        if let Some(h) = huge {
+            // A file mapping: it cannot grow down, is never charged to the
+            // commit, and hugetlbfs_file_mmap makes it VM_HUGETLB |
+            // VM_DONTEXPAND; mlock does not lock it (but populates it).
+            if vf & VmFlags::GROWSDOWN != 0 {
+                return Err(Errno::EINVAL);
+            }
+            vf |= VmFlags::HUGETLB | VmFlags::DONTEXPAND;
+            return self.mmap_hugetlb(mm, start, len, vf, fixed, off / PAGE_SIZE, h, flags);
         }
         if accountable(vf) {
             vf |= VmFlags::ACCOUNT;
@@ -237,6 +252,92 @@ impl<H: Hw> MemSystem<H> {
             let _ = self.populate(mm, start, start + len, true);
         }
         Ok(start)
+    }
+
+    /// `mmap_region` for hugetlb memory. What was mapped under `MAP_FIXED`
+    /// goes first; then the file and its reservation are made, and a
+    /// reservation the pool cannot meet is `ENOMEM`, with the old mapping
+    /// gone, as in Linux (whose page tables were already cleared for the
+    /// file's mmap).
+    #[allow(clippy::too_many_arguments)]
+    fn mmap_hugetlb(
+        &mut self,
+        mm: MmId,
+        start: u64,
+        len: u64,
+        mut vf: u64,
+        fixed: bool,
+        pgoff: u64,
+        h: usize,
+        flags: u64,
+    ) -> Result<u64, Errno> {
+        let populate = vf & VmFlags::LOCKED != 0
+            || flags & u64::from(MAP_POPULATE | MAP_NONBLOCK) == u64::from(MAP_POPULATE);
+        vf &= !VmFlags::LOCKED_MASK;
+        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
+            self.munmap_checked(mm, start, start + len)?;
+        }
+        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
+        }
+        let backing = self.hugetlb_mmap_setup(h, len, pgoff, vf)?;
+        let v = Vma {
+            start,
+            end: start + len,
+            flags: VmFlags(vf),
+            pgoff,
+            backing,
+        };
+        self.vma_link(mm, &v);
+        self.mm_mut(mm).vmas.insert(v);
+        if populate {
+            let _ = self.populate(mm, start, start + len, true);
+        }
+        Ok(start)
+    }
+
+    /// `hugetlb_get_unmapped_area`: a fixed address must be huge page
+    /// aligned (`EINVAL`); a hint is rounded up to the huge page size; the
+    /// search wants an aligned range.
+    fn hugetlb_get_unmapped_area(
+        &self,
+        mm: MmId,
+        addr: u64,
+        len: u64,
+        fixed: bool,
+        h: usize,
+    ) -> Result<u64, Errno> {
+        let size = crate::hugetlb::huge_size(h);
+        if len > TASK_SIZE {
+            return Err(Errno::ENOMEM);
+        }
+        let found = if fixed {
+            if addr & (size - 1) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            addr
+        } else {
+            let vmas = &self.mm(mm).vmas;
+            let hint = if addr == 0 {
+                0
+            } else {
+                addr.checked_add(size - 1).map_or(0, |a| a & !(size - 1))
+            };
+            let min = self.cfg.mmap_min_addr.max(PAGE_SIZE);
+            if hint != 0 && hint <= TASK_SIZE - len && hint >= min && vmas.fits(hint, len) {
+                hint
+            } else {
+                vmas.find_gap_aligned(len, size, min, TASK_SIZE)
+                    .ok_or(Errno::ENOMEM)?
+            }
+        };
+        if found > TASK_SIZE - len {
+            return Err(Errno::ENOMEM);
+        }
+        if found < self.cfg.mmap_min_addr {
+            return Err(Errno::EPERM);
+        }
+        Ok(found)
     }
 
     /// `round_hint_to_min`.
@@ -384,6 +485,9 @@ impl<H: Hw> MemSystem<H> {
     /// Unmaps `[start, end)` unless that would split one VMA in three with
     /// the map count at its limit (`vms_gather_munmap_vmas`: `ENOMEM`).
     pub(crate) fn munmap_checked(&mut self, mm: MmId, start: u64, end: u64) -> Result<(), Errno> {
+        if !self.hugetlb_split_ok(mm, start) || !self.hugetlb_split_ok(mm, end) {
+            return Err(Errno::EINVAL);
+        }
         let inner = self
             .mm(mm)
             .vmas
@@ -407,6 +511,7 @@ impl<H: Hw> MemSystem<H> {
     /// `flags`, splitting the VMA at the edges and merging what can merge
     /// afterwards.
     pub(crate) fn modify_vma_flags(&mut self, mm: MmId, start: u64, end: u64, flags: u64) {
+        debug_assert!(self.hugetlb_split_ok(mm, start) && self.hugetlb_split_ok(mm, end));
         self.split_vma_at(mm, start);
         self.split_vma_at(mm, end);
         if let Some(v) = self.mm_mut(mm).vmas.get_mut(start) {
@@ -447,6 +552,12 @@ impl<H: Hw> MemSystem<H> {
         self.split_vma_at(mm, start);
         self.split_vma_at(mm, end);
         let starts = self.mm(mm).vmas.overlapping(start, end);
+        for &s in &starts {
+            let v = self.mm(mm).vmas.get(s).cloned().expect("vma");
+            if v.is_hugetlb() {
+                self.unmap_hugepage_range(mm, &v, v.start, v.end, true);
+            }
+        }
         let mut g = MmuGather::new(mm);
         self.zap_range(&mut g, start, end, Zap::Unmap);
         self.tlb_finish(g);

@@ -75,9 +75,12 @@ impl<H: Hw> MemSystem<H> {
                 return Err(Errno::EACCES);
             }
             let old = v.flags.0;
-            let first_write = newflags & VmFlags::WRITE != 0
-                && old & (VmFlags::ACCOUNT | VmFlags::WRITE | VmFlags::SHARED | VmFlags::NORESERVE)
-                    == 0;
+            let no_charge = VmFlags::ACCOUNT
+                | VmFlags::WRITE
+                | VmFlags::HUGETLB
+                | VmFlags::SHARED
+                | VmFlags::NORESERVE;
+            let first_write = newflags & VmFlags::WRITE != 0 && old & no_charge == 0;
             let never_faulted = matches!(&v.backing, Backing::Anon { chain } if chain.is_empty());
             if first_write {
                 newflags |= VmFlags::ACCOUNT;
@@ -89,8 +92,17 @@ impl<H: Hw> MemSystem<H> {
             }
             let seg_end = v.end.min(end);
             if newflags != old {
+                // hugetlb_vm_op_split refuses to cut a huge page.
+                if !self.hugetlb_split_ok(mm, cur) || !self.hugetlb_split_ok(mm, seg_end) {
+                    return Err(Errno::EINVAL);
+                }
                 self.modify_vma_flags(mm, cur, seg_end, newflags);
-                self.change_protection(mm, cur, seg_end);
+                if v.is_hugetlb() {
+                    let nv = self.mm(mm).vmas.find(cur).cloned().expect("vma");
+                    self.hugetlb_change_protection(mm, &nv, cur, seg_end);
+                } else {
+                    self.change_protection(mm, cur, seg_end);
+                }
                 let locked_private =
                     old & (VmFlags::WRITE | VmFlags::SHARED | VmFlags::LOCKED) == VmFlags::LOCKED;
                 if locked_private && newflags & VmFlags::WRITE != 0 {

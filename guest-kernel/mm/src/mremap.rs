@@ -159,6 +159,21 @@ impl<H: Hw> MemSystem<H> {
 
     /// `mremap_to` or `mremap_at` for one VMA.
     fn remap_piece(&mut self, mm: MmId, v: &Vma, mut r: Remap) -> Result<u64, Errno> {
+        if v.is_hugetlb() {
+            // align_hugetlb: lengths round up to the huge page size, the
+            // addresses must be aligned, and it never grows (its
+            // reservations cannot be split).
+            let size = crate::hugetlb::huge_size(self.huge_file_of(v).1);
+            r.old_len = r.old_len.checked_add(size - 1).ok_or(Errno::EINVAL)? & !(size - 1);
+            r.new_len = r.new_len.checked_add(size - 1).ok_or(Errno::EINVAL)? & !(size - 1);
+            if r.addr % size != 0 || r.new_addr % size != 0 || r.new_len > r.old_len {
+                return Err(Errno::EINVAL);
+            }
+            if r.flags & MREMAP_DONTUNMAP != 0 {
+                // check_prep_vma: VM_DONTEXPAND mappings cannot stay behind.
+                return Err(Errno::EINVAL);
+            }
+        }
         if r.implies_new_addr() {
             // check_prep_vma, before anything is unmapped: what stays after
             // a shrink must lie in the VMA.
@@ -264,12 +279,26 @@ impl<H: Hw> MemSystem<H> {
             .ok_or(Errno::EFAULT)?;
         let (old, new) = (r.addr, r.new_addr);
         let root = self.mm(mm).root;
-        let leaves = pgtable::leaves(&self.hw, root, old, old + r.old_len);
+        // move_hugetlb_page_tables moves huge entries the same way.
+        let level = if v.is_hugetlb() {
+            crate::hugetlb::huge_level(self.huge_file_of(&v).1)
+        } else {
+            1
+        };
+        let leaves = if level == 1 {
+            pgtable::leaves(&self.hw, root, old, old + r.old_len)
+        } else {
+            pgtable::huge_leaves(&self.hw, root, old, old + r.old_len, level)
+        };
         let mut dst = Vec::with_capacity(leaves.len());
         for &(va, _, _) in &leaves {
-            let s = pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, new + (va - old))
-                .ok_or(Errno::ENOMEM)?;
-            dst.push(s);
+            let to = new + (va - old);
+            let s = if level == 1 {
+                pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, to)
+            } else {
+                pgtable::huge_slot_alloc(&mut self.hw, &mut self.frames, root, to, level)
+            };
+            dst.push(s.ok_or(Errno::ENOMEM)?);
         }
         // copy_vma: a never-faulted anonymous VMA has nothing indexed by its
         // offset, so it takes the new address as one.
@@ -287,8 +316,13 @@ impl<H: Hw> MemSystem<H> {
             backing: v.backing.clone(),
         };
         for (&(_, slot, pte), &d) in leaves.iter().zip(&dst) {
-            pgtable::write_pte(&mut self.hw, d, pte);
-            pgtable::write_pte(&mut self.hw, slot, Pte::None);
+            if level == 1 {
+                pgtable::write_pte(&mut self.hw, d, pte);
+                pgtable::write_pte(&mut self.hw, slot, Pte::None);
+            } else {
+                pgtable::write_huge(&mut self.hw, d, pte);
+                pgtable::write_huge(&mut self.hw, slot, Pte::None);
+            }
         }
         self.vma_link(mm, &nv);
         self.mm_mut(mm).vmas.insert(nv);
@@ -308,6 +342,15 @@ impl<H: Hw> MemSystem<H> {
         if r.flags & MREMAP_DONTUNMAP != 0 {
             self.dontunmap_complete(mm, &v, old, old + r.old_len);
         } else if r.old_len > 0 {
+            if v.is_hugetlb() {
+                // clear_vma_resv_huge_pages: the reservations moved with
+                // the mapping; closing the old range must not return them.
+                // (Linux clears the whole source VMA's; here only the moved
+                // piece's, so a partial move keeps the rest reserved.)
+                self.split_vma_at(mm, old);
+                self.split_vma_at(mm, old + r.old_len);
+                self.hugetlb_clear_resv(mm, old);
+            }
             self.unmap_region(mm, old, old + r.old_len);
         }
         self.merge_vma_at(mm, new + r.new_len);

@@ -76,6 +76,41 @@ pub fn pte_slot(hw: &impl PhysMem, root: Pfn, va: u64) -> Option<u64> {
     Some(table.addr() + index(va, 1) * 8)
 }
 
+/// The slot of the leaf that translates `va` and its level: the PTE, or
+/// a huge PMD/PUD entry (`None` if no table covers it).
+pub fn leaf_slot(hw: &impl PhysMem, root: Pfn, va: u64) -> Option<(u64, u8)> {
+    let mut table = root;
+    for level in (1..=4).rev() {
+        let slot = table.addr() + index(va, level) * 8;
+        if level == 1 {
+            return Some((slot, 1));
+        }
+        match entry(hw, table, index(va, level), level) {
+            Pte::Table(next) => table = next,
+            Pte::None => return None,
+            _ if level <= 3 => return Some((slot, level)),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// What translates the 4 KiB page at `va`, whatever the leaf's size: a
+/// huge entry is returned as the `Mapped` entry of the page inside it.
+pub fn lookup_page(hw: &impl PhysMem, root: Pfn, va: u64) -> Pte {
+    match leaf_slot(hw, root, va) {
+        None => Pte::None,
+        Some((slot, 1)) => read_pte(hw, slot),
+        Some((slot, level)) => match read_huge(hw, slot, level) {
+            Pte::Mapped { pfn, flags } => Pte::Mapped {
+                pfn: pfn.offset((va & (span(level) - 1)) / PAGE_SIZE),
+                flags,
+            },
+            other => other,
+        },
+    }
+}
+
 /// The PTE for `va` (`None` if no table covers it).
 pub fn lookup(hw: &impl PhysMem, root: Pfn, va: u64) -> Pte {
     pte_slot(hw, root, va).map_or(Pte::None, |pa| read_pte(hw, pa))
@@ -106,14 +141,85 @@ pub fn pte_slot_alloc(
     Some(table.addr() + index(va, 1) * 8)
 }
 
+/// Bytes mapped by one huge leaf at `level` (2: 2 MiB, 3: 1 GiB).
+pub fn huge_span(level: u8) -> u64 {
+    span(level)
+}
+
+/// Reads the huge-leaf slot at physical address `pa` (a `level` slot).
+pub fn read_huge(hw: &impl PhysMem, pa: u64, level: u8) -> Pte {
+    Pte::decode(hw.read_u64(pa), level).unwrap_or_else(|e| panic!("corrupt huge entry {e:?}"))
+}
+
+/// Writes a huge leaf (or none, or a marker) at `pa`.
+pub fn write_huge(hw: &mut impl PhysMem, pa: u64, pte: Pte) {
+    hw.write_u64(pa, pte.encode_huge());
+}
+
+/// The slot at `level` (2 or 3) for `va`, if the tables above it exist
+/// (`huge_pte_offset`).
+pub fn huge_slot(hw: &impl PhysMem, root: Pfn, va: u64, level: u8) -> Option<u64> {
+    let mut table = root;
+    for l in ((level + 1)..=4).rev() {
+        match entry(hw, table, index(va, l), l) {
+            Pte::Table(next) => table = next,
+            _ => return None,
+        }
+    }
+    Some(table.addr() + index(va, level) * 8)
+}
+
+/// The slot at `level` for `va`, allocating the tables above it
+/// (`huge_pte_alloc`). `None` when out of frames, or when a lower-level
+/// table already covers the range (a hugetlb VMA never has one).
+pub fn huge_slot_alloc(
+    hw: &mut impl PhysMem,
+    frames: &mut FrameTable,
+    root: Pfn,
+    va: u64,
+    level: u8,
+) -> Option<u64> {
+    debug_assert!(va < USER_TOP);
+    let mut table = root;
+    for l in ((level + 1)..=4).rev() {
+        let i = index(va, l);
+        table = match entry(hw, table, i, l) {
+            Pte::Table(next) => next,
+            Pte::None => {
+                let next = alloc_table(hw, frames)?;
+                hw.write_u64(table.addr() + i * 8, Pte::Table(next).encode());
+                next
+            }
+            other => panic!("unexpected upper-level entry {other:?}"),
+        };
+    }
+    let slot = table.addr() + index(va, level) * 8;
+    (!matches!(entry(hw, table, index(va, level), level), Pte::Table(_))).then_some(slot)
+}
+
+/// Every non-none huge entry at `level` in `[start, end)` as `(va, slot
+/// pa, entry)` (`hugetlb_walk` over a range).
+pub fn huge_leaves(
+    hw: &impl PhysMem,
+    root: Pfn,
+    start: u64,
+    end: u64,
+    level: u8,
+) -> Vec<(u64, u64, Pte)> {
+    let mut out = Vec::new();
+    collect(hw, root, 4, 0, start, end.min(USER_TOP), level, &mut out);
+    out
+}
+
 /// Every non-none leaf in `[start, end)` as `(va, slot pa, pte)`, skipping
 /// absent tables.
 pub fn leaves(hw: &impl PhysMem, root: Pfn, start: u64, end: u64) -> Vec<(u64, u64, Pte)> {
     let mut out = Vec::new();
-    collect(hw, root, 4, 0, start, end.min(USER_TOP), &mut out);
+    collect(hw, root, 4, 0, start, end.min(USER_TOP), 1, &mut out);
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn collect(
     hw: &impl PhysMem,
     table: Pfn,
@@ -121,6 +227,7 @@ fn collect(
     base: u64,
     start: u64,
     end: u64,
+    target: u8,
     out: &mut Vec<(u64, u64, Pte)>,
 ) {
     let sp = span(level);
@@ -132,12 +239,12 @@ fn collect(
             continue;
         }
         let e = entry(hw, table, i, level);
-        if level == 1 {
-            if e != Pte::None {
+        if level == target {
+            if !matches!(e, Pte::None | Pte::Table(_)) {
                 out.push((lo, table.addr() + i * 8, e));
             }
         } else if let Pte::Table(next) = e {
-            collect(hw, next, level - 1, lo, start, end, out);
+            collect(hw, next, level - 1, lo, start, end, target, out);
         }
     }
 }

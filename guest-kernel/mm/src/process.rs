@@ -62,18 +62,22 @@ pub struct MmStats {
     pub rss_pages: u64,
     /// Event counters.
     pub counters: Counters,
+    /// The hugetlb pools, 2 MiB then 1 GiB (`HugePages_*` of
+    /// `/proc/meminfo` per size).
+    pub huge: [crate::hugetlb::HugeCounters; 2],
 }
 
 impl MmStats {
     /// Number of words in [`MmStats::to_words`].
-    pub const WORDS: usize = 20;
+    pub const WORDS: usize = 30;
 
     /// The stable user-visible layout of the statistics: little-endian
     /// `u64`s in this order: total_frames, free_frames, pagetable_frames,
     /// anon_frames, shmem_frames, swap_total, swap_used, processes, vmas,
     /// rss_pages, then the counters faults, zero_maps, anon_allocs,
     /// cow_copies, cow_reuses, unshares, swap_outs, swap_ins, swap_errors,
-    /// tlb_flushes.
+    /// tlb_flushes, then for the 2 MiB and then the 1 GiB hugetlb pool:
+    /// total, free, rsvd, surp, overcommit.
     pub fn to_words(&self) -> [u64; Self::WORDS] {
         let c = &self.counters;
         [
@@ -97,6 +101,16 @@ impl MmStats {
             c.swap_ins,
             c.swap_errors,
             c.tlb_flushes,
+            self.huge[0].total,
+            self.huge[0].free,
+            self.huge[0].rsvd,
+            self.huge[0].surp,
+            self.huge[0].overcommit,
+            self.huge[1].total,
+            self.huge[1].free,
+            self.huge[1].rsvd,
+            self.huge[1].surp,
+            self.huge[1].overcommit,
         ]
     }
 }
@@ -344,8 +358,13 @@ impl<H: Hw> MemSystem<H> {
         }
         for _ in 0..3 {
             let root = self.mm(mm).root;
-            if let Some(slot) = pgtable::pte_slot(&self.hw, root, va) {
-                if let Pte::Mapped { pfn, flags } = pgtable::read_pte(&self.hw, slot) {
+            if let Some((slot, level)) = pgtable::leaf_slot(&self.hw, root, va) {
+                let pte = if level == 1 {
+                    pgtable::read_pte(&self.hw, slot)
+                } else {
+                    pgtable::read_huge(&self.hw, slot, level)
+                };
+                if let Pte::Mapped { pfn, flags } = pte {
                     let ok = !flags.contains(PteFlags::PROTNONE)
                         && flags.contains(PteFlags::USER)
                         && (!write || flags.contains(PteFlags::WRITE));
@@ -353,8 +372,17 @@ impl<H: Hw> MemSystem<H> {
                         let nf = flags
                             .with(PteFlags::ACCESSED)
                             .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY));
-                        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
-                        return Ok(pfn.addr() + va % PAGE_SIZE);
+                        let new = Pte::Mapped { pfn, flags: nf };
+                        let span = if level == 1 {
+                            PAGE_SIZE
+                        } else {
+                            pgtable::write_huge(&mut self.hw, slot, new);
+                            pgtable::huge_span(level)
+                        };
+                        if level == 1 {
+                            pgtable::write_pte(&mut self.hw, slot, new);
+                        }
+                        return Ok(pfn.addr() + va % span);
                     }
                 }
             }
@@ -470,7 +498,9 @@ impl<H: Hw> MemSystem<H> {
         for (_, f) in self.frames.iter() {
             match f.use_ {
                 crate::frame::FrameUse::PageTable => s.pagetable_frames += 1,
-                crate::frame::FrameUse::Folio => {
+                crate::frame::FrameUse::Folio
+                    if !f.flags.contains(crate::frame::FolioFlags::HUGETLB) =>
+                {
                     let n = 1u64 << f.order;
                     if f.flags.contains(crate::frame::FolioFlags::ANON) {
                         s.anon_frames += n;
@@ -481,6 +511,7 @@ impl<H: Hw> MemSystem<H> {
                 _ => {}
             }
         }
+        s.huge = [self.hugetlb_counters(0), self.hugetlb_counters(1)];
         if let Some(d) = &self.swap {
             s.swap_total = d.total();
             s.swap_used = d.used();

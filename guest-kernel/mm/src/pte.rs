@@ -137,6 +137,7 @@ const RW: u64 = 1 << 1;
 const US: u64 = 1 << 2;
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
+const PS: u64 = 1 << 7;
 const PROTNONE: u64 = 1 << 8;
 const SWP_VALID: u64 = 1 << 9;
 const NX: u64 = 1 << 63;
@@ -185,17 +186,32 @@ impl Pte {
         }
     }
 
+    /// Encodes a huge leaf for a PMD (2 MiB) or PUD (1 GiB) slot: a mapped
+    /// entry gets the page-size bit, so the CPU stops the walk there;
+    /// markers and none encode as at the PTE level.
+    pub fn encode_huge(self) -> u64 {
+        match self {
+            Pte::Mapped { .. } => self.encode() | PS,
+            Pte::Table(_) => panic!("a table is not a huge leaf"),
+            other => other.encode(),
+        }
+    }
+
     /// Decodes an x86-64 entry found at page-table `level` (1 = PTE, 4 = PML4).
+    /// At levels 2 and 3 a present entry with the page-size bit (or a
+    /// PROT_NONE one) is a huge leaf, returned as `Mapped`, and a
+    /// software entry is a huge marker or swap entry.
     pub fn decode(raw: u64, level: u8) -> Result<Pte, BadPte> {
         if raw == 0 {
             return Ok(Pte::None);
         }
         let pfn = crate::hw::Pfn((raw & ADDR_MASK) >> 12);
-        if raw & P != 0 && level > 1 {
+        let huge_level = matches!(level, 2 | 3);
+        if raw & P != 0 && level > 1 && !(huge_level && raw & PS != 0) {
             return Ok(Pte::Table(pfn));
         }
         if raw & (P | PROTNONE) != 0 {
-            if level > 1 {
+            if level > 1 && !(huge_level && raw & PS != 0) {
                 return Err(BadPte(raw));
             }
             let mut f = PteFlags::empty()
@@ -209,7 +225,7 @@ impl Pte {
             }
             return Ok(Pte::Mapped { pfn, flags: f });
         }
-        if raw & SWP_VALID == 0 || level > 1 {
+        if raw & SWP_VALID == 0 || !(level == 1 || huge_level) {
             return Err(BadPte(raw));
         }
         let ty = (raw >> 1) & 0x1f;
@@ -232,6 +248,14 @@ impl Pte {
     /// `== Pte::None`.
     pub fn is_none_mostly(self) -> bool {
         matches!(self, Pte::None | Pte::Marker(_))
+    }
+
+    /// The frame of a mapped entry, or 0.
+    pub fn pfn_or_zero(self) -> u64 {
+        match self {
+            Pte::Mapped { pfn, .. } | Pte::Table(pfn) => pfn.0,
+            _ => 0,
+        }
     }
 
     /// The marker kind, if this is a marker.
@@ -278,6 +302,23 @@ mod tests {
         }
         let t = Pte::Table(Pfn(77));
         assert_eq!(Pte::decode(t.encode(), 3), Ok(t));
+        for level in [2, 3] {
+            for huge in [
+                Pte::Mapped {
+                    pfn: Pfn(0x200),
+                    flags: PteFlags::USER.with(PteFlags::WRITE),
+                },
+                Pte::Mapped {
+                    pfn: Pfn(0x40000),
+                    flags: PteFlags::USER.with(PteFlags::PROTNONE),
+                },
+                Pte::Marker(MarkerKind::UffdWp),
+                Pte::None,
+            ] {
+                assert_eq!(Pte::decode(huge.encode_huge(), level), Ok(huge), "{huge:?}");
+            }
+        }
+        assert_eq!(Pte::decode(t.encode(), 2), Ok(t), "no PS bit: a table");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Mirrors `mm/rmap.c`: `rmap_walk_anon` (through the anon_vma to the VMAs
 //! chained to it, computing `vma_address` from the folio index and
 //! `vm_pgoff`), `rmap_walk_file` (through the shmem object's `i_mmap`),
-//! `try_to_unmap`, `folio_mkclean` and `folio_referenced`. Each operation
+//! `try_to_unmap`, `folio_mkclean` and `folio_referenced`. A hugetlb folio
+//! is found at its one huge entry per mapping (`hugetlb` rmap: the
+//! entire mapcount). Each operation
 //! changes the PTEs, flushes the TLB of every affected address space, and
 //! only then drops mapcounts (see `gather.rs`).
 
@@ -24,6 +26,20 @@ pub(crate) struct RmapHit {
     pub va: u64,
     pub slot: u64,
     pub flags: PteFlags,
+    /// Page-table level of the entry: 1, or 2/3 for a hugetlb folio's
+    /// one logical entry.
+    pub level: u8,
+}
+
+impl RmapHit {
+    /// Bytes the entry maps.
+    fn span(&self) -> u64 {
+        if self.level == 1 {
+            PAGE_SIZE
+        } else {
+            pgtable::huge_span(self.level)
+        }
+    }
 }
 
 impl<H: Hw> MemSystem<H> {
@@ -46,8 +62,19 @@ impl<H: Hw> MemSystem<H> {
                     .unwrap_or_default(),
                 index + (page.0 - head.0),
             ),
+            Mapping::HugeFile { file, index } => (
+                self.huge
+                    .files
+                    .get(&file)
+                    .map(|s| s.i_mmap.iter().copied().collect())
+                    .unwrap_or_default(),
+                index,
+            ),
             Mapping::None => return Vec::new(),
         };
+        if f.flags.contains(FolioFlags::HUGETLB) {
+            return self.rmap_walk_huge(head, &vmas, idx);
+        }
         let mut out = Vec::new();
         for (mm, start) in vmas {
             let Some(a) = self.mms.get(&mm) else { continue };
@@ -65,6 +92,7 @@ impl<H: Hw> MemSystem<H> {
                         va,
                         slot,
                         flags,
+                        level: 1,
                     });
                 }
             }
@@ -72,13 +100,56 @@ impl<H: Hw> MemSystem<H> {
         out
     }
 
+    /// The huge entries mapping hugetlb folio `head` (whose page index is
+    /// `idx`) in `vmas`: one per mapping, the folio's whole span.
+    fn rmap_walk_huge(&self, head: Pfn, vmas: &[VmaKey], idx: u64) -> Vec<RmapHit> {
+        let order = self.frames.at(head).order;
+        let level = if order == crate::hugetlb::HSTATE_ORDERS[crate::hugetlb::HSTATE_1G] {
+            3
+        } else {
+            2
+        };
+        let mut out = Vec::new();
+        for &(mm, start) in vmas {
+            let Some(a) = self.mms.get(&mm) else { continue };
+            let Some(v) = a.vmas.get(start) else { continue };
+            let Some(va) = v.address_of(idx) else {
+                continue;
+            };
+            let Some(slot) = pgtable::huge_slot(&self.hw, a.root, va, level) else {
+                continue;
+            };
+            if let Pte::Mapped { pfn, flags } = pgtable::read_huge(&self.hw, slot, level) {
+                if pfn == head {
+                    out.push(RmapHit {
+                        mm,
+                        va,
+                        slot,
+                        flags,
+                        level,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `pte` where hit `h` was found, at its level.
+    fn write_hit(&mut self, h: &RmapHit, pte: Pte) {
+        if h.level == 1 {
+            pgtable::write_pte(&mut self.hw, h.slot, pte);
+        } else {
+            pgtable::write_huge(&mut self.hw, h.slot, pte);
+        }
+    }
+
     /// Flushes each address space over the span of its hits.
     fn flush_hits(&mut self, hits: &[RmapHit]) -> crate::gather::Flushed {
         let mut spans: BTreeMap<MmId, (u64, u64)> = BTreeMap::new();
         for h in hits {
-            let e = spans.entry(h.mm).or_insert((h.va, h.va + PAGE_SIZE));
+            let e = spans.entry(h.mm).or_insert((h.va, h.va + h.span()));
             e.0 = e.0.min(h.va);
-            e.1 = e.1.max(h.va + PAGE_SIZE);
+            e.1 = e.1.max(h.va + h.span());
         }
         let mut token = None;
         for (mm, (start, end)) in spans {
@@ -93,6 +164,21 @@ impl<H: Hw> MemSystem<H> {
     /// the data). Dirty bits move to the folio. Returns whether the folio is
     /// now unmapped everywhere.
     pub(crate) fn try_to_unmap(&mut self, head: Pfn, swap: Option<&[SwapEntry]>) -> bool {
+        if self.frames.at(head).flags.contains(FolioFlags::HUGETLB) {
+            debug_assert!(swap.is_none(), "hugetlb folios are not swapped");
+            let hits = self.rmap_walk(head);
+            for h in &hits {
+                self.write_hit(h, Pte::None);
+                if h.flags.contains(PteFlags::DIRTY) {
+                    self.frames.get_mut(head).flags.set(FolioFlags::DIRTY, true);
+                }
+            }
+            self.flush_hits(&hits);
+            for _ in &hits {
+                self.huge_unmap(head);
+            }
+            return self.frames.at(head).mapcount == 0;
+        }
         let nr = 1u64 << self.frames.at(head).order;
         let mut all = Vec::new();
         for i in 0..nr {
@@ -155,18 +241,18 @@ impl<H: Hw> MemSystem<H> {
             return 0;
         }
         let mut hits = Vec::new();
-        for i in 0..1u64 << self.frames.at(head).order {
+        // A hugetlb folio has one logical entry per mapping, at its head.
+        let pages = if self.frames.at(head).flags.contains(FolioFlags::HUGETLB) {
+            1
+        } else {
+            1u64 << self.frames.at(head).order
+        };
+        for i in 0..pages {
             for h in self.rmap_walk(head.offset(i)) {
                 if h.flags.contains(PteFlags::ACCESSED) {
                     let flags = h.flags.without(PteFlags::ACCESSED);
-                    pgtable::write_pte(
-                        &mut self.hw,
-                        h.slot,
-                        Pte::Mapped {
-                            pfn: head.offset(i),
-                            flags,
-                        },
-                    );
+                    let pfn = head.offset(i);
+                    self.write_hit(&h, Pte::Mapped { pfn, flags });
                     hits.push(h);
                 }
             }

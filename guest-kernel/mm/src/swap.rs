@@ -145,7 +145,9 @@ impl<H: Hw> MemSystem<H> {
                 // The object's page-cache reference becomes a swap reference.
                 self.frames.put_folio(&mut self.hw, head, 1);
             }
-            Mapping::None => unreachable!("folio without mapping"),
+            Mapping::None | Mapping::HugeFile { .. } => {
+                unreachable!("no swap for this folio")
+            }
         }
         // pageout(): the folio is unmapped and flushed; nobody can write it.
         for (i, e) in entries.iter().enumerate() {

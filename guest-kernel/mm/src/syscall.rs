@@ -51,6 +51,15 @@ pub const SYS_MM_MAPS: u64 = 1004;
 /// the page's 4096 bytes. Copies the whole records that fit in `len` bytes
 /// and returns the number of bytes written.
 pub const SYS_MM_PEEK: u64 = 1005;
+/// writewatch: `hugetlb_pool(size_log, knob, value)` sets a hugetlb pool
+/// knob, as writing its sysfs file does: knob 0 is `nr_hugepages`, 1 is
+/// `nr_overcommit_hugepages`; `size_log` 21 (or 0) is the 2 MiB pool, 30
+/// the 1 GiB one. Returns 0.
+pub const SYS_HUGETLB_POOL: u64 = 1006;
+/// writewatch: `hugetlb_counters(size_log, *buf, len)` copies the pool's
+/// [`crate::HugeCounters::to_words`] (total, free, rsvd, surp, overcommit;
+/// at most `len` bytes) and returns the number of bytes written.
+pub const SYS_HUGETLB_COUNTERS: u64 = 1007;
 /// writewatch: `mm_stats(*buf, len)` copies [`crate::MmStats::to_words`]
 /// (at most `len` bytes) and returns the number of bytes written.
 pub const SYS_MM_STATS: u64 = 1000;
@@ -168,6 +177,33 @@ impl<H: Hw> MemSystem<H> {
                     let n = bytes.len().min(a1 as usize);
                     self.copy_to_user(pid, a0, &bytes[..n]).map(|()| n as u64)
                 });
+                ret(r)
+            }
+            SYS_HUGETLB_POOL => {
+                let knob = match a1 {
+                    0 => Some(crate::PoolKnob::NrHugepages),
+                    1 => Some(crate::PoolKnob::NrOvercommit),
+                    _ => None,
+                };
+                let r = match (crate::hugetlb::hstate_of_log(a0 as u32), knob) {
+                    (Some(h), Some(k)) => self.hugetlb_set_pool(h, k, a2).map(|()| 0),
+                    _ => Err(Errno::EINVAL),
+                };
+                ret(r)
+            }
+            SYS_HUGETLB_COUNTERS => {
+                let r = crate::hugetlb::hstate_of_log(a0 as u32)
+                    .ok_or(Errno::EINVAL)
+                    .and_then(|h| {
+                        let bytes: alloc::vec::Vec<u8> = self
+                            .hugetlb_counters(h)
+                            .to_words()
+                            .iter()
+                            .flat_map(|w| w.to_le_bytes())
+                            .collect();
+                        let n = bytes.len().min(a2 as usize);
+                        self.copy_to_user(pid, a1, &bytes[..n]).map(|()| n as u64)
+                    });
                 ret(r)
             }
             _ => Outcome::Return(Errno::ENOSYS.to_ret()),

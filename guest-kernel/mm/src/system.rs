@@ -145,6 +145,7 @@ pub struct MemSystem<H: Hw> {
     pub(crate) mms: BTreeMap<MmId, AddressSpace>,
     pub(crate) anon_vmas: BTreeMap<AnonVmaId, AnonVma>,
     pub(crate) shmems: BTreeMap<ShmemId, Shmem>,
+    pub(crate) huge: crate::hugetlb::Hugetlb,
     pub(crate) swap: Option<SwapDevice>,
     pub(crate) procs: BTreeMap<Pid, Process>,
     pub(crate) counters: Counters,
@@ -155,6 +156,10 @@ pub struct MemSystem<H: Hw> {
     /// flush (the pre-fix `zap_pte_range` order), to prove the tests see it.
     #[cfg(test)]
     pub(crate) bug_early_rmap: bool,
+    /// Test-only fault injection: a closing hugetlb owner VMA keeps its
+    /// unused reservations (a leak the checker must see).
+    #[cfg(test)]
+    pub(crate) bug_huge_resv_leak: bool,
 }
 
 /// Why [`MemSystem::new`] failed.
@@ -199,6 +204,7 @@ impl<H: Hw> MemSystem<H> {
             mms: BTreeMap::new(),
             anon_vmas: BTreeMap::new(),
             shmems: BTreeMap::new(),
+            huge: crate::hugetlb::Hugetlb::default(),
             swap,
             procs: BTreeMap::new(),
             counters: Counters::default(),
@@ -207,6 +213,8 @@ impl<H: Hw> MemSystem<H> {
             next_pid: 1,
             #[cfg(test)]
             bug_early_rmap: false,
+            #[cfg(test)]
+            bug_huge_resv_leak: false,
         })
     }
 
@@ -256,21 +264,35 @@ impl<H: Hw> MemSystem<H> {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.insert((mm, v.start));
             }
+            Backing::Hugetlb { file, chain, .. } => {
+                for a in chain {
+                    self.anon_vmas
+                        .entry(*a)
+                        .or_default()
+                        .vmas
+                        .insert((mm, v.start));
+                }
+                let f = self.huge.files.get_mut(file).expect("live hugetlb file");
+                f.i_mmap.insert((mm, v.start));
+            }
         }
     }
 
     /// Undoes [`Self::vma_link`] for a VMA leaving the tree; frees an
     /// anon_vma or shmem object that no VMA refers to any more
-    /// (`unlink_anon_vmas`, `vma_interval_tree_remove`).
+    /// (`unlink_anon_vmas`, `vma_interval_tree_remove`). A hugetlb VMA
+    /// leaves only when it closes (they never merge): its unused
+    /// reservations go back, and its file is evicted with the last one.
     pub(crate) fn vma_unlink(&mut self, mm: MmId, v: &Vma) {
         match &v.backing {
-            Backing::Anon { chain } => {
-                for a in chain {
-                    let av = self.anon_vmas.get_mut(a).expect("live anon_vma");
-                    av.vmas.remove(&(mm, v.start));
-                    if av.vmas.is_empty() {
-                        self.anon_vmas.remove(a);
-                    }
+            Backing::Anon { chain } => self.unlink_anon_vmas(mm, v.start, chain),
+            Backing::Hugetlb { file, chain, .. } => {
+                self.unlink_anon_vmas(mm, v.start, chain);
+                self.hugetlb_vma_close(mm, v);
+                let f = self.huge.files.get_mut(file).expect("live hugetlb file");
+                f.i_mmap.remove(&(mm, v.start));
+                if f.i_mmap.is_empty() {
+                    self.hugetlb_evict(*file);
                 }
             }
             Backing::Shmem { obj, .. } => {
@@ -292,6 +314,16 @@ impl<H: Hw> MemSystem<H> {
         }
     }
 
+    fn unlink_anon_vmas(&mut self, mm: MmId, start: u64, chain: &[AnonVmaId]) {
+        for a in chain {
+            let av = self.anon_vmas.get_mut(a).expect("live anon_vma");
+            av.vmas.remove(&(mm, start));
+            if av.vmas.is_empty() {
+                self.anon_vmas.remove(a);
+            }
+        }
+    }
+
     /// `anon_vma_prepare`: gives the VMA at `va` its own anon_vma if it has
     /// none yet; returns it.
     pub(crate) fn anon_vma_prepare(&mut self, mm: MmId, va: u64) -> AnonVmaId {
@@ -306,7 +338,7 @@ impl<H: Hw> MemSystem<H> {
             .vmas
             .insert((mm, start));
         if let Some(Vma {
-            backing: Backing::Anon { chain },
+            backing: Backing::Anon { chain } | Backing::Hugetlb { chain, .. },
             ..
         }) = self.mm_mut(mm).vmas.get_mut(start)
         {

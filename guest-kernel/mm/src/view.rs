@@ -38,7 +38,8 @@ pub struct MapEntry {
     /// Byte offset into the backing object (0 for private anonymous).
     pub offset: u64,
     /// What Linux names the mapping (`/dev/zero (deleted)` for shared
-    /// anonymous memory, empty otherwise).
+    /// anonymous memory, `/anon_hugepage (deleted)` for `MAP_HUGETLB`,
+    /// empty otherwise).
     pub name: &'static str,
 }
 
@@ -48,6 +49,7 @@ impl MapEntry {
         let (offset, name) = match v.backing {
             Backing::Anon { .. } => (0, ""),
             Backing::Shmem { .. } => (v.pgoff * PAGE_SIZE, "/dev/zero (deleted)"),
+            Backing::Hugetlb { .. } => (v.pgoff * PAGE_SIZE, "/anon_hugepage (deleted)"),
         };
         MapEntry {
             start: v.start,
@@ -140,7 +142,26 @@ impl<H: Hw> MemSystem<H> {
         let mm = self.proc_mm(pid)?;
         let root = self.mm(mm).root;
         let end = end.min(pgtable::USER_TOP);
-        let leaves = pgtable::leaves(&self.hw, root, start & !(PAGE_SIZE - 1), end);
+        let start = start & !(PAGE_SIZE - 1);
+        let mut leaves = pgtable::leaves(&self.hw, root, start, end);
+        // Huge entries show as the 4 KiB pages they map, as pagemap does.
+        for level in [2, 3] {
+            for (hva, _, e) in pgtable::huge_leaves(&self.hw, root, start, end, level) {
+                let span = pgtable::huge_span(level);
+                let (lo, hi) = (hva.max(start), (hva + span).min(end));
+                for va in (lo..hi).step_by(PAGE_SIZE as usize) {
+                    let pte = match e {
+                        Pte::Mapped { pfn, flags } => Pte::Mapped {
+                            pfn: pfn.offset((va - hva) / PAGE_SIZE),
+                            flags,
+                        },
+                        other => other,
+                    };
+                    leaves.push((va, 0, pte));
+                }
+            }
+        }
+        leaves.sort_by_key(|&(va, _, _)| va);
         Ok(leaves.into_iter().filter_map(|(va, _, pte)| {
             let view = self.view_of(pte);
             (view != PageView::NotPresent).then_some((va, view))
@@ -168,7 +189,7 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EFAULT);
         }
         let root = self.mm(mm).root;
-        Ok(self.view_of(pgtable::lookup(&self.hw, root, va & !(PAGE_SIZE - 1))))
+        Ok(self.view_of(pgtable::lookup_page(&self.hw, root, va & !(PAGE_SIZE - 1))))
     }
 }
 

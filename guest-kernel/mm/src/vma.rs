@@ -14,7 +14,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::hw::PAGE_SIZE;
-use crate::ids::{AnonVmaId, ShmemId};
+use crate::ids::{AnonVmaId, HugeFileId, ResvId, ShmemId};
 use crate::pte::PteFlags;
 
 /// Default lowest mappable address (`vm.mmap_min_addr`, see
@@ -52,6 +52,8 @@ impl VmFlags {
     pub const MAYSHARE: u64 = 0x80;
     /// `VM_GROWSDOWN`: a stack that grows on faults below it.
     pub const GROWSDOWN: u64 = 0x100;
+    /// `VM_DONTEXPAND`: mremap cannot grow it (hugetlb).
+    pub const DONTEXPAND: u64 = 0x4_0000;
     /// `VM_LOCKED`: mlocked (populated; DONTNEED refused).
     pub const LOCKED: u64 = 0x2000;
     /// `VM_SEQ_READ` (`MADV_SEQUENTIAL`).
@@ -102,6 +104,17 @@ pub enum Backing {
         /// The anon_vma chain.
         chain: Vec<AnonVmaId>,
     },
+    /// hugetlb memory (`MAP_HUGETLB`): pages of a hugetlbfs file. A
+    /// private mapping copies them on write into anonymous huge folios
+    /// under `chain`, like `Anon`; a shared one maps the file's pages.
+    Hugetlb {
+        /// The file.
+        file: HugeFileId,
+        /// The anon_vma chain (private mappings).
+        chain: Vec<AnonVmaId>,
+        /// Reservations of this VMA.
+        resv: HugeResv,
+    },
     /// Shared anonymous memory: pages of a shmem object.
     Shmem {
         /// The object.
@@ -111,6 +124,22 @@ pub enum Backing {
         /// fork copies its page tables, markers included.
         anon_vma: bool,
     },
+}
+
+/// Which reservations a hugetlb VMA holds (`vm_private_data` and the
+/// `HPAGE_RESV_*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HugeResv {
+    /// None of its own: shared mappings (the file holds them), private
+    /// ones made with `MAP_NORESERVE`, and fork children.
+    None,
+    /// `HPAGE_RESV_OWNER`: the private mapping's creator, with its map of
+    /// consumed reservations (shared by the pieces of a split).
+    Owner(ResvId),
+    /// `HPAGE_RESV_UNMAPPED`: a fork child whose page the owner took back
+    /// when a copy-on-write found no huge page; its next fault on a missing
+    /// page is SIGBUS.
+    Unmapped,
 }
 
 /// One mapping (`struct vm_area_struct`).
@@ -130,6 +159,10 @@ pub struct Vma {
 }
 
 impl Vma {
+    /// Whether this is hugetlb memory (`is_vm_hugetlb_page`).
+    pub fn is_hugetlb(&self) -> bool {
+        self.flags.has(VmFlags::HUGETLB)
+    }
     /// `is_cow_mapping`: private and may become writable.
     pub fn is_cow(&self) -> bool {
         !self.flags.has(VmFlags::SHARED) && self.flags.has(VmFlags::MAYWRITE)
@@ -165,7 +198,7 @@ impl Vma {
     /// The anon_vma new folios go to, if prepared.
     pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
         match &self.backing {
-            Backing::Anon { chain } => chain.last().copied(),
+            Backing::Anon { chain } | Backing::Hugetlb { chain, .. } => chain.last().copied(),
             Backing::Shmem { .. } => None,
         }
     }
@@ -186,6 +219,8 @@ pub fn mergeable(a: &Vma, b: &Vma) -> bool {
             x == y || (x.is_empty() && y.len() == 1) || (y.is_empty() && x.len() == 1)
         }
         (Backing::Shmem { obj: x, .. }, Backing::Shmem { obj: y, .. }) => x == y,
+        // hugetlb VMAs have a close operation, so vma_merge never removes
+        // one (is_mergeable_vma).
         _ => false,
     }
 }
@@ -318,6 +353,21 @@ impl VmaTree {
             hi = hi.min(s);
         }
         (min.checked_add(len).is_some_and(|m| hi >= m)).then(|| hi - len)
+    }
+    /// The highest `align`-aligned free range of `len` bytes below
+    /// [`MMAP_BASE`] (`unmapped_area_topdown` with `align_mask`): like
+    /// Linux, a gap qualifies only if it holds `len` plus the alignment
+    /// slack (`align - PAGE_SIZE`), even where an aligned fit needs less.
+    pub fn find_gap_aligned(&self, len: u64, align: u64, min: u64, top: u64) -> Option<u64> {
+        let need = len.checked_add(align - PAGE_SIZE)?;
+        let mut hi = MMAP_BASE.min(top);
+        for (&s, v) in self.map.range(..hi).rev() {
+            if v.end <= hi && hi - v.end >= need {
+                return Some((hi - len) & !(align - 1));
+            }
+            hi = hi.min(s);
+        }
+        (min.checked_add(need).is_some_and(|m| hi >= m)).then(|| (hi - len) & !(align - 1))
     }
 }
 

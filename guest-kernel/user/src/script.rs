@@ -49,6 +49,14 @@ pub const SYS_MLOCK: u64 = 149;
 pub const SYS_MUNLOCK: u64 = 150;
 /// `mlock2`.
 pub const SYS_MLOCK2: u64 = 325;
+/// writewatch: `hugetlb_pool(size_log, knob, value)` (Linux: writing
+/// `/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages` or
+/// `nr_overcommit_hugepages`).
+pub const SYS_HUGETLB_POOL: u64 = 1006;
+/// writewatch: `hugetlb_counters(size_log, *buf, len)`.
+pub const SYS_HUGETLB_COUNTERS: u64 = 1007;
+/// The 2 MiB pool's size log, the one the scripts use.
+pub const HUGE_2M_LOG: u64 = 21;
 
 /// An address argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +107,11 @@ pub enum Op {
     Fork,
     /// The process exits (it must have no live children) and is reaped.
     Exit,
+    /// Sets a knob of the 2 MiB hugetlb pool (`hugepages N`: 0,
+    /// `nr_hugepages`; `overcommit N`: 1, `nr_overcommit_hugepages`).
+    HugePool { knob: u64, value: u64 },
+    /// Shows the 2 MiB pool's counters (`hugecounters`).
+    HugeCounters,
 }
 
 /// An operation of process `proc`.
@@ -141,7 +154,10 @@ impl Op {
             Op::Mlock { addr, len } => (SYS_MLOCK, [resolve(addr), len, 0, 0, 0, 0]),
             Op::Mlock2 { addr, len, flags } => (SYS_MLOCK2, [resolve(addr), len, flags, 0, 0, 0]),
             Op::Munlock { addr, len } => (SYS_MUNLOCK, [resolve(addr), len, 0, 0, 0, 0]),
-            Op::Write { .. } | Op::Read { .. } | Op::Fork | Op::Exit => return None,
+            Op::HugePool { knob, value } => (SYS_HUGETLB_POOL, [HUGE_2M_LOG, knob, value, 0, 0, 0]),
+            Op::Write { .. } | Op::Read { .. } | Op::Fork | Op::Exit | Op::HugeCounters => {
+                return None;
+            }
         })
     }
 
@@ -386,6 +402,15 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         },
         "fork" => Op::Fork,
         "exit" => Op::Exit,
+        "hugepages" => Op::HugePool {
+            knob: 0,
+            value: num(arg(1)?)?,
+        },
+        "overcommit" => Op::HugePool {
+            knob: 1,
+            value: num(arg(1)?)?,
+        },
+        "hugecounters" => Op::HugeCounters,
         _ => return Err("unknown operation"),
     };
     Ok(Step { proc, op })
@@ -548,6 +573,9 @@ impl fmt::Display for Step {
             Op::Read { addr } => write!(f, "read {addr}"),
             Op::Fork => write!(f, "fork"),
             Op::Exit => write!(f, "exit"),
+            Op::HugePool { knob: 0, value } => write!(f, "hugepages {value}"),
+            Op::HugePool { value, .. } => write!(f, "overcommit {value}"),
+            Op::HugeCounters => write!(f, "hugecounters"),
         }
     }
 }
@@ -581,6 +609,17 @@ impl fmt::Display for Digest<'_> {
 
 /// A system call's result: `-NAME` for an errno, else the number.
 pub struct CallResult(pub i64);
+
+/// The 2 MiB pool's counters as a transcript shows them: `HugePages_Total`,
+/// `_Free`, `_Rsvd`, `_Surp`.
+pub struct HugeCountersText(pub [u64; 4]);
+
+impl fmt::Display for HugeCountersText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [t, fr, r, s] = self.0;
+        write!(f, "huge total {t} free {fr} rsvd {r} surp {s}")
+    }
+}
 
 impl fmt::Display for CallResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

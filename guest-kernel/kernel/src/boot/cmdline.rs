@@ -53,6 +53,10 @@ pub struct Cmdline {
     /// `mmap_min_addr=N`: the lowest address a process may map
     /// (`vm.mmap_min_addr`).
     pub mmap_min_addr: Option<u64>,
+    /// `hugepages=N`: huge pages to put in a hugetlb pool at boot, as on
+    /// Linux's command line: the 2 MiB pool, or the 1 GiB one after
+    /// `hugepagesz=1G` (index 0: 2 MiB, 1: 1 GiB).
+    pub hugepages: [Option<u64>; 2],
 }
 
 impl Cmdline {
@@ -69,7 +73,9 @@ impl Cmdline {
             tsc_khz: None,
             swap_frames: None,
             mmap_min_addr: None,
+            hugepages: [None; 2],
         };
+        let mut huge_size = 0;
         for word in raw.split_ascii_whitespace() {
             match word.split_once('=') {
                 Some(("cpus", n)) => cmdline.cpus = n.parse().ok(),
@@ -79,6 +85,9 @@ impl Cmdline {
                 Some(("arg", a)) => cmdline.arg = a.parse().unwrap_or(0),
                 Some(("swap", n)) => cmdline.swap_frames = n.parse().ok(),
                 Some(("mmap_min_addr", n)) => cmdline.mmap_min_addr = n.parse().ok(),
+                Some(("hugepagesz", "1G" | "1g")) => huge_size = 1,
+                Some(("hugepagesz", _)) => huge_size = 0,
+                Some(("hugepages", n)) => cmdline.hugepages[huge_size] = n.parse().ok(),
                 Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

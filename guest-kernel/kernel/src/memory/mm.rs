@@ -183,6 +183,27 @@ pub fn reserve(frames: u64) {
     unlock(guard);
 }
 
+/// Fills the hugetlb pools the command line asks for (`hugepages=N`, per
+/// size): RAM for them is added first, since deferred initialisation
+/// would otherwise leave the buddy allocator too little to allocate from.
+pub fn boot_hugepages(pages: [Option<u64>; 2]) {
+    for (h, n) in pages.iter().enumerate() {
+        if let Some(n) = *n {
+            reserve_huge(h, n);
+            with(|s| s.hugetlb_set_pool(h, guest_mm::PoolKnob::NrHugepages, n))
+                .expect("a pool size is always accepted");
+        }
+    }
+}
+
+/// Makes RAM available for `n` more huge pages of hstate `h` (a pool
+/// resize, or overcommit that faults may allocate from).
+pub fn reserve_huge(h: usize, n: u64) {
+    let per_page = guest_mm::hugetlb::huge_size(h) / PAGE_SIZE;
+    let free = with(|s| s.free_frames());
+    reserve(free.saturating_add(n.saturating_mul(per_page)) + LOW_WATER_FRAMES);
+}
+
 /// Frames in use by the MM core (managed minus free): page tables, user
 /// pages, the zero page and the swap region.
 pub fn used_frames() -> u64 {

@@ -25,7 +25,8 @@ use guest_mm::Errno;
 use guest_mm::Outcome;
 use guest_mm::PAGE_SIZE;
 use guest_mm::mmap::{
-    MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
+    MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_POPULATE, MAP_PRIVATE, PROT_READ,
+    PROT_WRITE,
 };
 use guest_mm::syscall::{SYS_EXIT, SYS_MMAP, SYS_WRITE};
 
@@ -144,10 +145,18 @@ pub fn dispatch(frame: &mut TrapFrame) {
         SYS_PIN_READ => result(mm::with(|s| s.unshare_user(pid, args[0])).map(|()| 0)),
         SYS_GETCPU => percpu::index() as i64,
         _ => {
-            if nr == SYS_MMAP && args[3] & u64::from(MAP_POPULATE) != 0 {
-                // Faults in every page in one call: make the RAM available
-                // first (see `memory::mm`).
+            let hugetlb = u64::from(MAP_HUGETLB);
+            if nr == SYS_MMAP && args[3] & (u64::from(MAP_POPULATE) | hugetlb) != 0 {
+                // Faults in every page in one call, or may take surplus huge
+                // pages for its reservation: make the RAM available first
+                // (see `memory::mm`).
                 mm::reserve(args[1] / PAGE_SIZE + POPULATE_SLACK_FRAMES);
+            }
+            if nr == guest_mm::syscall::SYS_HUGETLB_POOL {
+                // A bigger pool (or overcommit) takes whole huge pages.
+                if let Some(h) = guest_mm::hugetlb::hstate_of_log(args[0] as u32) {
+                    mm::reserve_huge(h, args[2]);
+                }
             }
             let mut out = Vec::new();
             let outcome = mm::with(|s| {

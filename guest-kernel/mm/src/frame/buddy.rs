@@ -89,6 +89,21 @@ impl Buddy {
         false
     }
 
+    /// Takes the `count` free blocks of `MAX_ORDER` starting at `start`
+    /// if all of them are free (a gigantic page, `alloc_contig_range`
+    /// without migration); returns whether it did.
+    pub fn take_max_blocks(&mut self, start: u64, count: u64) -> bool {
+        let top = &mut self.free[MAX_ORDER as usize];
+        if !(0..count).all(|i| top.contains(&(start + (i << MAX_ORDER)))) {
+            return false;
+        }
+        for i in 0..count {
+            top.remove(&(start + (i << MAX_ORDER)));
+        }
+        self.nr_free -= count << MAX_ORDER;
+        true
+    }
+
     /// Number of free frames.
     pub fn nr_free(&self) -> u64 {
         self.nr_free

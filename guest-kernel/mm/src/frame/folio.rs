@@ -43,10 +43,13 @@ impl FolioFlags {
     pub const SWAPBACKED: FolioFlags = FolioFlags(1 << 3);
     /// `PG_locked`.
     pub const LOCKED: FolioFlags = FolioFlags(1 << 4);
-    /// `PG_hugetlb`. Reserved: no hugetlbfs yet.
+    /// `PG_hugetlb`: a huge page of a hugetlb pool.
     pub const HUGETLB: FolioFlags = FolioFlags(1 << 5);
     /// `PG_large` / `PG_head`: order > 0.
     pub const LARGE: FolioFlags = FolioFlags(1 << 6);
+    /// `hugetlb_restore_reserve`: freeing this huge folio gives its pool
+    /// a reservation back (its owner unmapped it).
+    pub const RESTORE_RESERVE: FolioFlags = FolioFlags(1 << 7);
 
     /// Whether all of `f` is set.
     pub fn contains(self, f: FolioFlags) -> bool {
@@ -73,6 +76,13 @@ pub enum Mapping {
         /// The anon_vma the folio was created under (or moved to on reuse).
         anon_vma: AnonVmaId,
         /// Page index of the head frame.
+        index: u64,
+    },
+    /// A hugetlb file's page-cache folio.
+    HugeFile {
+        /// The file.
+        file: crate::ids::HugeFileId,
+        /// Page index (4 KiB units) of the head frame in the file.
         index: u64,
     },
     /// Shared memory object page at `index`.

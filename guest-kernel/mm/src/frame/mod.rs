@@ -139,6 +139,41 @@ impl FrameTable {
         Some(head)
     }
 
+    /// Allocates a huge folio of `order` (a hugetlb page): from the buddy
+    /// allocator up to [`MAX_ORDER`], above it (1 GiB) as the first
+    /// aligned run of free `MAX_ORDER` blocks, like Linux's
+    /// `alloc_contig_pages` without page migration.
+    pub fn alloc_huge(&mut self, order: u8) -> Option<Pfn> {
+        if order <= MAX_ORDER {
+            return self.alloc(order, FrameUse::Folio);
+        }
+        let n = 1u64 << order;
+        let candidates: Vec<u64> = self
+            .zones
+            .iter()
+            .flat_map(|z| {
+                let end = z.base + z.frames.len() as u64;
+                (z.base.div_ceil(n)..end / n).map(move |k| k * n)
+            })
+            .collect();
+        let head = candidates
+            .into_iter()
+            .find(|&p| self.buddy.take_max_blocks(p, n >> MAX_ORDER))?;
+        let head = Pfn(head);
+        for i in 0..n {
+            *self.get_mut(head.offset(i)) = Frame::new(if i == 0 {
+                FrameUse::Folio
+            } else {
+                FrameUse::Tail(head)
+            });
+        }
+        let f = self.get_mut(head);
+        f.order = order;
+        f.refcount = 1;
+        f.flags.set(FolioFlags::LARGE, true);
+        Some(head)
+    }
+
     /// Returns the block headed by `head` to the allocator.
     pub fn free<H: PhysMem>(&mut self, hw: &mut H, head: Pfn) {
         let order = self.at(head).order;
@@ -148,7 +183,13 @@ impl FrameTable {
             *f = Frame::new(FrameUse::Free);
             hw.frame_released(head.offset(i), Release::Freed);
         }
-        self.buddy.free_block(head.0, order);
+        if order > MAX_ORDER {
+            for i in 0..1u64 << (order - MAX_ORDER) {
+                self.buddy.free_block(head.0 + (i << MAX_ORDER), MAX_ORDER);
+            }
+        } else {
+            self.buddy.free_block(head.0, order);
+        }
     }
 
     /// The head frame of the folio containing `pfn`.

@@ -56,6 +56,7 @@ const RW: u64 = 2;
 const US: u64 = 4;
 const A: u64 = 1 << 5;
 const D: u64 = 1 << 6;
+const PS: u64 = 1 << 7;
 const NX: u64 = 1 << 63;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
@@ -108,7 +109,9 @@ impl SimMachine {
             write &= raw & RW != 0;
             user &= raw & US != 0;
             exec &= raw & NX == 0;
-            if level == 1 {
+            // A PMD or PUD entry with PS set is a 2 MiB / 1 GiB leaf.
+            let leaf = level == 1 || (matches!(level, 2 | 3) && raw & PS != 0);
+            if leaf {
                 let ok = user
                     && match access {
                         Access::Read => true,
@@ -123,7 +126,8 @@ impl SimMachine {
                     raw |= D;
                 }
                 self.write_u64(slot, raw);
-                let pfn = (raw & ADDR) / PAGE_SIZE;
+                let span = PAGE_SIZE << (9 * (level - 1));
+                let pfn = ((raw & ADDR & !(span - 1)) + (va & (span - 1))) / PAGE_SIZE;
                 // Like x86, a read caches a writable entry only if D is set;
                 // otherwise the first write walks again to set D.
                 let e = TlbEntry {

@@ -5,6 +5,7 @@
 mod faults;
 mod fork_exit;
 mod fuzz;
+mod hugetlb;
 mod mapping;
 mod markers;
 mod prop;

@@ -11,7 +11,9 @@
 //! present or swapped.
 
 pub use crate::script::MapLine;
-use crate::script::{Access, AccessResult, CallResult, MapsEntry, Op, State, Step};
+use crate::script::{
+    Access, AccessResult, CallResult, HugeCountersText, MapsEntry, Op, State, Step,
+};
 
 /// One side of the comparison: guest-mm in a simulated machine, or the
 /// host's Linux.
@@ -29,6 +31,8 @@ pub trait Backend {
     /// The pages of `[start, end)` that are present or swapped, with
     /// their digests (`script::Digest`, or `swap`), without touching them.
     fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)>;
+    /// The 2 MiB hugetlb pool's total, free, reserved and surplus pages.
+    fn huge_counters(&mut self) -> [u64; 4];
 }
 
 /// Runs a script on one backend and renders its transcript.
@@ -85,6 +89,7 @@ impl<B: Backend> Runner<B> {
                 self.state.exited(p);
                 "exited".into()
             }
+            Op::HugeCounters => HugeCountersText(self.backend.huge_counters()).to_string(),
             _ => unreachable!("calls are handled above"),
         }
     }

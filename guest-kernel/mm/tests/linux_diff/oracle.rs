@@ -12,7 +12,9 @@
 //! `/proc/self/mem` only where present, so looking changes nothing. Run
 //! as root, the oracle drops to `nobody` first: root's CAP_SYS_RAWIO
 //! would let it map below `mmap_min_addr`, which an ordinary process (and
-//! a guest process) cannot.
+//! a guest process) cannot. It keeps the host's 2 MiB hugetlb pool knobs
+//! open from before, so that cases can size the pool; the harness empties
+//! the pool around every case.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,6 +24,67 @@ use std::os::unix::fs::FileExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::backend::{Backend, MapLine, digest};
+
+/// The host's 2 MiB hugetlb pool in sysfs.
+const HUGE_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// The pool knobs, opened for writing while the oracle is still root (sysfs
+/// checks permission at open): knob 0 `nr_hugepages`, 1
+/// `nr_overcommit_hugepages`. Forked children inherit them.
+static POOL_KNOBS: std::sync::OnceLock<[Option<File>; 2]> = std::sync::OnceLock::new();
+
+fn open_pool_knobs() {
+    let open = |name: &str| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("{HUGE_SYSFS}/{name}"))
+            .ok()
+    };
+    let _ = POOL_KNOBS.set([open("nr_hugepages"), open("nr_overcommit_hugepages")]);
+}
+
+/// Writes a pool knob; 0 or `-errno`.
+fn set_pool_knob(knob: usize, value: u64) -> i64 {
+    let Some(Some(f)) = POOL_KNOBS.get().map(|k| &k[knob.min(1)]) else {
+        // Not root: the pool cannot be set, as for an unprivileged writer.
+        return -i64::from(libc::EACCES);
+    };
+    match f.write_at(value.to_string().as_bytes(), 0) {
+        Ok(_) => 0,
+        Err(e) => -i64::from(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
+}
+
+/// The pool's total, free, reserved and surplus pages.
+pub fn pool_counters() -> [u64; 4] {
+    let read = |name: &str| -> u64 {
+        std::fs::read_to_string(format!("{HUGE_SYSFS}/{name}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    [
+        read("nr_hugepages"),
+        read("free_hugepages"),
+        read("resv_hugepages"),
+        read("surplus_hugepages"),
+    ]
+}
+
+/// Empties the host's 2 MiB pool (as root; otherwise it stays as it is)
+/// and waits until the pages of finished cases are back: each case starts
+/// with Linux's boot state, no pool and no overcommit.
+pub fn reset_pool() {
+    for name in ["nr_overcommit_hugepages", "nr_hugepages"] {
+        let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), "0");
+    }
+    for _ in 0..200 {
+        if pool_counters()[0] == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
 use crate::probe;
 use crate::script::{Access, PAGE};
 
@@ -123,6 +186,7 @@ fn install_handlers() {
 
 /// The oracle's `main`.
 pub fn serve_stdio() -> ! {
+    open_pool_knobs();
     prepare_process();
     install_handlers();
     let (maps, pagemap, mem) = open_self();
@@ -222,6 +286,11 @@ impl Proc {
                 text.lines().collect::<Vec<_>>().join(";")
             }
             "pages" => self.pages(n(1), n(2)),
+            "hugepool" => set_pool_knob(n(1) as usize, n(2)).to_string(),
+            "hugecounters" => {
+                let c = pool_counters();
+                format!("{} {} {} {}", c[0], c[1], c[2], c[3])
+            }
             other => panic!("oracle: unknown command {other:?}"),
         }
     }
@@ -309,6 +378,7 @@ pub struct Oracle {
 
 impl Oracle {
     pub fn start() -> Self {
+        reset_pool();
         let exe = std::env::current_exe().expect("own executable");
         let mut child = Command::new(exe)
             .arg("--oracle")
@@ -355,11 +425,16 @@ impl Drop for Oracle {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        reset_pool();
     }
 }
 
 impl Backend for Oracle {
     fn syscall(&mut self, proc: usize, nr: u64, a: [u64; 6]) -> i64 {
+        if nr == crate::script::SYS_HUGETLB_POOL {
+            let cmd = format!("hugepool {} {}", a[1], a[2]);
+            return self.ask(proc, &cmd).parse().expect("pool result");
+        }
         let cmd = format!(
             "sys {nr} {} {} {} {} {} {}",
             a[0], a[1], a[2], a[3], a[4], a[5]
@@ -402,6 +477,15 @@ impl Backend for Oracle {
     fn maps(&mut self, proc: usize) -> Vec<MapLine> {
         let answer = self.ask(proc, "maps");
         answer.split(';').filter_map(MapLine::parse).collect()
+    }
+
+    fn huge_counters(&mut self) -> [u64; 4] {
+        let answer = self.ask(0, "hugecounters");
+        let mut c = [0; 4];
+        for (slot, w) in c.iter_mut().zip(answer.split_whitespace()) {
+            *slot = w.parse().expect("counter");
+        }
+        c
     }
 
     fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)> {

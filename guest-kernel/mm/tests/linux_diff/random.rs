@@ -2,7 +2,8 @@
 //! (proptest: seeded, and shrunk to a shortest differing sequence).
 //!
 //! Everything happens in the first 64 pages of the window, so mappings
-//! meet, split, merge and overlap often. Processes are picked among the
+//! meet, split, merge and overlap often; hugetlb steps (pool sizing,
+//! MAP_HUGETLB mappings and the calls on them) use 8 huge pages further in. Processes are picked among the
 //! live ones when a step runs; `exit` takes a live child without children
 //! of its own (or does nothing).
 
@@ -123,9 +124,57 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// 2 MiB pages of the hugetlb area, which starts 64 MiB into the window
+/// so that the 4 KiB steps never reach it.
+const HUGE_PAGES: u64 = 8;
+const HUGE: u64 = 512 * PAGE;
+const HUGE_AREA: u64 = WINDOW + (64 << 20);
+
+/// An address in the hugetlb area: mostly huge page aligned, sometimes a
+/// page off, to hit Linux's alignment errors.
+fn huge_at() -> impl Strategy<Value = Addr> {
+    (
+        0..HUGE_PAGES,
+        prop_oneof![6 => Just(0u64), 1 => Just(1u64), 1 => Just(511u64)],
+    )
+        .prop_map(|(h, p)| Addr::Abs(HUGE_AREA + h * HUGE + p * PAGE))
+}
+
+/// hugetlb steps: pool sizing, MAP_HUGETLB mappings, the calls on them at
+/// huge page granularity, and accesses.
+fn huge_op() -> impl Strategy<Value = Op> {
+    let len =
+        prop_oneof![4 => (1u64..3).prop_map(|n| n * HUGE), 1 => Just(PAGE), 1 => Just(HUGE + PAGE)];
+    let ty = prop_oneof![2 => Just(0x02u64), 1 => Just(0x01u64)];
+    let extra = prop_oneof![5 => Just(0u64), 1 => Just(0x4000u64), 1 => Just(0x8000u64)];
+    prop_oneof![
+        2 => (0u64..5).prop_map(|value| Op::HugePool { knob: 0, value }),
+        1 => (0u64..3).prop_map(|value| Op::HugePool { knob: 1, value }),
+        4 => (huge_at(), len.clone(), prot(), ty, extra).prop_map(|(addr, len, prot, t, e)| {
+            Op::Mmap { addr, len, prot, flags: t | e | 0x20 | 0x10 | 0x4_0000, fd: -1, off: 0 }
+        }),
+        2 => (huge_at(), len.clone()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
+        1 => (huge_at(), len.clone(), prot()).prop_map(|(addr, len, prot)| Op::Mprotect { addr, len, prot }),
+        2 => (huge_at(), len.clone(), prop_oneof![3 => Just(4u64), 1 => Just(9u64), 1 => Just(10u64)])
+            .prop_map(|(addr, len, advice)| Op::Madvise { addr, len, advice }),
+        1 => (huge_at(), len.clone(), len, huge_at()).prop_map(|(old, old_len, new_len, new_addr)| {
+            Op::Mremap { old, old_len, new_len, flags: 3, new_addr }
+        }),
+        5 => (0..HUGE_PAGES, 0u64..512, 1u8..=255).prop_map(|(h, p, val)| Op::Write {
+            addr: Addr::Abs(HUGE_AREA + h * HUGE + p * PAGE),
+            val,
+        }),
+        2 => (0..HUGE_PAGES, 0u64..512).prop_map(|(h, p)| Op::Read {
+            addr: Addr::Abs(HUGE_AREA + h * HUGE + p * PAGE),
+        }),
+        2 => Just(Op::HugeCounters),
+    ]
+}
+
 fn sequence() -> impl Strategy<Value = Vec<Abstract>> {
+    let any_op = prop_oneof![4 => op(), 1 => huge_op()];
     prop::collection::vec(
-        (any::<u8>(), op()).prop_map(|(proc, op)| Abstract { proc, op }),
+        (any::<u8>(), any_op).prop_map(|(proc, op)| Abstract { proc, op }),
         1..40,
     )
 }

@@ -23,8 +23,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use guest_user::probe;
 use guest_user::script::{
-    Access, AccessResult, CallResult, Case, Digest, MAX_PROCS, MAX_STEPS, MapLine, MapsEntry, Op,
-    PAGE, State, Step, cases,
+    Access, AccessResult, CallResult, Case, Digest, HUGE_2M_LOG, HugeCountersText, MAX_PROCS,
+    MAX_STEPS, MapLine, MapsEntry, Op, PAGE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL, State, Step,
+    cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
 use guest_user::*;
@@ -48,6 +49,11 @@ const PEEK_RECORD: usize = 16 + PAGE as usize;
 struct Control {
     /// The step that may run now.
     turn: AtomicUsize,
+    /// The step at which each process exited (`usize::MAX`: it has not),
+    /// written before the state says so: a process that finds a step's
+    /// owner dead knows whether the owner died running that very step
+    /// (and reports it) or before it.
+    exit_step: [AtomicUsize; MAX_PROCS],
     state: State,
     pids: [u64; MAX_PROCS],
 }
@@ -128,6 +134,10 @@ fn main(which: u64) -> i32 {
         if !wanted {
             continue;
         }
+        // Every case starts as Linux boots: no hugetlb pool, no overcommit
+        // (the harness empties the host's pool the same way).
+        call6(SYS_HUGETLB_POOL, [HUGE_2M_LOG, 1, 0, 0, 0, 0]);
+        call6(SYS_HUGETLB_POOL, [HUGE_2M_LOG, 0, 0, 0, 0, 0]);
         let _ = writeln!(out, "case {}", case.name);
         out.flush();
         let status = match fork() {
@@ -167,6 +177,9 @@ fn run_case(case: &Case<'_>) -> i32 {
     // only while it is their turn.
     let ctrl = unsafe { &mut *(CONTROL as *mut Control) };
     ctrl.turn.store(0, Ordering::Release);
+    for e in &ctrl.exit_step {
+        e.store(usize::MAX, Ordering::Release);
+    }
     ctrl.state = State::default();
     ctrl.pids = [0; MAX_PROCS];
     ctrl.pids[0] = getpid() as u64;
@@ -181,8 +194,13 @@ fn run_case(case: &Case<'_>) -> i32 {
         while ctrl.turn.load(Ordering::Acquire) < k {
             sched_yield();
         }
-        // A step of a process that does not live is process 0's to report.
-        let owner = if ctrl.state.alive(step.proc) {
+        // A step of a process that does not live is process 0's to report,
+        // unless that process is exiting in this very step.
+        let exits_now = ctrl
+            .exit_step
+            .get(step.proc)
+            .is_some_and(|e| e.load(Ordering::Acquire) == k);
+        let owner = if ctrl.state.alive(step.proc) || exits_now {
             step.proc
         } else {
             0
@@ -192,7 +210,7 @@ fn run_case(case: &Case<'_>) -> i32 {
         }
         let _ = write!(out, "{k}: {step} = ");
         let mut exiting = false;
-        if !ctrl.state.alive(step.proc) {
+        if !ctrl.state.alive(step.proc) && !exits_now {
             let _ = write!(out, "no such process");
         } else {
             let done = match run_step(ctrl, k, step, &mut me) {
@@ -213,6 +231,7 @@ fn run_case(case: &Case<'_>) -> i32 {
                 Done::Forked(child) => write!(out, "p{child}"),
                 Done::TooMany => write!(out, "too many processes"),
                 Done::Exited => write!(out, "exited"),
+                Done::Huge(c) => write!(out, "{}", HugeCountersText(c)),
             };
         }
         let _ = writeln!(out);
@@ -254,6 +273,8 @@ enum Done {
     TooMany,
     /// The process exits after reporting.
     Exited,
+    /// The 2 MiB hugetlb pool's counters.
+    Huge([u64; 4]),
 }
 
 /// An access probe's result: 0, or `signal << 8 | si_code`.
@@ -304,8 +325,18 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
             }
         }
         Op::Exit => {
+            ctrl.exit_step[*me].store(k, Ordering::Release);
             ctrl.state.exited(*me);
             Done::Exited
+        }
+        Op::HugeCounters => {
+            let mut w = [0u64; 5];
+            let args = [HUGE_2M_LOG, w.as_mut_ptr() as u64, 40, 0, 0, 0];
+            let r = call6(SYS_HUGETLB_COUNTERS, args);
+            if r < 0 {
+                return Ran::Done(Done::Call(r));
+            }
+            Done::Huge([w[0], w[1], w[2], w[3]])
         }
         _ => unreachable!("calls are handled above"),
     })

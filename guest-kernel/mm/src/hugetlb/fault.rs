@@ -1,0 +1,328 @@
+//! hugetlb page faults: one huge entry per fault.
+//!
+//! Mirrors `mm/hugetlb.c` (6.18): `hugetlb_fault`, `hugetlb_no_page`,
+//! `hugetlb_wp`, `alloc_hugetlb_folio`, `unmap_ref_private`. There is no
+//! zero page for hugetlb: a read fault on private memory allocates (and
+//! consumes a reservation) like a write. A private folio mapped once is
+//! reused on write; otherwise the write copies it, and when the owner of
+//! the reservation finds no page for that copy it takes the page back
+//! from its fork children instead, which then get SIGBUS on their next
+//! fault there (`HPAGE_RESV_UNMAPPED`).
+
+use crate::errno::{Fault, SegvCode};
+use crate::frame::{FolioFlags, Mapping};
+use crate::hw::{FlushRange, Hw, Pfn};
+use crate::ids::MmId;
+use crate::pgtable;
+use crate::pte::{MarkerKind, Pte, PteFlags};
+use crate::system::MemSystem;
+use crate::vma::{Backing, HugeResv, VmFlags, Vma};
+
+use super::{HSTATE_ORDERS, huge_level, huge_size};
+
+impl<H: Hw> MemSystem<H> {
+    /// `hugetlb_fault` at `va` in hugetlb VMA `v`.
+    pub(crate) fn hugetlb_fault(
+        &mut self,
+        mm: MmId,
+        v: &Vma,
+        va: u64,
+        write: bool,
+    ) -> Result<(), Fault> {
+        let (_, h) = self.huge_file_of(v);
+        let (level, size) = (huge_level(h), huge_size(h));
+        let haddr = va & !(size - 1);
+        let root = self.mm(mm).root;
+        let slot = pgtable::huge_slot_alloc(&mut self.hw, &mut self.frames, root, haddr, level)
+            .ok_or(Fault::Oom)?;
+        self.counters.faults += 1;
+        match pgtable::read_huge(&self.hw, slot, level) {
+            Pte::None | Pte::Marker(MarkerKind::UffdWp) => {
+                self.hugetlb_no_page(mm, v, haddr, slot, write)
+            }
+            Pte::Marker(MarkerKind::Guard) => Err(Fault::Segv(SegvCode::MapErr)),
+            Pte::Marker(MarkerKind::Poisoned) | Pte::Swap(_) => Err(Fault::Bus),
+            Pte::Mapped { pfn, flags } => {
+                if flags.contains(PteFlags::PROTNONE) {
+                    let keep = flags
+                        .without(PteFlags::PROTNONE)
+                        .without(PteFlags::EXEC)
+                        .without(PteFlags::WRITE);
+                    let nf = v.base_pte_flags().with(keep);
+                    pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                    return Err(Fault::Retry);
+                }
+                if write && !flags.contains(PteFlags::WRITE) {
+                    return self.hugetlb_wp(mm, v, haddr, slot, pfn, flags);
+                }
+                let nf = flags
+                    .with(PteFlags::ACCESSED)
+                    .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY));
+                pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
+                self.flush_tlb(
+                    mm,
+                    FlushRange::Range {
+                        start: haddr,
+                        end: haddr + size,
+                    },
+                );
+                Ok(())
+            }
+            Pte::Table(_) => unreachable!("a table where a huge entry belongs"),
+        }
+    }
+
+    /// `alloc_hugetlb_folio`: a huge folio for index `idx` of `v`, using
+    /// the VMA's reservation if it has one (never for the owner's own
+    /// copy-on-write, `cow_from_owner`). `None` is SIGBUS.
+    fn alloc_hugetlb_folio(&mut self, v: &Vma, idx: u64, cow_from_owner: bool) -> Option<Pfn> {
+        let (_, h) = self.huge_file_of(v);
+        let reserved = !cow_from_owner && !self.vma_needs_reservation(v, idx);
+        let head = self.hugetlb_take_folio(h, reserved)?;
+        if !cow_from_owner {
+            self.vma_commit_reservation(v, idx);
+        }
+        Some(head)
+    }
+
+    /// Zeroes every frame of a huge folio (`folio_zero_user`).
+    fn zero_huge(&mut self, head: Pfn) {
+        for i in 0..1u64 << self.frames.at(head).order {
+            self.hw.zero_frame(head.offset(i));
+        }
+    }
+
+    /// `make_huge_pte`: the entry for a folio, writable (and dirty) when
+    /// asked and the VMA allows it.
+    fn huge_pte(v: &Vma, pfn: Pfn, writable: bool) -> Pte {
+        let mut flags = v.base_pte_flags().with(PteFlags::ACCESSED);
+        if writable && v.flags.has(VmFlags::WRITE) {
+            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+        }
+        Pte::Mapped { pfn, flags }
+    }
+
+    /// `hugetlb_no_page`: nothing mapped at `haddr`. A shared mapping maps
+    /// the file's page, allocating it into the page cache if missing; a
+    /// private one gets a new exclusive anonymous folio.
+    fn hugetlb_no_page(
+        &mut self,
+        mm: MmId,
+        v: &Vma,
+        haddr: u64,
+        slot: u64,
+        write: bool,
+    ) -> Result<(), Fault> {
+        let (file, h) = self.huge_file_of(v);
+        let idx = self.huge_index(v, haddr);
+        if idx >= self.huge.files[&file].size {
+            return Err(Fault::Bus);
+        }
+        if v.flags.has(VmFlags::MAYSHARE) {
+            let head = match self.huge.files[&file].pages.get(&idx).copied() {
+                Some(head) => head,
+                None => {
+                    let head = self.alloc_hugetlb_folio(v, idx, false).ok_or(Fault::Bus)?;
+                    self.zero_huge(head);
+                    let f = self.frames.get_mut(head);
+                    f.mapping = Mapping::HugeFile {
+                        file,
+                        index: idx << HSTATE_ORDERS[h],
+                    };
+                    // The allocation's reference becomes the page cache's.
+                    let f = self.huge.files.get_mut(&file).expect("live file");
+                    f.pages.insert(idx, head);
+                    head
+                }
+            };
+            pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, true));
+            self.huge_map(head);
+            return Ok(());
+        }
+        if matches!(
+            v.backing,
+            Backing::Hugetlb {
+                resv: HugeResv::Unmapped,
+                ..
+            }
+        ) {
+            // The owner took this mapping's pages back (unmap_ref_private).
+            return Err(Fault::Bus);
+        }
+        let av = self.anon_vma_prepare(mm, haddr);
+        let head = self.alloc_hugetlb_folio(v, idx, false).ok_or(Fault::Bus)?;
+        self.zero_huge(head);
+        let f = self.frames.get_mut(head);
+        f.mapping = Mapping::Anon {
+            anon_vma: av,
+            index: v.page_index(haddr),
+        };
+        f.flags.set(FolioFlags::ANON, true);
+        f.anon_exclusive = true;
+        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, write));
+        self.huge_map(head);
+        self.huge_put(head, 1);
+        self.counters.anon_allocs += 1;
+        Ok(())
+    }
+
+    /// One more huge entry maps `head` (`hugetlb_add_*_rmap`): the entire
+    /// mapcount and a reference.
+    pub(crate) fn huge_map(&mut self, head: Pfn) {
+        let f = self.frames.get_mut(head);
+        f.mapcount += 1;
+        f.refcount += 1;
+    }
+
+    /// `hugetlb_wp`: a write to a read-only huge entry.
+    #[allow(clippy::too_many_arguments)]
+    fn hugetlb_wp(
+        &mut self,
+        mm: MmId,
+        v: &Vma,
+        haddr: u64,
+        slot: u64,
+        old: Pfn,
+        flags: PteFlags,
+    ) -> Result<(), Fault> {
+        let writable = Pte::Mapped {
+            pfn: old,
+            flags: flags
+                .with(PteFlags::WRITE)
+                .with(PteFlags::DIRTY)
+                .with(PteFlags::ACCESSED),
+        };
+        if v.flags.has(VmFlags::MAYSHARE) {
+            pgtable::write_huge(&mut self.hw, slot, writable);
+            return Ok(());
+        }
+        let f = self.frames.at(old);
+        if f.mapcount == 1 && f.flags.contains(FolioFlags::ANON) {
+            if !f.anon_exclusive {
+                // folio_move_anon_rmap: the folio now belongs to this VMA.
+                let av = self.anon_vma_prepare(mm, haddr);
+                let f = self.frames.get_mut(old);
+                if let Mapping::Anon { anon_vma, .. } = &mut f.mapping {
+                    *anon_vma = av;
+                }
+                f.anon_exclusive = true;
+            }
+            pgtable::write_huge(&mut self.hw, slot, writable);
+            self.counters.cow_reuses += 1;
+            return Ok(());
+        }
+        let owner = matches!(
+            v.backing,
+            Backing::Hugetlb {
+                resv: HugeResv::Owner(_),
+                ..
+            }
+        );
+        let idx = self.huge_index(v, haddr);
+        let Some(new) = self.alloc_hugetlb_folio(v, idx, owner) else {
+            if owner {
+                // The children lose the page; the owner keeps it.
+                self.unmap_ref_private(mm, v, old, haddr);
+                if self.frames.at(old).mapcount == 1 {
+                    return self.hugetlb_wp(mm, v, haddr, slot, old, flags);
+                }
+            }
+            return Err(Fault::Bus);
+        };
+        let (_, h) = self.huge_file_of(v);
+        for i in 0..1u64 << HSTATE_ORDERS[h] {
+            self.hw.copy_frame(new.offset(i), old.offset(i));
+        }
+        let av = self.anon_vma_prepare(mm, haddr);
+        let f = self.frames.get_mut(new);
+        f.mapping = Mapping::Anon {
+            anon_vma: av,
+            index: v.page_index(haddr),
+        };
+        f.flags.set(FolioFlags::ANON, true);
+        f.anon_exclusive = true;
+        // Clear and flush before the new entry appears, then drop the old.
+        pgtable::write_huge(&mut self.hw, slot, Pte::None);
+        let size = huge_size(h);
+        self.flush_tlb(
+            mm,
+            FlushRange::Range {
+                start: haddr,
+                end: haddr + size,
+            },
+        );
+        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, new, true));
+        self.huge_map(new);
+        self.huge_put(new, 1);
+        self.huge_unmap(old);
+        self.counters.cow_copies += 1;
+        Ok(())
+    }
+
+    /// Drops one huge entry's mapping of `head` (after its TLB flush).
+    pub(crate) fn huge_unmap(&mut self, head: Pfn) {
+        let f = self.frames.get_mut(head);
+        assert!(f.mapcount > 0, "huge mapcount underflow at {:#x}", head.0);
+        f.mapcount -= 1;
+        if f.mapcount == 0 {
+            f.anon_exclusive = false;
+        }
+        self.huge_put(head, 1);
+    }
+
+    /// `unmap_ref_private`: every other private VMA of the file loses its
+    /// mapping of `page` at the same file offset, and is marked so that its
+    /// next fault on a missing page is SIGBUS.
+    fn unmap_ref_private(&mut self, mm: MmId, v: &Vma, page: Pfn, haddr: u64) {
+        let (file, h) = self.huge_file_of(v);
+        let pgoff = v.page_index(haddr);
+        let level = huge_level(h);
+        let others: alloc::vec::Vec<(MmId, u64)> = self.huge.files[&file]
+            .i_mmap
+            .iter()
+            .copied()
+            .filter(|&k| k != (mm, v.start))
+            .collect();
+        for (m, start) in others {
+            let Some(w) = self.mms.get(&m).and_then(|a| a.vmas.get(start)).cloned() else {
+                continue;
+            };
+            if w.flags.has(VmFlags::MAYSHARE)
+                || matches!(
+                    w.backing,
+                    Backing::Hugetlb {
+                        resv: HugeResv::Unmapped,
+                        ..
+                    }
+                )
+            {
+                continue;
+            }
+            let Some(va) = w.address_of(pgoff) else {
+                continue;
+            };
+            let root = self.mm(m).root;
+            let Some(slot) = pgtable::huge_slot(&self.hw, root, va, level) else {
+                continue;
+            };
+            if !matches!(pgtable::read_huge(&self.hw, slot, level), Pte::Mapped { pfn, .. } if pfn == page)
+            {
+                continue;
+            }
+            pgtable::write_huge(&mut self.hw, slot, Pte::None);
+            self.flush_tlb(
+                m,
+                FlushRange::Range {
+                    start: va,
+                    end: va + huge_size(h),
+                },
+            );
+            self.huge_unmap(page);
+            if let Some(Backing::Hugetlb { resv, .. }) =
+                self.mm_mut(m).vmas.get_mut(start).map(|x| &mut x.backing)
+            {
+                *resv = HugeResv::Unmapped;
+            }
+        }
+    }
+}
