@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 
 use crate::frame::{FolioFlags, FrameUse, Mapping};
 use crate::hw::{Hw, PAGE_SIZE, Pfn};
+use crate::ids::ShmemId;
 use crate::pgtable::{self, USER_TOP};
 use crate::pte::{Pte, PteFlags};
 use crate::system::{MemSystem, ProcState, ShmemPage};
@@ -181,9 +182,25 @@ impl<H: Hw> MemSystem<H> {
 
         self.check_hugetlb(&mut bad, &mut mapcount, &mut cache_refs);
 
+        let mut fd_refs: BTreeMap<ShmemId, u32> = BTreeMap::new();
+        for p in self.procs.values() {
+            for obj in p.fds.values() {
+                *fd_refs.entry(*obj).or_default() += 1;
+            }
+        }
         for (&o, s) in &self.shmems {
-            if s.i_mmap.is_empty() {
-                bad.push(format!("{o:?}: alive without VMAs"));
+            let fds = fd_refs.remove(&o).unwrap_or(0);
+            if s.i_mmap.is_empty() && fds == 0 {
+                bad.push(format!("{o:?}: alive without VMAs or descriptors"));
+            }
+            if s.fd_refs != fds {
+                bad.push(format!(
+                    "{o:?}: {} descriptor references, {fds} descriptors",
+                    s.fd_refs
+                ));
+            }
+            if s.pages_len != s.size.div_ceil(PAGE_SIZE) {
+                bad.push(format!("{o:?}: {} pages for {} bytes", s.pages_len, s.size));
             }
             for &(mm, start) in &s.i_mmap {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
@@ -227,6 +244,10 @@ impl<H: Hw> MemSystem<H> {
                     ));
                 }
             }
+        }
+
+        for o in fd_refs.keys() {
+            bad.push(format!("descriptor of dead {o:?}"));
         }
 
         let mut nfree = 0;

@@ -14,7 +14,7 @@ pub enum Errno {
     ESRCH = 3,
     /// I/O error.
     EIO = 5,
-    /// Bad file descriptor (file-backed mmap: there are no files).
+    /// Bad file descriptor.
     EBADF = 9,
     /// No child processes (wait).
     ECHILD = 10,
@@ -28,6 +28,12 @@ pub enum Errno {
     EFAULT = 14,
     /// Mapping exists (`MAP_FIXED_NOREPLACE`).
     EEXIST = 17,
+    /// No such device (a mapping type the file does not support).
+    ENODEV = 19,
+    /// File too large.
+    EFBIG = 27,
+    /// No space left on device.
+    ENOSPC = 28,
     /// Invalid argument.
     EINVAL = 22,
     /// Function not implemented.

@@ -61,6 +61,7 @@ pub mod hugetlb;
 pub mod hw;
 pub mod ids;
 pub mod madvise;
+pub mod memfd;
 pub mod mlock;
 pub mod mmap;
 pub mod mprotect;

@@ -17,7 +17,6 @@
 //! copies them. `MADV_COLLAPSE` needs THP, which guest-mm does not have.
 
 use alloc::collections::BTreeSet;
-use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::frame::{FolioFlags, FrameUse};
@@ -28,7 +27,7 @@ use crate::mmap::page_align;
 use crate::pgtable;
 use crate::pte::{MarkerKind, Pte, PteFlags};
 use crate::swap::SwapOutError;
-use crate::system::{MemSystem, ShmemPage};
+use crate::system::MemSystem;
 use crate::vma::{Backing, VmFlags, Vma};
 
 /// `MADV_NORMAL`.
@@ -356,45 +355,9 @@ impl<H: Hw> MemSystem<H> {
         if !v.flags.has(VmFlags::MAYWRITE) {
             return Err(Errno::EACCES);
         }
+        // vfs_fallocate(PUNCH_HOLE | KEEP_SIZE) over the range's file bytes.
         let (first, last) = (v.page_index(start), v.page_index(end));
-        // unmap_mapping_range over every VMA of the object, then truncate.
-        let mappers: Vec<(MmId, u64)> = self
-            .shmems
-            .get(&obj)
-            .map(|s| s.i_mmap.iter().copied().collect())
-            .unwrap_or_default();
-        for (m, vstart) in mappers {
-            let Some(w) = self.mm(m).vmas.get(vstart).cloned() else {
-                continue;
-            };
-            let lo = first.max(w.pgoff);
-            let hi = last.min(w.pgoff + (w.end - w.start) / PAGE_SIZE);
-            if lo < hi {
-                let mut g = MmuGather::new(m);
-                let (s, e) = (
-                    w.start + (lo - w.pgoff) * PAGE_SIZE,
-                    w.start + (hi - w.pgoff) * PAGE_SIZE,
-                );
-                self.zap_range(&mut g, s, e, Zap::Pages);
-                self.tlb_finish(g);
-            }
-        }
-        let dropped: Vec<ShmemPage> = match self.shmems.get_mut(&obj) {
-            Some(s) => {
-                let idx: Vec<u64> = s.pages.range(first..last).map(|(&i, _)| i).collect();
-                idx.iter().filter_map(|i| s.pages.remove(i)).collect()
-            }
-            None => Vec::new(),
-        };
-        for p in dropped {
-            match p {
-                ShmemPage::Folio(h) => {
-                    self.frames.put_folio(&mut self.hw, h, 1);
-                }
-                ShmemPage::Swap(e) => self.swap_free(e),
-                ShmemPage::Poisoned => {}
-            }
-        }
+        self.shmem_punch(obj, first * PAGE_SIZE, last * PAGE_SIZE);
         Ok(())
     }
 

@@ -65,6 +65,22 @@ pub const MAP_STACK: u32 = 0x2_0000;
 pub const MAP_HUGETLB: u32 = 0x4_0000;
 /// `MAP_FIXED_NOREPLACE`.
 pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+/// `LEGACY_MAP_MASK`: the flags `MAP_SHARED` silently accepts and
+/// `MAP_SHARED_VALIDATE` accepts for a file without its own.
+const LEGACY_MAP_MASK: u64 = 0x01
+    | 0x02
+    | 0x10
+    | 0x20
+    | 0x800
+    | 0x1000
+    | 0x4_000_000
+    | 0x100
+    | 0x2000
+    | 0x4000
+    | 0x8000
+    | 0x1_0000
+    | 0x2_0000
+    | 0x4_0000;
 /// Where `MAP_HUGETLB`'s page-size log sits in the flags.
 pub const MAP_HUGE_SHIFT: u32 = 26;
 const MAP_HUGE_MASK: u32 = 0x3f;
@@ -105,6 +121,7 @@ pub(crate) fn accountable(vf: u64) -> bool {
 impl<H: Hw> MemSystem<H> {
     /// `sys_mmap` + `ksys_mmap_pgoff` + `do_mmap` for anonymous memory.
     /// Returns the address.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn do_mmap(
         &mut self,
         mm: MmId,
@@ -113,14 +130,18 @@ impl<H: Hw> MemSystem<H> {
         prot: u64,
         flags: u64,
         off: u64,
+        file: Option<ShmemId>,
     ) -> Result<u64, Errno> {
         let has = |bits: u32| flags & u64::from(bits) != 0;
         if off & (PAGE_SIZE - 1) != 0 {
             return Err(Errno::EINVAL);
         }
-        if !has(MAP_ANONYMOUS) {
-            // fget(fd) fails: guest-mm has no files.
+        if !has(MAP_ANONYMOUS) && file.is_none() {
             return Err(Errno::EBADF);
+        }
+        if file.is_some() && has(MAP_HUGETLB) {
+            // ksys_mmap_pgoff: MAP_HUGETLB of a file that is not hugetlbfs.
+            return Err(Errno::EINVAL);
         }
         // ksys_mmap_pgoff: MAP_HUGETLB picks the hstate and rounds the
         // length up to its page size before do_mmap sees it.
@@ -171,6 +192,9 @@ impl<H: Hw> MemSystem<H> {
         if vf & VmFlags::LOCKED != 0 && self.locked_bytes(mm) + len > MEMLOCK_LIMIT {
             return Err(Errno::EAGAIN);
         }
+        if let Some(obj) = file {
+            return self.mmap_file(mm, start, len, vf, fixed, off, obj, flags);
+        }
         let shared = match flags as u32 & MAP_TYPE {
             MAP_SHARED => {
                 if vf & VmFlags::GROWSDOWN != 0 {
@@ -220,6 +244,8 @@ impl<H: Hw> MemSystem<H> {
                 id,
                 Shmem {
                     pages_len: len / PAGE_SIZE,
+                    fd_refs: 0,
+                    size: len,
                     pages: BTreeMap::new(),
                     i_mmap: BTreeSet::new(),
                 },
@@ -247,6 +273,64 @@ impl<H: Hw> MemSystem<H> {
         self.merge_vma_at(mm, start);
         // do_mmap's *populate: VM_LOCKED, or MAP_POPULATE without
         // MAP_NONBLOCK; mm_populate ignores errors.
+        let populate = u64::from(MAP_POPULATE | MAP_NONBLOCK);
+        if vf & VmFlags::LOCKED != 0 || flags & populate == u64::from(MAP_POPULATE) {
+            let _ = self.populate(mm, start, start + len, true);
+        }
+        Ok(start)
+    }
+
+    /// `do_mmap` and `mmap_region` for a memfd: a shared mapping of the
+    /// file at page offset `off / PAGE_SIZE`. Private file mappings are not
+    /// supported yet (`ENODEV`).
+    #[allow(clippy::too_many_arguments)]
+    fn mmap_file(
+        &mut self,
+        mm: MmId,
+        start: u64,
+        len: u64,
+        mut vf: u64,
+        fixed: bool,
+        off: u64,
+        obj: ShmemId,
+        flags: u64,
+    ) -> Result<u64, Errno> {
+        match flags as u32 & MAP_TYPE {
+            MAP_SHARED => {}
+            // Only the legacy flags; shmem supports no others.
+            MAP_SHARED_VALIDATE if flags & !LEGACY_MAP_MASK != 0 => return Err(Errno::EOPNOTSUPP),
+            MAP_SHARED_VALIDATE => {}
+            MAP_PRIVATE if vf & VmFlags::GROWSDOWN != 0 => return Err(Errno::EINVAL),
+            MAP_PRIVATE => return Err(Errno::ENODEV),
+            _ => return Err(Errno::EINVAL),
+        }
+        if vf & VmFlags::GROWSDOWN != 0 {
+            return Err(Errno::EINVAL);
+        }
+        vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        if flags & u64::from(MAP_NORESERVE) != 0 {
+            vf |= VmFlags::NORESERVE;
+        }
+        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
+            self.munmap_checked(mm, start, start + len)?;
+        }
+        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
+        }
+        let v = Vma {
+            start,
+            end: start + len,
+            flags: VmFlags(vf),
+            pgoff: off / PAGE_SIZE,
+            backing: Backing::Shmem {
+                obj,
+                anon_vma: false,
+            },
+        };
+        self.vma_link(mm, &v);
+        self.mm_mut(mm).vmas.insert(v);
+        self.merge_vma_at(mm, start + len);
+        self.merge_vma_at(mm, start);
         let populate = u64::from(MAP_POPULATE | MAP_NONBLOCK);
         if vf & VmFlags::LOCKED != 0 || flags & populate == u64::from(MAP_POPULATE) {
             let _ = self.populate(mm, start, start + len, true);

@@ -9,6 +9,8 @@
 //! The kernel owns scheduling: `wait` never blocks here, it says
 //! "nothing yet" and the kernel sleeps.
 
+use alloc::collections::BTreeMap;
+
 use crate::errno::{Errno, Fault, SegvCode};
 use crate::fault::FaultFlags;
 use crate::hw::{CpuId, Hw, PAGE_SIZE, Pfn};
@@ -139,6 +141,7 @@ impl<H: Hw> MemSystem<H> {
                 parent,
                 mm: Some(mm),
                 state: ProcState::Running,
+                fds: BTreeMap::new(),
             },
         );
         Ok(pid)
@@ -176,8 +179,32 @@ impl<H: Hw> MemSystem<H> {
         flags: impl Into<u64>,
         off: u64,
     ) -> Result<u64, Errno> {
+        self.mmap_fd(pid, addr, len, prot, flags, u64::MAX, off)
+    }
+
+    /// `mmap` with a descriptor: without `MAP_ANONYMOUS`, `fd` must be a
+    /// memfd of `pid` (`EBADF` otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mmap_fd(
+        &mut self,
+        pid: Pid,
+        addr: u64,
+        len: u64,
+        prot: impl Into<u64>,
+        flags: impl Into<u64>,
+        fd: u64,
+        off: u64,
+    ) -> Result<u64, Errno> {
         let mm = self.proc_mm(pid)?;
-        self.do_mmap(mm, addr, len, prot.into(), flags.into(), off)
+        let flags = flags.into();
+        // sys_mmap checks the offset first; ksys_mmap_pgoff then the file.
+        let anon = flags & u64::from(crate::mmap::MAP_ANONYMOUS) != 0;
+        let file = if anon || off & (crate::PAGE_SIZE - 1) != 0 {
+            None
+        } else {
+            Some(self.file_of(pid, fd)?)
+        };
+        self.do_mmap(mm, addr, len, prot.into(), flags, off, file)
     }
 
     /// `munmap`.
@@ -236,12 +263,20 @@ impl<H: Hw> MemSystem<H> {
         let child_mm = self.dup_mmap(mm)?;
         let child = self.next_pid;
         self.next_pid += 1;
+        // The child shares every open file (dup_fd).
+        let fds = self.procs[&pid].fds.clone();
+        for obj in fds.values() {
+            if let Some(s) = self.shmems.get_mut(obj) {
+                s.fd_refs += 1;
+            }
+        }
         self.procs.insert(
             child,
             Process {
                 parent: pid,
                 mm: Some(child_mm),
                 state: ProcState::Running,
+                fds,
             },
         );
         Ok(child)
@@ -253,6 +288,7 @@ impl<H: Hw> MemSystem<H> {
     pub fn exit(&mut self, pid: Pid, wait_status: i32) -> Result<(), Errno> {
         let mm = self.proc_mm(pid)?;
         self.exit_mmap(mm);
+        self.close_all_files(pid);
         let p = self.procs.get_mut(&pid).ok_or(Errno::ESRCH)?;
         p.mm = None;
         p.state = ProcState::Zombie(wait_status);

@@ -14,8 +14,16 @@ use crate::system::MemSystem;
 
 /// `write`.
 pub const SYS_WRITE: u64 = 1;
+/// `close`.
+pub const SYS_CLOSE: u64 = 3;
 /// `mmap`.
 pub const SYS_MMAP: u64 = 9;
+/// `ftruncate`.
+pub const SYS_FTRUNCATE: u64 = 77;
+/// `fallocate`.
+pub const SYS_FALLOCATE: u64 = 285;
+/// `memfd_create`.
+pub const SYS_MEMFD_CREATE: u64 = 319;
 /// `mprotect`.
 pub const SYS_MPROTECT: u64 = 10;
 /// `munmap`.
@@ -102,11 +110,15 @@ impl<H: Hw> MemSystem<H> {
         let [a0, a1, a2, a3, a4, a5] = args;
         let out = match nr {
             SYS_WRITE => ret(self.write(pid, a0 as i32, a1, a2, &mut *console)),
-            SYS_MMAP => {
-                // fd (a4) is ignored for MAP_ANONYMOUS, like Linux.
-                let _ = a4;
-                ret(self.mmap(pid, a0, a1, a2, a3, a5))
-            }
+            // fd (a4) is ignored for MAP_ANONYMOUS, like Linux.
+            SYS_MMAP => ret(self.mmap_fd(pid, a0, a1, a2, a3, a4, a5)),
+            SYS_CLOSE => ret(self.close(pid, a0).map(|()| 0)),
+            SYS_FTRUNCATE => ret(self.ftruncate(pid, a0, a1).map(|()| 0)),
+            // The mode is an `int`.
+            SYS_FALLOCATE => ret(self
+                .fallocate(pid, a0, a1 & 0xffff_ffff, a2, a3)
+                .map(|()| 0)),
+            SYS_MEMFD_CREATE => ret(self.memfd_create(pid, a0, a1 & 0xffff_ffff)),
             SYS_MPROTECT => ret(self.mprotect(pid, a0, a1, a2).map(|()| 0)),
             SYS_MUNMAP => ret(self.munmap(pid, a0, a1).map(|()| 0)),
             SYS_MREMAP => ret(self.mremap(pid, a0, a1, a2, a3, a4)),

@@ -90,9 +90,13 @@ pub(crate) struct Shmem {
     /// Size in pages (`i_size`); faults beyond it are SIGBUS.
     pub pages_len: u64,
     pub pages: BTreeMap<u64, ShmemPage>,
-    /// Every VMA mapping the object (`i_mmap`); the object dies with the
-    /// last one.
+    /// Every VMA mapping the object (`i_mmap`).
     pub i_mmap: BTreeSet<VmaKey>,
+    /// Open file descriptors of it (a memfd's); the object dies when the
+    /// last descriptor and the last mapping are gone.
+    pub fd_refs: u32,
+    /// `i_size` in bytes (a memfd's; `pages_len` pages rounded up).
+    pub size: u64,
 }
 
 /// State of a process.
@@ -109,6 +113,8 @@ pub(crate) struct Process {
     pub parent: Pid,
     pub mm: Option<MmId>,
     pub state: ProcState,
+    /// Open memfds by descriptor number (0 to 2 are the console).
+    pub fds: BTreeMap<i32, ShmemId>,
 }
 
 /// Event counters (`vm_event_item`).
@@ -298,18 +304,29 @@ impl<H: Hw> MemSystem<H> {
             Backing::Shmem { obj, .. } => {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.remove(&(mm, v.start));
-                if s.i_mmap.is_empty() {
-                    let s = self.shmems.remove(obj).expect("live shmem");
-                    for (_, p) in s.pages {
-                        match p {
-                            ShmemPage::Folio(h) => {
-                                self.frames.put_folio(&mut self.hw, h, 1);
-                            }
-                            ShmemPage::Swap(e) => self.swap_free(e),
-                            ShmemPage::Poisoned => {}
-                        }
-                    }
+                self.shmem_release_if_unused(*obj);
+            }
+        }
+    }
+
+    /// Frees a shmem object that no mapping and no descriptor refers to
+    /// any more (the inode's eviction), with its pages and swap slots.
+    pub(crate) fn shmem_release_if_unused(&mut self, obj: ShmemId) {
+        if !self
+            .shmems
+            .get(&obj)
+            .is_some_and(|s| s.i_mmap.is_empty() && s.fd_refs == 0)
+        {
+            return;
+        }
+        let s = self.shmems.remove(&obj).expect("live shmem");
+        for (_, p) in s.pages {
+            match p {
+                ShmemPage::Folio(h) => {
+                    self.frames.put_folio(&mut self.hw, h, 1);
                 }
+                ShmemPage::Swap(e) => self.swap_free(e),
+                ShmemPage::Poisoned => {}
             }
         }
     }

@@ -49,6 +49,14 @@ pub const SYS_MLOCK: u64 = 149;
 pub const SYS_MUNLOCK: u64 = 150;
 /// `mlock2`.
 pub const SYS_MLOCK2: u64 = 325;
+/// `close`.
+pub const SYS_CLOSE: u64 = 3;
+/// `ftruncate`.
+pub const SYS_FTRUNCATE: u64 = 77;
+/// `fallocate`.
+pub const SYS_FALLOCATE: u64 = 285;
+/// `memfd_create`; its first argument is each side's own name buffer.
+pub const SYS_MEMFD_CREATE: u64 = 319;
 /// writewatch: `hugetlb_pool(size_log, knob, value)` (Linux: writing
 /// `/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages` or
 /// `nr_overcommit_hugepages`).
@@ -67,6 +75,34 @@ pub enum Addr {
     Result(usize, i64),
 }
 
+/// A file descriptor argument: a number, or what a `memfd` step returned
+/// (`@k`; descriptor numbers differ between a guest and a Linux process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdArg {
+    /// This number.
+    Num(i64),
+    /// What step `k` returned.
+    Step(usize),
+}
+
+impl FdArg {
+    fn value(self, resolve: &impl Fn(Addr) -> u64) -> u64 {
+        match self {
+            FdArg::Num(n) => n as u64,
+            FdArg::Step(k) => resolve(Addr::Result(k, 0)),
+        }
+    }
+}
+
+impl fmt::Display for FdArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FdArg::Num(n) => write!(f, "{n}"),
+            FdArg::Step(k) => write!(f, "@{k}"),
+        }
+    }
+}
+
 /// One operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -76,7 +112,7 @@ pub enum Op {
         len: u64,
         prot: u64,
         flags: u64,
-        fd: i64,
+        fd: FdArg,
         off: u64,
     },
     /// `munmap(addr, len)`.
@@ -107,6 +143,19 @@ pub enum Op {
     Fork,
     /// The process exits (it must have no live children) and is reaped.
     Exit,
+    /// `memfd_create(name, flags)` (each side passes a name of its own).
+    Memfd { flags: u64 },
+    /// `ftruncate(fd, len)`.
+    Ftruncate { fd: FdArg, len: u64 },
+    /// `fallocate(fd, mode, off, len)`.
+    Fallocate {
+        fd: FdArg,
+        mode: u64,
+        off: u64,
+        len: u64,
+    },
+    /// `close(fd)`.
+    Close { fd: FdArg },
     /// Sets a knob of the 2 MiB hugetlb pool (`hugepages N`: 0,
     /// `nr_hugepages`; `overcommit N`: 1, `nr_overcommit_hugepages`).
     HugePool { knob: u64, value: u64 },
@@ -135,7 +184,16 @@ impl Op {
                 flags,
                 fd,
                 off,
-            } => (SYS_MMAP, [resolve(addr), len, prot, flags, fd as u64, off]),
+            } => (
+                SYS_MMAP,
+                [resolve(addr), len, prot, flags, fd.value(&resolve), off],
+            ),
+            Op::Memfd { flags } => (SYS_MEMFD_CREATE, [0, flags, 0, 0, 0, 0]),
+            Op::Ftruncate { fd, len } => (SYS_FTRUNCATE, [fd.value(&resolve), len, 0, 0, 0, 0]),
+            Op::Fallocate { fd, mode, off, len } => {
+                (SYS_FALLOCATE, [fd.value(&resolve), mode, off, len, 0, 0])
+            }
+            Op::Close { fd } => (SYS_CLOSE, [fd.value(&resolve), 0, 0, 0, 0, 0]),
             Op::Munmap { addr, len } => (SYS_MUNMAP, [resolve(addr), len, 0, 0, 0, 0]),
             Op::Mprotect { addr, len, prot } => (SYS_MPROTECT, [resolve(addr), len, prot, 0, 0, 0]),
             Op::Madvise { addr, len, advice } => {
@@ -274,6 +332,13 @@ fn addr(s: &str) -> Result<Addr, ParseError> {
     Ok(Addr::Abs(num(s)?))
 }
 
+fn fd_arg(s: &str) -> Result<FdArg, ParseError> {
+    match s.strip_prefix('@') {
+        Some(k) => Ok(FdArg::Step(k.parse().map_err(|_| "bad step reference")?)),
+        None => Ok(FdArg::Num(signed(s)?)),
+    }
+}
+
 fn flags(s: &str, table: &[(&str, u64)]) -> Result<u64, ParseError> {
     let mut v = 0;
     for w in s.split('|') {
@@ -343,7 +408,7 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
                 len,
                 prot: prot(arg(3)?)?,
                 flags: flags(arg(4)?, MAP)?,
-                fd: opt(5).map_or(Ok(-1), signed)?,
+                fd: opt(5).map_or(Ok(FdArg::Num(-1)), fd_arg)?,
                 off: opt(6).map_or(Ok(0), num)?,
             }
         }
@@ -402,6 +467,22 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         },
         "fork" => Op::Fork,
         "exit" => Op::Exit,
+        "memfd" => Op::Memfd {
+            flags: opt(1).map_or(Ok(0), num)?,
+        },
+        "ftruncate" => Op::Ftruncate {
+            fd: fd_arg(arg(1)?)?,
+            len: signed(arg(2)?)? as u64,
+        },
+        "fallocate" => Op::Fallocate {
+            fd: fd_arg(arg(1)?)?,
+            mode: num(arg(2)?)?,
+            off: signed(arg(3)?)? as u64,
+            len: signed(arg(4)?)? as u64,
+        },
+        "close" => Op::Close {
+            fd: fd_arg(arg(1)?)?,
+        },
         "hugepages" => Op::HugePool {
             knob: 0,
             value: num(arg(1)?)?,
@@ -573,6 +654,12 @@ impl fmt::Display for Step {
             Op::Read { addr } => write!(f, "read {addr}"),
             Op::Fork => write!(f, "fork"),
             Op::Exit => write!(f, "exit"),
+            Op::Memfd { flags } => write!(f, "memfd {flags:#x}"),
+            Op::Ftruncate { fd, len } => write!(f, "ftruncate {fd} {len:#x}"),
+            Op::Fallocate { fd, mode, off, len } => {
+                write!(f, "fallocate {fd} {mode} {off:#x} {len:#x}")
+            }
+            Op::Close { fd } => write!(f, "close {fd}"),
             Op::HugePool { knob: 0, value } => write!(f, "hugepages {value}"),
             Op::HugePool { value, .. } => write!(f, "overcommit {value}"),
             Op::HugeCounters => write!(f, "hugecounters"),
@@ -761,6 +848,13 @@ impl State {
     fn name(&mut self, n: Named) {
         if let Some(slot) = self.named.iter_mut().find(|s| s.is_none()) {
             *slot = Some(n);
+        }
+    }
+
+    /// Records the descriptor a `memfd` step `k` returned, for `@k`.
+    pub fn opened(&mut self, k: usize, r: i64) {
+        if r >= 0 && k < MAX_STEPS {
+            self.results[k] = Some(r as u64);
         }
     }
 

@@ -8,6 +8,7 @@ mod fuzz;
 mod hugetlb;
 mod mapping;
 mod markers;
+mod memfd;
 mod prop;
 mod swap;
 mod syscalls;

@@ -58,6 +58,13 @@ impl<B: Backend> Runner<B> {
         let st = &self.state;
         if let Some((nr, args)) = step.op.call(|a| st.resolve(a)) {
             let r = self.backend.syscall(p, nr, args);
+            if matches!(step.op, Op::Memfd { .. }) {
+                // Descriptor numbers differ between the sides: `@k` names it.
+                self.state.opened(k, r);
+                if r >= 0 {
+                    return "fd".into();
+                }
+            }
             if let Some(len) = step.op.maps_len() {
                 self.state.mapped(k, p, r, len);
                 if r >= 0 {

@@ -287,6 +287,11 @@ impl Proc {
             }
             "pages" => self.pages(n(1), n(2)),
             "hugepool" => set_pool_knob(n(1) as usize, n(2)).to_string(),
+            "memfd" => {
+                // SAFETY: a NUL-terminated name; flags as the script gives.
+                let r = unsafe { libc::syscall(libc::SYS_memfd_create, c"t".as_ptr(), n(1)) };
+                if r == -1 { -errno() } else { r }.to_string()
+            }
             "hugecounters" => {
                 let c = pool_counters();
                 format!("{} {} {} {}", c[0], c[1], c[2], c[3])
@@ -431,6 +436,12 @@ impl Drop for Oracle {
 
 impl Backend for Oracle {
     fn syscall(&mut self, proc: usize, nr: u64, a: [u64; 6]) -> i64 {
+        if nr == crate::script::SYS_MEMFD_CREATE {
+            return self
+                .ask(proc, &format!("memfd {}", a[1]))
+                .parse()
+                .expect("fd");
+        }
         if nr == crate::script::SYS_HUGETLB_POOL {
             let cmd = format!("hugepool {} {}", a[1], a[2]);
             return self.ask(proc, &cmd).parse().expect("pool result");

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use crate::backend::Runner;
-use crate::script::{Addr, Op, PAGE, Step, WINDOW};
+use crate::script::{Addr, FdArg, Op, PAGE, Step, WINDOW};
 use crate::{host_mmap_min_addr, oracle, sim};
 
 /// Sequences one plain `cargo test` runs.
@@ -90,7 +90,7 @@ fn op() -> impl Strategy<Value = Op> {
     let len = 1u64..6;
     prop_oneof![
         6 => (page(PAGES), len.clone(), prot(), mmap_flags()).prop_map(|(p, n, prot, flags)| {
-            Op::Mmap { addr: at(p), len: n * PAGE, prot, flags, fd: -1, off: 0 }
+            Op::Mmap { addr: at(p), len: n * PAGE, prot, flags, fd: FdArg::Num(-1), off: 0 }
         }),
         3 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Munmap { addr: at(p), len: n * PAGE }),
         4 => (page(PAGES), len.clone(), prot()).prop_map(|(p, n, prot)| Op::Mprotect {
@@ -151,7 +151,7 @@ fn huge_op() -> impl Strategy<Value = Op> {
         2 => (0u64..5).prop_map(|value| Op::HugePool { knob: 0, value }),
         1 => (0u64..3).prop_map(|value| Op::HugePool { knob: 1, value }),
         4 => (huge_at(), len.clone(), prot(), ty, extra).prop_map(|(addr, len, prot, t, e)| {
-            Op::Mmap { addr, len, prot, flags: t | e | 0x20 | 0x10 | 0x4_0000, fd: -1, off: 0 }
+            Op::Mmap { addr, len, prot, flags: t | e | 0x20 | 0x10 | 0x4_0000, fd: FdArg::Num(-1), off: 0 }
         }),
         2 => (huge_at(), len.clone()).prop_map(|(addr, len)| Op::Munmap { addr, len }),
         1 => (huge_at(), len.clone(), prot()).prop_map(|(addr, len, prot)| Op::Mprotect { addr, len, prot }),

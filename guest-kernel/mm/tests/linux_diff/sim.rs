@@ -1,12 +1,16 @@
 //! guest-mm's side: the MM core on the simulated machine, driven through
 //! its syscall dispatcher like the kernel drives it.
 
+use guest_mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
 use guest_mm::testing::user::{sim_system, user_try};
 use guest_mm::testing::{Access as Kind, SimMachine};
 use guest_mm::{Config, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
 
 use crate::backend::{Backend, MapLine, digest};
 use crate::script::Access;
+
+/// Where the simulated process keeps the name it gives `memfd_create`.
+const NAME: u64 = 0x2000_0000_0000;
 
 pub struct Sim {
     pub sys: MemSystem<SimMachine>,
@@ -27,6 +31,11 @@ impl Sim {
         };
         let mut sys = sim_system(64, 1, cfg);
         let pid = sys.spawn(0).expect("first process");
+        // A page for memfd names, where no transcript looks.
+        let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+        sys.mmap(pid, NAME, 4096, PROT_READ | PROT_WRITE, flags, 0)
+            .expect("name page");
+        guest_mm::testing::user::user_write(&mut sys, pid, 0, NAME, b"t\0").expect("name");
         Sim {
             sys,
             pids: vec![pid],
@@ -41,7 +50,10 @@ impl Backend for Sim {
         [c.total, c.free, c.rsvd, c.surp]
     }
 
-    fn syscall(&mut self, proc: usize, nr: u64, args: [u64; 6]) -> i64 {
+    fn syscall(&mut self, proc: usize, nr: u64, mut args: [u64; 6]) -> i64 {
+        if nr == crate::script::SYS_MEMFD_CREATE {
+            args[0] = NAME;
+        }
         match self.sys.syscall(self.pids[proc], nr, args, &mut |_| {}) {
             Outcome::Return(v) => v,
             other => panic!("syscall {nr} gave {other:?}"),

@@ -24,8 +24,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_user::probe;
 use guest_user::script::{
     Access, AccessResult, CallResult, Case, Digest, HUGE_2M_LOG, HugeCountersText, MAX_PROCS,
-    MAX_STEPS, MapLine, MapsEntry, Op, PAGE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL, State, Step,
-    cases,
+    MAX_STEPS, MapLine, MapsEntry, Op, PAGE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL,
+    SYS_MEMFD_CREATE, State, Step, cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
 use guest_user::*;
@@ -43,6 +43,9 @@ const MAX_VMAS: usize = 128;
 /// Pages `mm_peek` hands over per call.
 const PEEK_PAGES: usize = 64;
 const PEEK_RECORD: usize = 16 + PAGE as usize;
+
+/// The name `memfd` steps give their files.
+const MEMFD_NAME: &[u8] = b"t\0";
 
 /// What the processes of one case share.
 #[repr(C)]
@@ -232,6 +235,7 @@ fn run_case(case: &Case<'_>) -> i32 {
                 Done::TooMany => write!(out, "too many processes"),
                 Done::Exited => write!(out, "exited"),
                 Done::Huge(c) => write!(out, "{}", HugeCountersText(c)),
+                Done::Opened => write!(out, "fd"),
             };
         }
         let _ = writeln!(out);
@@ -275,6 +279,8 @@ enum Done {
     Exited,
     /// The 2 MiB hugetlb pool's counters.
     Huge([u64; 4]),
+    /// A memfd was opened (its number differs from Linux's: not shown).
+    Opened,
 }
 
 /// An access probe's result: 0, or `signal << 8 | si_code`.
@@ -288,10 +294,19 @@ fn access(r: u64, value: u8) -> Access {
 
 fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
     let st = &ctrl.state;
-    if let Some((nr, args)) = step.op.call(|a| st.resolve(a)) {
+    if let Some((nr, mut args)) = step.op.call(|a| st.resolve(a)) {
+        if nr == SYS_MEMFD_CREATE {
+            args[0] = MEMFD_NAME.as_ptr() as u64;
+        }
         let r = call6(nr, args);
         if let Some(len) = step.op.maps_len() {
             ctrl.state.mapped(k, *me, r, len);
+        }
+        if matches!(step.op, Op::Memfd { .. }) {
+            ctrl.state.opened(k, r);
+            if r >= 0 {
+                return Ran::Done(Done::Opened);
+            }
         }
         return Ran::Done(Done::Call(r));
     }
