@@ -18,6 +18,11 @@
 //! - `munmap_64m`: munmap of 64 MiB touched (one operation).
 //! - `getpid`: a `getpid` round trip from user mode (the cost of a system
 //!   call and its return, one per operation).
+//! - `hugetlb_pool_grow` / `hugetlb_pool_shrink`: `nr_hugepages` from 0 to
+//!   32 and back (per 2 MiB page; the host needs root, else `missing`).
+//! - `hugetlb_write_fault`: first write to each 2 MiB page of a fresh
+//!   private `MAP_HUGETLB` mapping (per huge page: compare with 512
+//!   `anon_write_fault`s).
 //!
 //! A third column runs the same operations through the guest MM core on the
 //! host, on its simulated machine (`guest_mm::testing`: RAM in a `Vec`, a
@@ -48,14 +53,31 @@ impl Sample {
     }
 }
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 9] = [
     "anon_write_fault",
     "zero_page_read_fault",
     "cow_fault",
     "fork_64m",
     "munmap_64m",
     "getpid",
+    "hugetlb_pool_grow",
+    "hugetlb_write_fault",
+    "hugetlb_pool_shrink",
 ];
+
+/// 2 MiB pages of the hugetlb operations (64 MiB, as the others).
+const HUGE_PAGES: usize = 32;
+const HUGE: usize = 2 << 20;
+const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+/// Sets the host's 2 MiB pool (root only); whether it now has `n` pages.
+fn host_pool(n: usize) -> bool {
+    std::fs::write(NR_HUGEPAGES, n.to_string()).is_ok()
+        && std::fs::read_to_string(NR_HUGEPAGES)
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            == Some(n)
+}
 
 fn main() {
     let option = |name: &str, default: usize| {
@@ -233,6 +255,57 @@ fn host_sample(name: &str) -> Sample {
                 ns: elapsed_ns(start),
             }
         }
+        "hugetlb_pool_grow" => {
+            host_pool(0);
+            let start = Instant::now();
+            let ok = host_pool(HUGE_PAGES);
+            let ns = elapsed_ns(start);
+            host_pool(0);
+            Sample {
+                ops: if ok { HUGE_PAGES as u64 } else { 0 },
+                ns,
+            }
+        }
+        "hugetlb_pool_shrink" => {
+            let ok = host_pool(HUGE_PAGES);
+            let start = Instant::now();
+            let ok = ok && host_pool(0);
+            Sample {
+                ops: if ok { HUGE_PAGES as u64 } else { 0 },
+                ns: elapsed_ns(start),
+            }
+        }
+        "hugetlb_write_fault" => {
+            if !host_pool(HUGE_PAGES) {
+                return Sample { ops: 0, ns: 0.0 };
+            }
+            let len = HUGE_PAGES * HUGE;
+            // SAFETY: a fresh hugetlb mapping aliases nothing; checked below.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(base, libc::MAP_FAILED, "hugetlb mmap");
+            let start = Instant::now();
+            for i in 0..HUGE_PAGES {
+                // SAFETY: inside the mapping just made.
+                unsafe { base.cast::<u8>().add(i * HUGE).write_volatile(1) };
+            }
+            let ns = elapsed_ns(start);
+            // SAFETY: unmaps exactly the mapping made above.
+            unsafe { libc::munmap(base, len) };
+            host_pool(0);
+            Sample {
+                ops: HUGE_PAGES as u64,
+                ns,
+            }
+        }
         other => unreachable!("unknown operation {other}"),
     }
 }
@@ -302,6 +375,31 @@ fn sim_sample(name: &str) -> Sample {
                 std::hint::black_box(r);
             }
         }),
+        "hugetlb_pool_grow" | "hugetlb_pool_shrink" | "hugetlb_write_fault" => {
+            use guest_mm::PoolKnob::NrHugepages;
+            let h = guest_mm::hugetlb::HSTATE_2M;
+            let n = HUGE_PAGES as u64;
+            if name == "hugetlb_pool_grow" {
+                return timed(&mut sys, n, &mut |s| {
+                    s.hugetlb_set_pool(h, NrHugepages, n).expect("pool")
+                });
+            }
+            sys.hugetlb_set_pool(h, NrHugepages, n).expect("pool");
+            if name == "hugetlb_pool_shrink" {
+                return timed(&mut sys, n, &mut |s| {
+                    s.hugetlb_set_pool(h, NrHugepages, 0).expect("pool")
+                });
+            }
+            let flags = MAP_PRIVATE | MAP_ANONYMOUS | guest_mm::mmap::MAP_HUGETLB;
+            let hbase = sys
+                .mmap(pid, 0, n * HUGE as u64, PROT_READ | PROT_WRITE, flags, 0)
+                .expect("hugetlb mmap");
+            timed(&mut sys, n, &mut |s| {
+                for i in 0..n {
+                    user_write(s, pid, 0, hbase + i * HUGE as u64, &[1]).expect("write");
+                }
+            })
+        }
         other => unreachable!("unknown operation {other}"),
     }
 }

@@ -200,8 +200,7 @@ pub fn boot_hugepages(pages: [Option<u64>; 2]) {
 /// resize, or overcommit that faults may allocate from).
 pub fn reserve_huge(h: usize, n: u64) {
     let per_page = guest_mm::hugetlb::huge_size(h) / PAGE_SIZE;
-    let free = with(|s| s.free_frames());
-    reserve(free.saturating_add(n.saturating_mul(per_page)) + LOW_WATER_FRAMES);
+    reserve(n.saturating_mul(per_page).saturating_add(LOW_WATER_FRAMES));
 }
 
 /// Frames in use by the MM core (managed minus free): page tables, user

@@ -16,8 +16,9 @@ pub const BIG_PAGES: u64 = 16384;
 
 /// Runs the benchmarks; true when all reported.
 pub fn run_all() -> bool {
-    // Data pages, COW copies, page tables and slack.
-    mm::reserve(BIG_PAGES + 3 * FAULT_PAGES + 4096);
+    // Data pages, COW copies, page tables, the hugetlb pool (32 pages of
+    // 2 MiB) and slack.
+    mm::reserve(BIG_PAGES + 3 * FAULT_PAGES + 32 * 512 + 4096);
     let mut p = match Process::spawn(&programs::MMBENCH) {
         Ok(p) => p,
         Err(e) => {

@@ -123,6 +123,52 @@ fn getpid_round_trip(calls: u64) -> bool {
     pid > 0 && same && report("getpid", calls, t1 - t0)
 }
 
+/// 2 MiB pages of the hugetlb benchmarks (64 MiB, as the others).
+const HUGE_PAGES: u64 = 32;
+const HUGE: u64 = 2 << 20;
+/// writewatch's `hugetlb_pool(size_log, knob, value)`: `nr_hugepages`.
+const SYS_HUGETLB_POOL: u64 = 1006;
+const MAP_HUGETLB: u64 = 0x4_0000;
+
+fn set_pool(n: u64) -> bool {
+    call6(SYS_HUGETLB_POOL, [21, 0, n, 0, 0, 0]) == 0
+}
+
+/// `hugetlb_pool_grow`, `hugetlb_write_fault` (first write to each 2 MiB
+/// page of a private `MAP_HUGETLB` mapping), `hugetlb_pool_shrink`.
+fn hugetlb() -> u32 {
+    let mut failed = 0;
+    let t0 = rdtsc();
+    let grown = set_pool(HUGE_PAGES);
+    let t1 = rdtsc();
+    if !grown || !report("hugetlb_pool_grow", HUGE_PAGES, t1 - t0) {
+        failed |= 1;
+    }
+    let base = mmap(0, HUGE_PAGES * HUGE, RW, ANON | MAP_HUGETLB);
+    if base > 0 {
+        let base = base as u64;
+        let t0 = rdtsc();
+        for i in 0..HUGE_PAGES {
+            poke(base + i * HUGE, i);
+        }
+        let t1 = rdtsc();
+        if munmap(base, HUGE_PAGES * HUGE) != 0
+            || !report("hugetlb_write_fault", HUGE_PAGES, t1 - t0)
+        {
+            failed |= 2;
+        }
+    } else {
+        failed |= 2;
+    }
+    let t0 = rdtsc();
+    let shrunk = set_pool(0);
+    let t1 = rdtsc();
+    if !shrunk || !report("hugetlb_pool_shrink", HUGE_PAGES, t1 - t0) {
+        failed |= 4;
+    }
+    failed
+}
+
 fn main(arg: u64) -> i32 {
     let fault_pages = arg & 0xffff_ffff;
     let big_pages = arg >> 32;
@@ -143,5 +189,6 @@ fn main(arg: u64) -> i32 {
     if !getpid_round_trip(fault_pages) {
         failed |= 1 << 5;
     }
+    failed |= (hugetlb() << 6) as i32;
     failed
 }
