@@ -42,8 +42,14 @@ fn guest_transcripts(kernel_mode: &str, only: Option<usize>) -> BTreeMap<String,
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(65536);
+    // HVO on in one mode, off in the other: it must change nothing.
+    let hvo = if kernel_mode == "ring3" {
+        " hugetlb_free_vmemmap=on"
+    } else {
+        ""
+    };
     let cmdline = format!(
-        "mode=run program=conform kernel_mode={kernel_mode} swap=0 mmap_min_addr={min_addr}{arg}"
+        "mode=run program=conform kernel_mode={kernel_mode} swap=0 mmap_min_addr={min_addr}{hvo}{arg}"
     );
     let out = common::run(&["run", "--vcpus", "2", "--cmdline", &cmdline]);
     let text = common::stdout(&out);

@@ -20,6 +20,9 @@
 //!   call and its return, one per operation).
 //! - `hugetlb_pool_grow` / `hugetlb_pool_shrink`: `nr_hugepages` from 0 to
 //!   32 and back (per 2 MiB page; the host needs root, else `missing`).
+//! - `hugetlb_pool_grow_hvo` / `hugetlb_pool_shrink_hvo`: the same with
+//!   HVO (`vm.hugetlb_optimize_vmemmap`: the pooled pages' tail metadata
+//!   given back, and restored before they leave).
 //! - `hugetlb_write_fault`: first write to each 2 MiB page of a fresh
 //!   private `MAP_HUGETLB` mapping (per huge page: compare with 512
 //!   `anon_write_fault`s).
@@ -53,7 +56,7 @@ impl Sample {
     }
 }
 
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 11] = [
     "anon_write_fault",
     "zero_page_read_fault",
     "cow_fault",
@@ -63,12 +66,21 @@ const NAMES: [&str; 9] = [
     "hugetlb_pool_grow",
     "hugetlb_write_fault",
     "hugetlb_pool_shrink",
+    "hugetlb_pool_grow_hvo",
+    "hugetlb_pool_shrink_hvo",
 ];
 
 /// 2 MiB pages of the hugetlb operations (64 MiB, as the others).
 const HUGE_PAGES: usize = 32;
 const HUGE: usize = 2 << 20;
 const NR_HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+
+const OPTIMIZE_VMEMMAP: &str = "/proc/sys/vm/hugetlb_optimize_vmemmap";
+
+/// Sets `vm.hugetlb_optimize_vmemmap` (HVO) on the host; whether it took.
+fn host_hvo(on: bool) -> bool {
+    std::fs::write(OPTIMIZE_VMEMMAP, if on { "1" } else { "0" }).is_ok()
+}
 
 /// Sets the host's 2 MiB pool (root only); whether it now has `n` pages.
 fn host_pool(n: usize) -> bool {
@@ -255,6 +267,17 @@ fn host_sample(name: &str) -> Sample {
                 ns: elapsed_ns(start),
             }
         }
+        "hugetlb_pool_grow_hvo" | "hugetlb_pool_shrink_hvo" => {
+            let plain = name.trim_end_matches("_hvo");
+            let on = host_hvo(true);
+            let sample = host_sample(plain);
+            host_hvo(false);
+            if on {
+                sample
+            } else {
+                Sample { ops: 0, ns: 0.0 }
+            }
+        }
         "hugetlb_pool_grow" => {
             host_pool(0);
             let start = Instant::now();
@@ -375,10 +398,17 @@ fn sim_sample(name: &str) -> Sample {
                 std::hint::black_box(r);
             }
         }),
-        "hugetlb_pool_grow" | "hugetlb_pool_shrink" | "hugetlb_write_fault" => {
-            use guest_mm::PoolKnob::NrHugepages;
+        "hugetlb_pool_grow"
+        | "hugetlb_pool_shrink"
+        | "hugetlb_write_fault"
+        | "hugetlb_pool_grow_hvo"
+        | "hugetlb_pool_shrink_hvo" => {
+            use guest_mm::PoolKnob::{NrHugepages, OptimizeVmemmap};
             let h = guest_mm::hugetlb::HSTATE_2M;
             let n = HUGE_PAGES as u64;
+            let hvo = u64::from(name.ends_with("_hvo"));
+            sys.hugetlb_set_pool(h, OptimizeVmemmap, hvo).expect("hvo");
+            let name = name.trim_end_matches("_hvo");
             if name == "hugetlb_pool_grow" {
                 return timed(&mut sys, n, &mut |s| {
                     s.hugetlb_set_pool(h, NrHugepages, n).expect("pool")

@@ -61,7 +61,7 @@ pub const SYS_MM_MAPS: u64 = 1004;
 pub const SYS_MM_PEEK: u64 = 1005;
 /// writewatch: `hugetlb_pool(size_log, knob, value)` sets a hugetlb pool
 /// knob, as writing its sysfs file does: knob 0 is `nr_hugepages`, 1 is
-/// `nr_overcommit_hugepages`; `size_log` 21 (or 0) is the 2 MiB pool, 30
+/// `nr_overcommit_hugepages`, 2 is `vm.hugetlb_optimize_vmemmap` (HVO); `size_log` 21 (or 0) is the 2 MiB pool, 30
 /// the 1 GiB one. Returns 0.
 pub const SYS_HUGETLB_POOL: u64 = 1006;
 /// writewatch: `hugetlb_counters(size_log, *buf, len)` copies the pool's
@@ -195,6 +195,7 @@ impl<H: Hw> MemSystem<H> {
                 let knob = match a1 {
                     0 => Some(crate::PoolKnob::NrHugepages),
                     1 => Some(crate::PoolKnob::NrOvercommit),
+                    2 => Some(crate::PoolKnob::OptimizeVmemmap),
                     _ => None,
                 };
                 let r = match (crate::hugetlb::hstate_of_log(a0 as u32), knob) {

@@ -33,6 +33,9 @@ pub struct Config {
     /// `vm.mmap_min_addr`: the lowest address a process may map (Linux's
     /// default is 4096; distributions set 65536).
     pub mmap_min_addr: u64,
+    /// `hugetlb_free_vmemmap=on` (HVO): the tail metadata of huge pages
+    /// free in a hugetlb pool is given back (`frame::vmemmap`).
+    pub hugetlb_vmemmap_optimize: bool,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             kernel_root: None,
             check_every_op: false,
             mmap_min_addr: crate::vma::MMAP_MIN_ADDR,
+            hugetlb_vmemmap_optimize: false,
         }
     }
 }

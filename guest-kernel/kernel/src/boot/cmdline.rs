@@ -57,6 +57,9 @@ pub struct Cmdline {
     /// Linux's command line: the 2 MiB pool, or the 1 GiB one after
     /// `hugepagesz=1G` (index 0: 2 MiB, 1: 1 GiB).
     pub hugepages: [Option<u64>; 2],
+    /// `hugetlb_free_vmemmap=on`: HVO, the metadata of pooled huge pages
+    /// given back (Linux's word).
+    pub hugetlb_free_vmemmap: bool,
 }
 
 impl Cmdline {
@@ -74,6 +77,7 @@ impl Cmdline {
             swap_frames: None,
             mmap_min_addr: None,
             hugepages: [None; 2],
+            hugetlb_free_vmemmap: false,
         };
         let mut huge_size = 0;
         for word in raw.split_ascii_whitespace() {
@@ -88,6 +92,7 @@ impl Cmdline {
                 Some(("hugepagesz", "1G" | "1g")) => huge_size = 1,
                 Some(("hugepagesz", _)) => huge_size = 0,
                 Some(("hugepages", n)) => cmdline.hugepages[huge_size] = n.parse().ok(),
+                Some(("hugetlb_free_vmemmap", v)) => cmdline.hugetlb_free_vmemmap = v == "on",
                 Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

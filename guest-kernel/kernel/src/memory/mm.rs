@@ -130,6 +130,8 @@ pub struct Settings {
     pub swap_frames: u64,
     /// `vm.mmap_min_addr`, if not the core's default (65536).
     pub mmap_min_addr: Option<u64>,
+    /// HVO for pooled huge pages (`hugetlb_free_vmemmap=on`).
+    pub hugetlb_free_vmemmap: bool,
 }
 
 /// Builds the MM core over the RAM the boot allocator does not keep.
@@ -148,6 +150,7 @@ pub fn init(settings: Settings) -> Result<(), MmInitError> {
         kernel_root: Some(Pfn(kmap::kernel_pml4() / PAGE_SIZE)),
         check_every_op: settings.mm_check,
         mmap_min_addr: settings.mmap_min_addr.unwrap_or(defaults.mmap_min_addr),
+        hugetlb_vmemmap_optimize: settings.hugetlb_free_vmemmap,
         ..defaults
     };
     let sys = kctx::call(|| MemSystem::new(KernelHw, &[(start, cut)], cfg))

@@ -9,6 +9,7 @@
 pub mod buddy;
 pub mod folio;
 pub mod memmap;
+mod vmemmap;
 
 use alloc::vec::Vec;
 
@@ -17,10 +18,7 @@ pub use folio::{FolioFlags, Frame, FrameUse, Mapping};
 
 use crate::hw::{Pfn, PhysMem, Release};
 
-struct Zone {
-    base: u64,
-    frames: Vec<Frame>,
-}
+use vmemmap::Zone;
 
 /// All managed frames and the allocator.
 pub struct FrameTable {
@@ -42,10 +40,7 @@ impl FrameTable {
             if end <= start {
                 continue;
             }
-            zones.push(Zone {
-                base: start,
-                frames: alloc::vec![Frame::new(FrameUse::Free); (end - start) as usize],
-            });
+            zones.push(Zone::new(start, end - start, FrameUse::Free));
             buddy.add_range(start, end);
             total += end - start;
         }
@@ -69,10 +64,7 @@ impl FrameTable {
         if e <= s || self.overlaps(s, e) {
             return 0;
         }
-        self.zones.push(Zone {
-            base: s,
-            frames: alloc::vec![Frame::new(FrameUse::Free); (e - s) as usize],
-        });
+        self.zones.push(Zone::new(s, e - s, FrameUse::Free));
         self.zones.sort_by_key(|z| z.base);
         self.buddy.add_range(s, e);
         self.total += e - s;
@@ -82,7 +74,7 @@ impl FrameTable {
     fn overlaps(&self, s: u64, e: u64) -> bool {
         self.zones
             .iter()
-            .any(|z| z.base < e && s < z.base + z.frames.len() as u64)
+            .any(|z| z.base < e && s < z.base + z.len())
     }
 
     /// Removes frame `pfn` from the allocator for good (boot reservations,
@@ -96,25 +88,24 @@ impl FrameTable {
         true
     }
 
-    fn locate(&self, pfn: Pfn) -> Option<(usize, usize)> {
+    fn locate(&self, pfn: Pfn) -> Option<usize> {
         let z = self
             .zones
             .partition_point(|z| z.base <= pfn.0)
             .checked_sub(1)?;
-        let off = (pfn.0 - self.zones[z].base) as usize;
-        (off < self.zones[z].frames.len()).then_some((z, off))
+        self.zones[z].contains(pfn.0).then_some(z)
     }
 
     /// Metadata of `pfn`, if managed.
     pub fn get(&self, pfn: Pfn) -> Option<&Frame> {
-        self.locate(pfn).map(|(z, i)| &self.zones[z].frames[i])
+        self.locate(pfn).map(|z| self.zones[z].get(pfn.0))
     }
 
     /// Metadata of a managed `pfn`. Panics on an unmanaged frame: that is an
     /// MM-core bug, not a user error.
     pub(crate) fn get_mut(&mut self, pfn: Pfn) -> &mut Frame {
-        let (z, i) = self.locate(pfn).expect("unmanaged frame");
-        &mut self.zones[z].frames[i]
+        let z = self.locate(pfn).expect("unmanaged frame");
+        self.zones[z].get_mut(pfn.0)
     }
 
     /// Metadata of a managed `pfn` (panics if unmanaged).
@@ -152,7 +143,7 @@ impl FrameTable {
             .zones
             .iter()
             .flat_map(|z| {
-                let end = z.base + z.frames.len() as u64;
+                let end = z.base + z.len();
                 (z.base.div_ceil(n)..end / n).map(move |k| k * n)
             })
             .collect();
@@ -172,6 +163,33 @@ impl FrameTable {
         f.refcount = 1;
         f.flags.set(FolioFlags::LARGE, true);
         Some(head)
+    }
+
+    /// HVO: gives back the tail metadata of the huge folio at `head`
+    /// while it sits free in a pool (its frames must be chunk aligned, as
+    /// 2 MiB and 1 GiB pages are). Returns the bytes freed.
+    pub fn vmemmap_optimize(&mut self, head: Pfn) -> u64 {
+        let order = self.at(head).order;
+        let z = self.locate(head).expect("managed huge page");
+        self.zones[z].optimize(head.0, order)
+    }
+
+    /// Undoes [`Self::vmemmap_optimize`] before the folio is used or freed.
+    pub fn vmemmap_restore(&mut self, head: Pfn) {
+        let order = self.at(head).order;
+        let z = self.locate(head).expect("managed huge page");
+        self.zones[z].restore(head.0, order);
+    }
+
+    /// Whether the metadata of `pfn` is in its optimised form.
+    pub fn vmemmap_optimized(&self, pfn: Pfn) -> bool {
+        self.locate(pfn)
+            .is_some_and(|z| self.zones[z].is_optimized(pfn.0))
+    }
+
+    /// Bytes of frame metadata held now (the `struct page` array).
+    pub fn metadata_bytes(&self) -> u64 {
+        self.zones.iter().map(Zone::metadata_bytes).sum()
     }
 
     /// Returns the block headed by `head` to the allocator.
@@ -234,12 +252,9 @@ impl FrameTable {
 
     /// Every managed frame with its metadata.
     pub fn iter(&self) -> impl Iterator<Item = (Pfn, &Frame)> + '_ {
-        self.zones.iter().flat_map(|z| {
-            z.frames
-                .iter()
-                .enumerate()
-                .map(move |(i, f)| (Pfn(z.base + i as u64), f))
-        })
+        self.zones
+            .iter()
+            .flat_map(|z| z.iter().map(|(p, f)| (Pfn(p), f)))
     }
 
     /// Free blocks as the allocator sees them.

@@ -28,6 +28,9 @@ pub enum PoolKnob {
     NrHugepages,
     /// `nr_overcommit_hugepages`: the surplus limit.
     NrOvercommit,
+    /// `vm.hugetlb_optimize_vmemmap` (any pool): HVO for the huge pages
+    /// that enter a pool from now on.
+    OptimizeVmemmap,
 }
 
 /// A pool's counters, as `/proc/meminfo` and sysfs show them.
@@ -82,6 +85,7 @@ impl<H: Hw> MemSystem<H> {
             // overcommitted.
             PoolKnob::NrOvercommit if h == HSTATE_1G => return Err(Errno::EINVAL),
             PoolKnob::NrOvercommit => self.huge.hstates[h].overcommit = value,
+            PoolKnob::OptimizeVmemmap => self.cfg.hugetlb_vmemmap_optimize = value != 0,
         }
         Ok(())
     }
@@ -92,19 +96,36 @@ impl<H: Hw> MemSystem<H> {
         while self.huge.hstates[h].surplus > 0 && count > self.huge.hstates[h].persistent() {
             self.huge.hstates[h].surplus -= 1;
         }
+        // Allocate first, then optimise and enqueue the batch
+        // (prep_and_add_allocated_folios).
+        let mut fresh = alloc::vec::Vec::new();
         while count > self.huge.hstates[h].persistent() {
             let Some(head) = self.alloc_fresh_huge(h) else {
-                return;
+                break;
             };
+            fresh.push(head);
+        }
+        let short = count > self.huge.hstates[h].persistent();
+        self.vmemmap_optimize_batch(&fresh);
+        for head in fresh {
             self.enqueue_huge(h, head);
+        }
+        if short {
+            return;
         }
         // Free pages go first, but never below what is in use or reserved.
         let s = &self.huge.hstates[h];
         let min_count = s.resv.wrapping_add(s.nr).wrapping_sub(s.free).max(count);
+        let mut gone = alloc::vec::Vec::new();
         while min_count < self.huge.hstates[h].persistent() {
             let Some(head) = self.remove_pool_huge(h, false) else {
                 break;
             };
+            gone.push(head);
+        }
+        // update_and_free_pages_bulk: restore the batch, then free it.
+        self.vmemmap_restore_batch(&gone);
+        for head in gone {
             self.frames.free(&mut self.hw, head);
         }
         // What is still above the target becomes surplus, freed when unused.
@@ -114,6 +135,24 @@ impl<H: Hw> MemSystem<H> {
                 break;
             }
             s.surplus += 1;
+        }
+    }
+
+    /// HVO for a batch of huge folios entering the pool
+    /// (`hugetlb_vmemmap_optimize_folios`), if configured.
+    fn vmemmap_optimize_batch(&mut self, heads: &[Pfn]) {
+        if self.cfg.hugetlb_vmemmap_optimize {
+            for &head in heads {
+                self.frames.vmemmap_optimize(head);
+            }
+        }
+    }
+
+    /// Rebuilds the metadata of a batch leaving the pool
+    /// (`hugetlb_vmemmap_restore_folios`).
+    fn vmemmap_restore_batch(&mut self, heads: &[Pfn]) {
+        for &head in heads {
+            self.frames.vmemmap_restore(head);
         }
     }
 
@@ -205,6 +244,7 @@ impl<H: Hw> MemSystem<H> {
         }
         let s = &mut self.huge.hstates[h];
         s.resv = s.resv.wrapping_add(delta);
+        self.vmemmap_optimize_batch(&got);
         for head in got {
             self.enqueue_huge(h, head);
         }
@@ -220,6 +260,7 @@ impl<H: Hw> MemSystem<H> {
                 let Some(head) = self.remove_pool_huge(h, true) else {
                     break;
                 };
+                self.frames.vmemmap_restore(head);
                 self.frames.free(&mut self.hw, head);
             }
         }
@@ -242,7 +283,11 @@ impl<H: Hw> MemSystem<H> {
             None
         };
         let head = match head {
-            Some(h) => h,
+            Some(head) => {
+                // Handed out: its metadata must be whole again.
+                self.frames.vmemmap_restore(head);
+                head
+            }
             None => self.alloc_surplus_huge(h)?,
         };
         if reserved {
@@ -287,6 +332,7 @@ impl<H: Hw> MemSystem<H> {
             s.nr -= 1;
             self.frames.free(&mut self.hw, head);
         } else {
+            self.vmemmap_optimize_batch(&[head]);
             self.enqueue_huge(h, head);
         }
     }

@@ -361,3 +361,43 @@ fn planted_reservation_leak_is_caught() {
         e.violations
     );
 }
+
+#[test]
+fn hvo_gives_pooled_metadata_back_and_restores_it_on_use() {
+    let (mut s, p) = huge_setup(0);
+    let whole = s.frames.metadata_bytes();
+    s.hugetlb_set_pool(HSTATE_2M, PoolKnob::OptimizeVmemmap, 1)
+        .unwrap();
+    s.hugetlb_set_pool(HSTATE_2M, PoolKnob::NrHugepages, 4)
+        .unwrap();
+    ok(&s);
+    let saved = whole - s.frames.metadata_bytes();
+    let frame = core::mem::size_of::<crate::frame::Frame>() as u64;
+    assert_eq!(
+        saved,
+        4 * (512 - 2) * frame,
+        "all but a head and a tail entry each"
+    );
+    // A fault hands a page out whole; freeing it optimises it again.
+    mmap(&mut s, p, A, HP, RW, HPRIV | MAP_FIXED).unwrap();
+    touch(&mut s, p, A + 5 * 4096, Some(6)).unwrap();
+    assert_eq!(whole - s.frames.metadata_bytes(), 3 * (512 - 2) * frame);
+    let child = s.fork(p).unwrap();
+    assert_eq!(
+        touch(&mut s, child, A + 5 * 4096, Some(7)),
+        Ok(7),
+        "the COW copy is whole"
+    );
+    s.exit(child, 0).unwrap();
+    s.munmap(p, A, HP).unwrap();
+    ok(&s);
+    assert_eq!(whole - s.frames.metadata_bytes(), 4 * (512 - 2) * frame);
+    s.hugetlb_set_pool(HSTATE_2M, PoolKnob::NrHugepages, 0)
+        .unwrap();
+    ok(&s);
+    assert_eq!(
+        s.frames.metadata_bytes(),
+        whole,
+        "restored before the buddy allocator"
+    );
+}

@@ -134,6 +134,29 @@ fn set_pool(n: u64) -> bool {
     call6(SYS_HUGETLB_POOL, [21, 0, n, 0, 0, 0]) == 0
 }
 
+/// `vm.hugetlb_optimize_vmemmap` (HVO) on or off.
+fn set_hvo(on: bool) -> bool {
+    call6(SYS_HUGETLB_POOL, [21, 2, u64::from(on), 0, 0, 0]) == 0
+}
+
+/// `hugetlb_pool_grow_hvo` and `hugetlb_pool_shrink_hvo`.
+fn hugetlb_hvo() -> u32 {
+    let mut failed = 0;
+    let t0 = rdtsc();
+    let grown = set_hvo(true) && set_pool(HUGE_PAGES);
+    let t1 = rdtsc();
+    if !grown || !report("hugetlb_pool_grow_hvo", HUGE_PAGES, t1 - t0) {
+        failed |= 1;
+    }
+    let t0 = rdtsc();
+    let shrunk = set_pool(0);
+    let t1 = rdtsc();
+    if !shrunk || !set_hvo(false) || !report("hugetlb_pool_shrink_hvo", HUGE_PAGES, t1 - t0) {
+        failed |= 2;
+    }
+    failed
+}
+
 /// `hugetlb_pool_grow`, `hugetlb_write_fault` (first write to each 2 MiB
 /// page of a private `MAP_HUGETLB` mapping), `hugetlb_pool_shrink`.
 fn hugetlb() -> u32 {
@@ -190,5 +213,6 @@ fn main(arg: u64) -> i32 {
         failed |= 1 << 5;
     }
     failed |= (hugetlb() << 6) as i32;
+    failed |= (hugetlb_hvo() << 9) as i32;
     failed
 }
