@@ -240,3 +240,45 @@ fn timeout_exits_124_with_every_vcpu_dumped() {
     );
     assert_eq!(err.matches("rip=").count(), 2, "stderr: {err}");
 }
+
+/// `hugepages=N` (per `hugepagesz=`) fills the guest's hugetlb pools at
+/// boot and reports each in a `hugetlb` record; a size RAM cannot hold
+/// leaves a smaller pool, and the guest boots all the same.
+#[test]
+fn hugepages_on_the_command_line_fill_the_guest_pools() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let records_path = dir.path().join("records.jsonl");
+    let out = run(&[
+        "run",
+        "--timeout",
+        "60",
+        "--mem",
+        "256M",
+        "--cmdline",
+        "hugepages=8 hugepagesz=1G hugepages=100000 hugetlb_free_vmemmap=on",
+        "--records",
+        records_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let records = std::fs::read_to_string(&records_path).unwrap();
+    let pools: Vec<serde_json::Value> = records
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["type"] == "hugetlb")
+        .collect();
+    assert_eq!(pools.len(), 2, "records: {records}");
+    assert_eq!(pools[0]["size_kb"], 2048);
+    assert_eq!(
+        (pools[0]["total"].as_u64(), pools[0]["free"].as_u64()),
+        (Some(8), Some(8))
+    );
+    assert_eq!(pools[1]["size_kb"], 1 << 20);
+    assert_eq!(pools[1]["requested"], 100000);
+    assert_eq!(
+        pools[1]["total"], 0,
+        "256 MiB hold no 1 GiB page: {records}"
+    );
+}

@@ -1,8 +1,10 @@
 //! writewatch guest memory-management core.
 //!
 //! A Linux-like MM — buddy allocator and folio metadata, x86-64 page tables
-//! with a typed PTE, VMAs with mmap/munmap/mprotect/madvise/mremap, faults
-//! with COW and unshare, fork/exit, anon and shmem reverse maps, an
+//! with a typed PTE and PTE markers (poison, guard regions, uffd-wp),
+//! VMAs with mmap/munmap/mprotect/madvise/mremap, faults with COW and
+//! unshare, fork/exit, anon and shmem reverse maps, memfds, hugetlb pools
+//! with Linux's reservations and PMD/PUD mappings (and HVO), an
 //! mmu_gather that frees only after the TLB flush, swap, and an invariant
 //! checker — written as a `no_std` library so that `cargo test` runs it on
 //! the host against a simulated machine (`testing`, feature `sim`), while the
@@ -12,7 +14,8 @@
 //! [`MemSystem::new`] over the RAM ranges it does not use itself, then call
 //! the syscall methods (`mmap`, `munmap`, `mprotect`, `madvise`, `mremap`,
 //! `mlock`, `munlock`, `fork`, `exit`, `wait`, `getpid`, `write`,
-//! `mm_stats`), `activate` on
+//! `memfd_create`, `ftruncate`, `fallocate`, `close`, `mm_stats`,
+//! `hugetlb_set_pool`), `activate` on
 //! every context switch, and `handle_user_fault` from the #PF handler.
 //! The core is single-threaded: the kernel serialises calls with one lock.
 //!

@@ -57,6 +57,15 @@ struct Mm {
 }
 
 impl Mm {
+    /// Adds at least `frames` frames of RAM, or all that is left; whether
+    /// anything was added.
+    fn grow_by(&mut self, frames: u64) -> bool {
+        let want = self.sys.free_frames().saturating_add(frames);
+        let before = self.managed;
+        self.grow_to(want);
+        self.managed > before
+    }
+
     /// Adds RAM until `want` frames are free or nothing is left.
     fn grow_to(&mut self, want: u64) {
         while self.sys.free_frames() < want && !self.pending.is_empty() {
@@ -189,14 +198,45 @@ pub fn reserve(frames: u64) {
 /// Fills the hugetlb pools the command line asks for (`hugepages=N`, per
 /// size): RAM for them is added first, since deferred initialisation
 /// would otherwise leave the buddy allocator too little to allocate from.
+/// Each pool it fills is reported in a `hugetlb` record with its counters
+/// (a pool RAM cannot fill stays smaller, as on Linux).
 pub fn boot_hugepages(pages: [Option<u64>; 2]) {
     for (h, n) in pages.iter().enumerate() {
         if let Some(n) = *n {
-            reserve_huge(h, n);
-            with(|s| s.hugetlb_set_pool(h, guest_mm::PoolKnob::NrHugepages, n))
-                .expect("a pool size is always accepted");
+            set_nr_hugepages(h, n);
+            let c = with(|s| s.hugetlb_counters(h));
+            let kb = guest_mm::hugetlb::huge_size(h) >> 10;
+            crate::record!(
+                r#"{{"type":"hugetlb","size_kb":{kb},"requested":{n},"total":{},"free":{},"rsvd":{},"surp":{}}}"#,
+                c.total,
+                c.free,
+                c.rsvd,
+                c.surp
+            );
         }
     }
+}
+
+/// Sets `nr_hugepages` of hstate `h`, adding RAM not managed yet while the
+/// pool comes out short: free frames alone do not make free huge pages, the
+/// buddy allocator needs them aligned and contiguous.
+pub fn set_nr_hugepages(h: usize, n: u64) {
+    reserve_huge(h, n);
+    let per_page = guest_mm::hugetlb::huge_size(h) / PAGE_SIZE;
+    let mut guard = lock();
+    let mm = guard.as_mut().expect("MM core initialised at boot");
+    kctx::call(|| {
+        loop {
+            let _ = mm
+                .sys
+                .hugetlb_set_pool(h, guest_mm::PoolKnob::NrHugepages, n);
+            let missing = n.saturating_sub(mm.sys.hugetlb_counters(h).total);
+            if missing == 0 || !mm.grow_by(missing.saturating_mul(per_page)) {
+                break;
+            }
+        }
+    });
+    unlock(guard);
 }
 
 /// Makes RAM available for `n` more huge pages of hstate `h` (a pool

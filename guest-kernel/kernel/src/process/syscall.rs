@@ -152,11 +152,16 @@ pub fn dispatch(frame: &mut TrapFrame) {
                 // (see `memory::mm`).
                 mm::reserve(args[1] / PAGE_SIZE + POPULATE_SLACK_FRAMES);
             }
-            if nr == guest_mm::syscall::SYS_HUGETLB_POOL {
-                // A bigger pool (or overcommit) takes whole huge pages.
-                if let Some(h) = guest_mm::hugetlb::hstate_of_log(args[0] as u32) {
-                    mm::reserve_huge(h, args[2]);
-                }
+            let pool = (nr == guest_mm::syscall::SYS_HUGETLB_POOL)
+                .then(|| guest_mm::hugetlb::hstate_of_log(args[0] as u32))
+                .flatten();
+            match (pool, args[1]) {
+                // nr_hugepages: grow RAM as long as the pool is short (the
+                // call below then finds it sized).
+                (Some(h), 0) => mm::set_nr_hugepages(h, args[2]),
+                // Overcommit takes whole huge pages from RAM later.
+                (Some(h), _) => mm::reserve_huge(h, args[2]),
+                (None, _) => {}
             }
             let mut out = Vec::new();
             let outcome = mm::with(|s| {

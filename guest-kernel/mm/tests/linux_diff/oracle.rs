@@ -71,10 +71,33 @@ pub fn pool_counters() -> [u64; 4] {
     ]
 }
 
+/// The pool settings the host had before the first case.
+static ORIGINAL_POOL: std::sync::OnceLock<(Option<String>, Option<String>)> =
+    std::sync::OnceLock::new();
+
 /// Empties the host's 2 MiB pool (as root; otherwise it stays as it is)
 /// and waits until the pages of finished cases are back: each case starts
-/// with Linux's boot state, no pool and no overcommit.
+/// with Linux's boot state, no pool and no overcommit. The host's own
+/// settings are restored when the process exits.
 pub fn reset_pool() {
+    // The host's own settings come back when the test ends.
+    static SAVED: std::sync::Once = std::sync::Once::new();
+    SAVED.call_once(|| {
+        let read = |name: &str| std::fs::read_to_string(format!("{HUGE_SYSFS}/{name}")).ok();
+        let saved = (read("nr_hugepages"), read("nr_overcommit_hugepages"));
+        let _ = ORIGINAL_POOL.set(saved);
+        extern "C" fn restore() {
+            if let Some((nr, over)) = ORIGINAL_POOL.get() {
+                for (name, v) in [("nr_overcommit_hugepages", over), ("nr_hugepages", nr)] {
+                    if let Some(v) = v {
+                        let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), v.trim());
+                    }
+                }
+            }
+        }
+        // SAFETY: registers a plain function that only writes two files.
+        unsafe { libc::atexit(restore) };
+    });
     for name in ["nr_overcommit_hugepages", "nr_hugepages"] {
         let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), "0");
     }
