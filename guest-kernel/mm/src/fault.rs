@@ -99,11 +99,7 @@ impl<H: Hw> MemSystem<H> {
             Pte::Mapped { pfn, flags } => {
                 if flags.contains(PteFlags::PROTNONE) {
                     // The VMA is accessible now: rebuild from it and retry.
-                    let keep = flags
-                        .without(PteFlags::PROTNONE)
-                        .without(PteFlags::EXEC)
-                        .without(PteFlags::WRITE);
-                    let nf = vma.base_pte_flags().with(keep);
+                    let nf = vma.rebuilt_pte_flags(flags);
                     pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                     return Err(Fault::Retry);
                 }

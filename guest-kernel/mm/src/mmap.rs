@@ -267,15 +267,21 @@ impl<H: Hw> MemSystem<H> {
             pgoff,
             backing,
         };
+        self.install_vma(mm, v, flags)
+    }
+
+    /// Links and inserts a new VMA, merges it with its neighbours, and
+    /// populates it as `do_mmap`'s `*populate` says: for `VM_LOCKED`, or
+    /// `MAP_POPULATE` without `MAP_NONBLOCK` (`mm_populate` ignores errors).
+    fn install_vma(&mut self, mm: MmId, v: Vma, flags: u64) -> Result<u64, Errno> {
+        let (start, end, vf) = (v.start, v.end, v.flags.0);
         self.vma_link(mm, &v);
         self.mm_mut(mm).vmas.insert(v);
-        self.merge_vma_at(mm, start + len);
+        self.merge_vma_at(mm, end);
         self.merge_vma_at(mm, start);
-        // do_mmap's *populate: VM_LOCKED, or MAP_POPULATE without
-        // MAP_NONBLOCK; mm_populate ignores errors.
         let populate = u64::from(MAP_POPULATE | MAP_NONBLOCK);
         if vf & VmFlags::LOCKED != 0 || flags & populate == u64::from(MAP_POPULATE) {
-            let _ = self.populate(mm, start, start + len, true);
+            let _ = self.populate(mm, start, end, true);
         }
         Ok(start)
     }
@@ -327,15 +333,7 @@ impl<H: Hw> MemSystem<H> {
                 anon_vma: false,
             },
         };
-        self.vma_link(mm, &v);
-        self.mm_mut(mm).vmas.insert(v);
-        self.merge_vma_at(mm, start + len);
-        self.merge_vma_at(mm, start);
-        let populate = u64::from(MAP_POPULATE | MAP_NONBLOCK);
-        if vf & VmFlags::LOCKED != 0 || flags & populate == u64::from(MAP_POPULATE) {
-            let _ = self.populate(mm, start, start + len, true);
-        }
-        Ok(start)
+        self.install_vma(mm, v, flags)
     }
 
     /// `mmap_region` for hugetlb memory. What was mapped under `MAP_FIXED`

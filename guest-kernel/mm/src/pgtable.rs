@@ -66,14 +66,7 @@ pub fn new_root(
 /// The physical address of the PTE slot for `va`, if every upper table
 /// exists (`pte_offset_map`).
 pub fn pte_slot(hw: &impl PhysMem, root: Pfn, va: u64) -> Option<u64> {
-    let mut table = root;
-    for level in (2..=4).rev() {
-        match entry(hw, table, index(va, level), level) {
-            Pte::Table(next) => table = next,
-            _ => return None,
-        }
-    }
-    Some(table.addr() + index(va, 1) * 8)
+    huge_slot(hw, root, va, 1)
 }
 
 /// The slot of the leaf that translates `va` and its level: the PTE, or
@@ -125,10 +118,23 @@ pub fn pte_slot_alloc(
     va: u64,
 ) -> Option<u64> {
     debug_assert!(va < USER_TOP);
+    let table = table_alloc(hw, frames, root, va, 1)?;
+    Some(table.addr() + index(va, 1) * 8)
+}
+
+/// The table at `level` covering `va`, allocating the missing tables above
+/// it (`__pte_alloc`, `__pmd_alloc`...). `None` when out of frames.
+fn table_alloc(
+    hw: &mut impl PhysMem,
+    frames: &mut FrameTable,
+    root: Pfn,
+    va: u64,
+    level: u8,
+) -> Option<Pfn> {
     let mut table = root;
-    for level in (2..=4).rev() {
-        let i = index(va, level);
-        table = match entry(hw, table, i, level) {
+    for l in ((level + 1)..=4).rev() {
+        let i = index(va, l);
+        table = match entry(hw, table, i, l) {
             Pte::Table(next) => next,
             Pte::None => {
                 let next = alloc_table(hw, frames)?;
@@ -138,7 +144,7 @@ pub fn pte_slot_alloc(
             other => panic!("unexpected upper-level entry {other:?}"),
         };
     }
-    Some(table.addr() + index(va, 1) * 8)
+    Some(table)
 }
 
 /// Bytes mapped by one huge leaf at `level` (2: 2 MiB, 3: 1 GiB).
@@ -156,8 +162,8 @@ pub fn write_huge(hw: &mut impl PhysMem, pa: u64, pte: Pte) {
     hw.write_u64(pa, pte.encode_huge());
 }
 
-/// The slot at `level` (2 or 3) for `va`, if the tables above it exist
-/// (`huge_pte_offset`).
+/// The slot at `level` (1, or 2 or 3 for a huge entry) for `va`, if the
+/// tables above it exist (`huge_pte_offset`).
 pub fn huge_slot(hw: &impl PhysMem, root: Pfn, va: u64, level: u8) -> Option<u64> {
     let mut table = root;
     for l in ((level + 1)..=4).rev() {
@@ -180,19 +186,7 @@ pub fn huge_slot_alloc(
     level: u8,
 ) -> Option<u64> {
     debug_assert!(va < USER_TOP);
-    let mut table = root;
-    for l in ((level + 1)..=4).rev() {
-        let i = index(va, l);
-        table = match entry(hw, table, i, l) {
-            Pte::Table(next) => next,
-            Pte::None => {
-                let next = alloc_table(hw, frames)?;
-                hw.write_u64(table.addr() + i * 8, Pte::Table(next).encode());
-                next
-            }
-            other => panic!("unexpected upper-level entry {other:?}"),
-        };
-    }
+    let table = table_alloc(hw, frames, root, va, level)?;
     let slot = table.addr() + index(va, level) * 8;
     (!matches!(entry(hw, table, index(va, level), level), Pte::Table(_))).then_some(slot)
 }

@@ -261,27 +261,13 @@ impl<H: Hw> MemSystem<H> {
     /// (`anon_vma_chain_link`, `vma_interval_tree_insert`).
     pub(crate) fn vma_link(&mut self, mm: MmId, v: &Vma) {
         match &v.backing {
-            Backing::Anon { chain } => {
-                for a in chain {
-                    self.anon_vmas
-                        .entry(*a)
-                        .or_default()
-                        .vmas
-                        .insert((mm, v.start));
-                }
-            }
+            Backing::Anon { chain } => self.link_anon_vmas(mm, v.start, chain),
             Backing::Shmem { obj, .. } => {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.insert((mm, v.start));
             }
             Backing::Hugetlb { file, chain, .. } => {
-                for a in chain {
-                    self.anon_vmas
-                        .entry(*a)
-                        .or_default()
-                        .vmas
-                        .insert((mm, v.start));
-                }
+                self.link_anon_vmas(mm, v.start, chain);
                 let f = self.huge.files.get_mut(file).expect("live hugetlb file");
                 f.i_mmap.insert((mm, v.start));
             }
@@ -332,6 +318,16 @@ impl<H: Hw> MemSystem<H> {
                 ShmemPage::Swap(e) => self.swap_free(e),
                 ShmemPage::Poisoned => {}
             }
+        }
+    }
+
+    fn link_anon_vmas(&mut self, mm: MmId, start: u64, chain: &[AnonVmaId]) {
+        for a in chain {
+            self.anon_vmas
+                .entry(*a)
+                .or_default()
+                .vmas
+                .insert((mm, start));
         }
     }
 

@@ -195,6 +195,16 @@ impl Vma {
         }
         p
     }
+    /// An existing entry's flags rebuilt from this VMA's permissions: its
+    /// status bits (accessed, dirty) stay, write permission is decided per
+    /// page by the caller.
+    pub fn rebuilt_pte_flags(&self, old: PteFlags) -> PteFlags {
+        let keep = old
+            .without(PteFlags::PROTNONE)
+            .without(PteFlags::EXEC)
+            .without(PteFlags::WRITE);
+        self.base_pte_flags().with(keep)
+    }
     /// The anon_vma new folios go to, if prepared.
     pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
         match &self.backing {

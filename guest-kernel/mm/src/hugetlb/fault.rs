@@ -44,11 +44,7 @@ impl<H: Hw> MemSystem<H> {
             Pte::Marker(MarkerKind::Poisoned) | Pte::Swap(_) => Err(Fault::Bus),
             Pte::Mapped { pfn, flags } => {
                 if flags.contains(PteFlags::PROTNONE) {
-                    let keep = flags
-                        .without(PteFlags::PROTNONE)
-                        .without(PteFlags::EXEC)
-                        .without(PteFlags::WRITE);
-                    let nf = v.base_pte_flags().with(keep);
+                    let nf = v.rebuilt_pte_flags(flags);
                     pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                     return Err(Fault::Retry);
                 }

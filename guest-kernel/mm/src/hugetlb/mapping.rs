@@ -193,11 +193,7 @@ impl<H: Hw> MemSystem<H> {
             let Pte::Mapped { pfn, flags } = e else {
                 continue;
             };
-            let keep = flags
-                .without(PteFlags::PROTNONE)
-                .without(PteFlags::EXEC)
-                .without(PteFlags::WRITE);
-            let mut nf = v.base_pte_flags().with(keep);
+            let mut nf = v.rebuilt_pte_flags(flags);
             if v.is_shared() && v.flags.has(VmFlags::WRITE) {
                 nf = nf.with(PteFlags::WRITE);
             }
