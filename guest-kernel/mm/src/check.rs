@@ -74,6 +74,23 @@ impl<H: Hw> MemSystem<H> {
                     }
                     // check_hugetlb covers these.
                     Backing::Hugetlb { .. } => {}
+                    Backing::PrivateFile { obj: o, chain } => {
+                        let listed = self
+                            .shmems
+                            .get(o)
+                            .is_some_and(|s| s.i_mmap.contains(&(id, v.start)));
+                        let chained = chain.iter().all(|av| {
+                            self.anon_vmas
+                                .get(av)
+                                .is_some_and(|x| x.vmas.contains(&(id, v.start)))
+                        });
+                        if !listed || !chained {
+                            bad.push(format!(
+                                "mm {id:?}: private file vma {:#x} unlisted in {o:?} or its chain",
+                                v.start
+                            ));
+                        }
+                    }
                     Backing::Shmem { obj: o, .. } => {
                         if !self
                             .shmems
@@ -148,7 +165,14 @@ impl<H: Hw> MemSystem<H> {
                             (Mapping::Anon { anon_vma, index }, Backing::Anon { chain }) => {
                                 chain.contains(&anon_vma) && index + sub == idx
                             }
-                            (Mapping::Shmem { obj, index }, Backing::Shmem { obj: o, .. }) => {
+                            (
+                                Mapping::Anon { anon_vma, index },
+                                Backing::PrivateFile { chain, .. },
+                            ) => chain.contains(&anon_vma) && index + sub == idx,
+                            (
+                                Mapping::Shmem { obj, index },
+                                Backing::Shmem { obj: o, .. } | Backing::PrivateFile { obj: o, .. },
+                            ) => {
                                 obj == *o
                                     && index + sub == idx
                                     && self.shmems.get(o).and_then(|s| s.pages.get(&idx))
@@ -204,7 +228,7 @@ impl<H: Hw> MemSystem<H> {
             }
             for &(mm, start) in &s.i_mmap {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
-                if !v.is_some_and(|v| matches!(v.backing, Backing::Shmem { obj, .. } if obj == o)) {
+                if v.is_none_or(|v| v.file() != Some(o)) {
                     bad.push(format!(
                         "{o:?}: i_mmap lists {mm:?}/{start:#x}, not a VMA of it"
                     ));
@@ -236,7 +260,7 @@ impl<H: Hw> MemSystem<H> {
             for &(mm, start) in &av.vmas {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
                 let chained = v.is_some_and(
-                    |v| matches!(&v.backing, Backing::Anon { chain } | Backing::Hugetlb { chain, .. } if chain.contains(&id)),
+                    |v| matches!(&v.backing, Backing::Anon { chain } | Backing::Hugetlb { chain, .. } | Backing::PrivateFile { chain, .. } if chain.contains(&id)),
                 );
                 if !chained {
                     bad.push(format!(

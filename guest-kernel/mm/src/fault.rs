@@ -15,7 +15,7 @@ use crate::ids::MmId;
 use crate::pgtable::{self, USER_TOP};
 use crate::pte::{MarkerKind, Pte, PteFlags, SwapEntry};
 use crate::system::{MemSystem, ShmemPage};
-use crate::vma::{Backing, VmFlags, Vma};
+use crate::vma::{VmFlags, Vma};
 
 /// What kind of access faulted (`FAULT_FLAG_*`, x86 error code).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,6 +75,14 @@ impl<H: Hw> MemSystem<H> {
             Pte::None | Pte::Marker(MarkerKind::UffdWp) => {
                 if vma.is_shared() {
                     self.shmem_fault(mm, &vma, va, slot, ff.write)
+                } else if vma.file().is_some() {
+                    // A private file mapping: do_cow_fault on a write,
+                    // do_read_fault (unshare included) otherwise.
+                    if ff.write {
+                        self.do_cow_fault(mm, &vma, va, slot)
+                    } else {
+                        self.shmem_fault(mm, &vma, va, slot, false)
+                    }
                 } else if ff.write || ff.unshare {
                     self.do_anonymous_page(mm, &vma, va, slot, ff.unshare)
                 } else {
@@ -238,7 +246,17 @@ impl<H: Hw> MemSystem<H> {
             pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
             return Ok(());
         }
-        if pfn != self.zero {
+        let file_page = pfn != self.zero
+            && !self
+                .frames
+                .at(self.frames.folio_of(pfn))
+                .flags
+                .contains(FolioFlags::ANON);
+        if file_page && unshare {
+            // Unsharing is for anonymous pages; a file page stays mapped.
+            return Ok(());
+        }
+        if pfn != self.zero && !file_page {
             let head = self.frames.folio_of(pfn);
             let exclusive = self.frames.at(pfn).anon_exclusive;
             // wp_can_reuse_anon_folio: our PTE holds the only reference.
@@ -338,8 +356,29 @@ impl<H: Hw> MemSystem<H> {
         Ok(())
     }
 
+    /// `do_cow_fault`: a write to a private file mapping where nothing is
+    /// mapped copies the file's page (created if it is a hole) into a new
+    /// exclusive anonymous folio.
+    fn do_cow_fault(&mut self, mm: MmId, vma: &Vma, va: u64, slot: u64) -> Result<(), Fault> {
+        let obj = vma.file().expect("file mapping");
+        let page = self.shmem_get_page(obj, vma.page_index(va))?;
+        let new = self.new_anon_folio(mm, va, vma.page_index(va), 0)?;
+        self.hw.copy_frame(new, page);
+        let flags = vma
+            .base_pte_flags()
+            .with(PteFlags::ACCESSED)
+            .with(PteFlags::WRITE)
+            .with(PteFlags::DIRTY);
+        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: new, flags });
+        self.map_ptes(new, 1);
+        self.frames.put_folio(&mut self.hw, new, 1);
+        self.counters.cow_copies += 1;
+        Ok(())
+    }
+
     /// `shmem_fault` + `finish_fault`: find or create the object's page,
-    /// swapping it in if needed, and map it.
+    /// swapping it in if needed, and map it (writable only in a shared
+    /// mapping).
     fn shmem_fault(
         &mut self,
         _mm: MmId,
@@ -348,10 +387,25 @@ impl<H: Hw> MemSystem<H> {
         slot: u64,
         write: bool,
     ) -> Result<(), Fault> {
-        let Backing::Shmem { obj, .. } = vma.backing else {
-            unreachable!("shared VMA without object")
-        };
-        let idx = vma.page_index(va);
+        let obj = vma.file().expect("file mapping");
+        let page = self.shmem_get_page(obj, vma.page_index(va))?;
+        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        if write {
+            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            self.frames.get_mut(page).flags.set(FolioFlags::DIRTY, true);
+        }
+        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });
+        self.map_ptes(page, 1);
+        if !write {
+            self.fault_around(vma, obj, va, slot);
+        }
+        Ok(())
+    }
+
+    /// `shmem_get_folio(SGP_CACHE)`: the object's page at `idx`, read back
+    /// from swap or created zeroed if missing; SIGBUS past the end or for a
+    /// page lost to a swap error.
+    fn shmem_get_page(&mut self, obj: crate::ids::ShmemId, idx: u64) -> Result<Pfn, Fault> {
         let s = self.shmems.get(&obj).expect("live shmem");
         if idx >= s.pages_len {
             return Err(Fault::Bus);
@@ -390,17 +444,7 @@ impl<H: Hw> MemSystem<H> {
                 new
             }
         };
-        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
-        if write {
-            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
-            self.frames.get_mut(page).flags.set(FolioFlags::DIRTY, true);
-        }
-        pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });
-        self.map_ptes(page, 1);
-        if !write {
-            self.fault_around(vma, obj, va, slot);
-        }
-        Ok(())
+        Ok(page)
     }
 
     /// `do_fault_around` + `filemap_map_pages`: a read fault on shared

@@ -33,6 +33,9 @@ pub(crate) enum Zap {
     Unmap,
     /// Like `Unmap`, but the caller frees every table itself (exit).
     Exit,
+    /// Only the pages of this file, as `Pages` (a hole punched in a file
+    /// leaves a private mapping's copied pages alone: `even_cows` false).
+    FilePages(crate::ids::ShmemId),
 }
 
 /// Proof that a TLB flush was issued. Only [`MemSystem::flush_tlb`] makes one.
@@ -123,8 +126,17 @@ impl<H: Hw> MemSystem<H> {
     pub(crate) fn zap_range(&mut self, g: &mut MmuGather, start: u64, end: u64, how: Zap) {
         let root = self.mm(g.mm).root;
         for (va, slot, pte) in pgtable::leaves(&self.hw, root, start, end) {
+            let keeps_markers = matches!(how, Zap::Pages | Zap::FilePages(_));
             if let Pte::Marker(kind) = pte {
-                if how == Zap::Pages && self.marker_survives_zap(g.mm, va, kind) {
+                if keeps_markers && self.marker_survives_zap(g.mm, va, kind) {
+                    continue;
+                }
+            }
+            if let Zap::FilePages(obj) = how {
+                let of_file = matches!(pte, Pte::Mapped { pfn, .. } if pfn != self.zero
+                    && matches!(self.frames.at(self.frames.folio_of(pfn)).mapping,
+                        crate::frame::Mapping::Shmem { obj: o, .. } if o == obj));
+                if !of_file {
                     continue;
                 }
             }

@@ -91,7 +91,9 @@ fn flag_change(advice: u32, v: &Vma) -> Option<Result<u64, Errno>> {
         MADV_DONTFORK => f | VmFlags::DONTCOPY,
         MADV_DOFORK => f & !VmFlags::DONTCOPY,
         // Anonymous private memory only.
-        MADV_WIPEONFORK if v.is_shared() || v.is_hugetlb() => return Some(Err(Errno::EINVAL)),
+        MADV_WIPEONFORK if v.is_shared() || v.is_hugetlb() || v.file().is_some() => {
+            return Some(Err(Errno::EINVAL));
+        }
         MADV_WIPEONFORK => f | VmFlags::WIPEONFORK,
         MADV_KEEPONFORK if v.flags.has(VmFlags::DROPPABLE) => return Some(Err(Errno::EINVAL)),
         MADV_KEEPONFORK => f & !VmFlags::WIPEONFORK,
@@ -212,7 +214,7 @@ impl<H: Hw> MemSystem<H> {
                 Ok(())
             }
             // madvise_free_single_vma: anonymous (not shmem) memory only.
-            MADV_FREE if v.is_shared() => Err(Errno::EINVAL),
+            MADV_FREE if v.is_shared() || v.file().is_some() => Err(Errno::EINVAL),
             MADV_FREE => {
                 self.lazy_free(mm, start, end);
                 Ok(())
@@ -349,15 +351,19 @@ impl<H: Hw> MemSystem<H> {
         if v.flags.has(VmFlags::LOCKED) {
             return Err(Errno::EINVAL);
         }
-        let Backing::Shmem { obj, .. } = v.backing else {
-            return Err(Errno::EINVAL);
+        // vma_is_shared_maywrite: a private file mapping has no hole to
+        // punch through; anonymous memory has no file at all.
+        let obj = match v.backing {
+            Backing::Shmem { obj, .. } => obj,
+            Backing::PrivateFile { .. } => return Err(Errno::EACCES),
+            _ => return Err(Errno::EINVAL),
         };
         if !v.flags.has(VmFlags::MAYWRITE) {
             return Err(Errno::EACCES);
         }
         // vfs_fallocate(PUNCH_HOLE | KEEP_SIZE) over the range's file bytes.
         let (first, last) = (v.page_index(start), v.page_index(end));
-        self.shmem_punch(obj, first * PAGE_SIZE, last * PAGE_SIZE);
+        self.shmem_punch(obj, first * PAGE_SIZE, last * PAGE_SIZE, false);
         Ok(())
     }
 

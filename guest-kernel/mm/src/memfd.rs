@@ -9,9 +9,10 @@
 //! descriptor references: it lives while a descriptor or a mapping does.
 //! Shrinking or punching a hole unmaps the pages from every mapping first
 //! (`unmap_mapping_range`, keeping guard markers) and then drops them from
-//! the page cache; partial pages at the edges are zeroed. Private file
-//! mappings are not supported yet (`mmap` says `ENODEV`), nor are
-//! hugetlb memfds (`MFD_HUGETLB` is `EINVAL`).
+//! the page cache; partial pages at the edges are zeroed. Private
+//! mappings of a memfd read its pages and copy them on write
+//! (`Backing::PrivateFile`). Hugetlb memfds (`MFD_HUGETLB`) are `EINVAL`
+//! for now.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -147,7 +148,7 @@ impl<H: Hw> MemSystem<H> {
         let obj = self.file_of(pid, fd)?;
         let old = self.shmems[&obj].size;
         if length < old {
-            self.shmem_punch(obj, length, old.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+            self.shmem_punch(obj, length, old.div_ceil(PAGE_SIZE) * PAGE_SIZE, true);
         }
         let s = self.shmems.get_mut(&obj).expect("live shmem");
         s.size = length;
@@ -183,7 +184,7 @@ impl<H: Hw> MemSystem<H> {
             .filter(|&e| (e as i64) >= 0)
             .ok_or(Errno::EFBIG)?;
         if punch {
-            self.shmem_punch(obj, off, end);
+            self.shmem_punch(obj, off, end, false);
             return Ok(());
         }
         for idx in off / PAGE_SIZE..end.div_ceil(PAGE_SIZE) {
@@ -207,10 +208,11 @@ impl<H: Hw> MemSystem<H> {
     }
 
     /// Removes file bytes `[start, end)` of a shmem object: whole pages
-    /// leave every mapping (`unmap_mapping_range`, markers kept) and then
-    /// the page cache (`shmem_truncate_range`); the partial pages at the
-    /// edges keep their place with those bytes zeroed.
-    pub(crate) fn shmem_punch(&mut self, obj: ShmemId, start: u64, end: u64) {
+    /// leave every mapping (`unmap_mapping_range`, markers kept; with
+    /// `even_cows`, as truncation does, also the pages private mappings
+    /// copied) and then the page cache (`shmem_truncate_range`); the
+    /// partial pages at the edges keep their place with those bytes zeroed.
+    pub(crate) fn shmem_punch(&mut self, obj: ShmemId, start: u64, end: u64, even_cows: bool) {
         let (first, last) = (start.div_ceil(PAGE_SIZE), end / PAGE_SIZE);
         if first < last {
             let mappers: Vec<(MmId, u64)> = self.shmems[&obj].i_mmap.iter().copied().collect();
@@ -224,7 +226,12 @@ impl<H: Hw> MemSystem<H> {
                     let mut g = MmuGather::new(m);
                     let s = w.start + (lo - w.pgoff) * PAGE_SIZE;
                     let e = w.start + (hi - w.pgoff) * PAGE_SIZE;
-                    self.zap_range(&mut g, s, e, Zap::Pages);
+                    let how = if even_cows || w.is_shared() {
+                        Zap::Pages
+                    } else {
+                        Zap::FilePages(obj)
+                    };
+                    self.zap_range(&mut g, s, e, how);
                     self.tlb_finish(g);
                 }
             }

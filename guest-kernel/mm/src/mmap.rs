@@ -286,9 +286,8 @@ impl<H: Hw> MemSystem<H> {
         Ok(start)
     }
 
-    /// `do_mmap` and `mmap_region` for a memfd: a shared mapping of the
-    /// file at page offset `off / PAGE_SIZE`. Private file mappings are not
-    /// supported yet (`ENODEV`).
+    /// `do_mmap` and `mmap_region` for a memfd: a shared or private mapping
+    /// of the file at page offset `off / PAGE_SIZE`.
     #[allow(clippy::too_many_arguments)]
     fn mmap_file(
         &mut self,
@@ -306,16 +305,21 @@ impl<H: Hw> MemSystem<H> {
             // Only the legacy flags; shmem supports no others.
             MAP_SHARED_VALIDATE if flags & !LEGACY_MAP_MASK != 0 => return Err(Errno::EOPNOTSUPP),
             MAP_SHARED_VALIDATE => {}
-            MAP_PRIVATE if vf & VmFlags::GROWSDOWN != 0 => return Err(Errno::EINVAL),
-            MAP_PRIVATE => return Err(Errno::ENODEV),
+            MAP_PRIVATE => {}
             _ => return Err(Errno::EINVAL),
         }
         if vf & VmFlags::GROWSDOWN != 0 {
             return Err(Errno::EINVAL);
         }
-        vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        let shared = flags as u32 & MAP_TYPE != MAP_PRIVATE;
+        if shared {
+            vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
+        }
         if flags & u64::from(MAP_NORESERVE) != 0 {
             vf |= VmFlags::NORESERVE;
+        }
+        if accountable(vf) {
+            vf |= VmFlags::ACCOUNT;
         }
         if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
             self.munmap_checked(mm, start, start + len)?;
@@ -328,9 +332,16 @@ impl<H: Hw> MemSystem<H> {
             end: start + len,
             flags: VmFlags(vf),
             pgoff: off / PAGE_SIZE,
-            backing: Backing::Shmem {
-                obj,
-                anon_vma: false,
+            backing: if shared {
+                Backing::Shmem {
+                    obj,
+                    anon_vma: false,
+                }
+            } else {
+                Backing::PrivateFile {
+                    obj,
+                    chain: Vec::new(),
+                }
             },
         };
         self.install_vma(mm, v, flags)

@@ -366,15 +366,24 @@ impl<H: Hw> MemSystem<H> {
     /// it still merges with a new writable neighbour.)
     fn dontunmap_complete(&mut self, mm: MmId, v: &Vma, start: u64, end: u64) {
         let whole = start == v.start && end == v.end;
-        if whole && matches!(v.backing, Backing::Anon { .. }) {
-            // unlink_anon_vmas: the moved VMA keeps the anon_vma alive.
+        let anon = matches!(
+            v.backing,
+            Backing::Anon { .. } | Backing::PrivateFile { .. }
+        );
+        if whole && anon {
+            // unlink_anon_vmas: the moved VMA keeps the anon_vma alive (and
+            // the file, which it maps too).
             let Some(old) = self.mm_mut(mm).vmas.remove(v.start) else {
                 return;
             };
             self.vma_unlink(mm, &old);
             let mut kept = old;
-            kept.backing = Backing::Anon { chain: Vec::new() };
+            match &mut kept.backing {
+                Backing::Anon { chain } | Backing::PrivateFile { chain, .. } => chain.clear(),
+                _ => {}
+            }
             kept.flags.0 &= !VmFlags::LOCKED_MASK;
+            self.vma_link(mm, &kept);
             self.mm_mut(mm).vmas.insert(kept);
         } else if let Some(x) = self.mm_mut(mm).vmas.get_mut(v.start) {
             x.flags.0 &= !VmFlags::LOCKED_MASK;

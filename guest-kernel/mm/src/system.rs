@@ -262,6 +262,11 @@ impl<H: Hw> MemSystem<H> {
     pub(crate) fn vma_link(&mut self, mm: MmId, v: &Vma) {
         match &v.backing {
             Backing::Anon { chain } => self.link_anon_vmas(mm, v.start, chain),
+            Backing::PrivateFile { obj, chain } => {
+                self.link_anon_vmas(mm, v.start, chain);
+                let s = self.shmems.get_mut(obj).expect("live shmem");
+                s.i_mmap.insert((mm, v.start));
+            }
             Backing::Shmem { obj, .. } => {
                 let s = self.shmems.get_mut(obj).expect("live shmem");
                 s.i_mmap.insert((mm, v.start));
@@ -282,6 +287,12 @@ impl<H: Hw> MemSystem<H> {
     pub(crate) fn vma_unlink(&mut self, mm: MmId, v: &Vma) {
         match &v.backing {
             Backing::Anon { chain } => self.unlink_anon_vmas(mm, v.start, chain),
+            Backing::PrivateFile { obj, chain } => {
+                self.unlink_anon_vmas(mm, v.start, chain);
+                let s = self.shmems.get_mut(obj).expect("live shmem");
+                s.i_mmap.remove(&(mm, v.start));
+                self.shmem_release_if_unused(*obj);
+            }
             Backing::Hugetlb { file, chain, .. } => {
                 self.unlink_anon_vmas(mm, v.start, chain);
                 self.hugetlb_vma_close(mm, v);
@@ -355,7 +366,10 @@ impl<H: Hw> MemSystem<H> {
             .vmas
             .insert((mm, start));
         if let Some(Vma {
-            backing: Backing::Anon { chain } | Backing::Hugetlb { chain, .. },
+            backing:
+                Backing::Anon { chain }
+                | Backing::Hugetlb { chain, .. }
+                | Backing::PrivateFile { chain, .. },
             ..
         }) = self.mm_mut(mm).vmas.get_mut(start)
         {

@@ -49,6 +49,7 @@ impl MapEntry {
         let (offset, name) = match v.backing {
             Backing::Anon { .. } => (0, ""),
             Backing::Shmem { .. } => (v.pgoff * PAGE_SIZE, "/dev/zero (deleted)"),
+            Backing::PrivateFile { .. } => (v.pgoff * PAGE_SIZE, "/memfd (deleted)"),
             Backing::Hugetlb { .. } => (v.pgoff * PAGE_SIZE, "/anon_hugepage (deleted)"),
         };
         MapEntry {

@@ -115,6 +115,14 @@ pub enum Backing {
         /// Reservations of this VMA.
         resv: HugeResv,
     },
+    /// A private mapping of a shmem file (a memfd): reads map the file's
+    /// pages, writes copy them into anonymous folios under `chain`.
+    PrivateFile {
+        /// The file.
+        obj: ShmemId,
+        /// The anon_vma chain, as for `Anon`.
+        chain: Vec<AnonVmaId>,
+    },
     /// Shared anonymous memory: pages of a shmem object.
     Shmem {
         /// The object.
@@ -159,6 +167,13 @@ pub struct Vma {
 }
 
 impl Vma {
+    /// The shmem file the VMA maps, shared or private.
+    pub fn file(&self) -> Option<ShmemId> {
+        match self.backing {
+            Backing::Shmem { obj, .. } | Backing::PrivateFile { obj, .. } => Some(obj),
+            _ => None,
+        }
+    }
     /// Whether this is hugetlb memory (`is_vm_hugetlb_page`).
     pub fn is_hugetlb(&self) -> bool {
         self.flags.has(VmFlags::HUGETLB)
@@ -208,7 +223,9 @@ impl Vma {
     /// The anon_vma new folios go to, if prepared.
     pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
         match &self.backing {
-            Backing::Anon { chain } | Backing::Hugetlb { chain, .. } => chain.last().copied(),
+            Backing::Anon { chain }
+            | Backing::Hugetlb { chain, .. }
+            | Backing::PrivateFile { chain, .. } => chain.last().copied(),
             Backing::Shmem { .. } => None,
         }
     }
@@ -225,14 +242,20 @@ pub fn mergeable(a: &Vma, b: &Vma) -> bool {
         return false;
     }
     match (&a.backing, &b.backing) {
-        (Backing::Anon { chain: x }, Backing::Anon { chain: y }) => {
-            x == y || (x.is_empty() && y.len() == 1) || (y.is_empty() && x.len() == 1)
+        (Backing::Anon { chain: x }, Backing::Anon { chain: y }) => anon_compatible(x, y),
+        (Backing::PrivateFile { obj: f, chain: x }, Backing::PrivateFile { obj: g, chain: y }) => {
+            f == g && anon_compatible(x, y)
         }
         (Backing::Shmem { obj: x, .. }, Backing::Shmem { obj: y, .. }) => x == y,
         // hugetlb VMAs have a close operation, so vma_merge never removes
         // one (is_mergeable_vma).
         _ => false,
     }
+}
+
+/// `is_mergeable_anon_vma` on two chains.
+fn anon_compatible(x: &[AnonVmaId], y: &[AnonVmaId]) -> bool {
+    x == y || (x.is_empty() && y.len() == 1) || (y.is_empty() && x.len() == 1)
 }
 
 /// The ordered set of VMAs of one address space.
@@ -307,7 +330,10 @@ impl VmaTree {
         let p = self.map.get_mut(&prev.start)?;
         p.end = next.end;
         match (&mut p.backing, &next.backing) {
-            (Backing::Anon { chain }, Backing::Anon { chain: nc }) if chain.is_empty() => {
+            (Backing::Anon { chain }, Backing::Anon { chain: nc })
+            | (Backing::PrivateFile { chain, .. }, Backing::PrivateFile { chain: nc, .. })
+                if chain.is_empty() =>
+            {
                 chain.clone_from(nc);
             }
             (Backing::Shmem { anon_vma, .. }, Backing::Shmem { anon_vma: na, .. }) => {

@@ -101,11 +101,27 @@ pub fn reset_pool() {
     for name in ["nr_overcommit_hugepages", "nr_hugepages"] {
         let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), "0");
     }
-    for _ in 0..200 {
-        if pool_counters()[0] == 0 {
-            return;
-        }
+    // Exiting processes give their pages back within milliseconds; a pool
+    // that has not moved for half a second will not (a leaked reservation).
+    let (mut last, mut still) = (pool_counters(), 0);
+    while last[0] != 0 && still < 50 {
         std::thread::sleep(std::time::Duration::from_millis(10));
+        let now = pool_counters();
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+}
+
+/// Panics unless the host's pool was empty when the case started, as every
+/// case that sizes or reads it needs.
+fn require_empty_pool_at_start(clean: bool) {
+    if !clean {
+        let [total, _, rsvd, _] = pool_counters();
+        panic!(
+            "the host's 2 MiB hugetlb pool could not be emptied before this case: {total} pages, \
+             {rsvd} reserved; another user of the pool, or a reservation Linux leaked \
+             (docs/CONFORMANCE.md), which only a reboot clears"
+        );
     }
 }
 use crate::probe;
@@ -367,6 +383,10 @@ impl Proc {
             unsafe { libc::close(fd) };
         };
         if pid == 0 {
+            // Dies with its parent: a case's processes must all be gone
+            // before the next case finds the host's hugetlb pool empty.
+            // SAFETY: a plain prctl on this process.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             close(to_child[1]);
             close(from_child[0]);
             // The parent's pipes to its other children stay with it.
@@ -402,11 +422,14 @@ pub struct Oracle {
     input: ChildStdin,
     output: BufReader<ChildStdout>,
     parents: Vec<usize>,
+    /// Whether the host's pool was empty when the case started.
+    pool_clean: bool,
 }
 
 impl Oracle {
     pub fn start() -> Self {
         reset_pool();
+        let pool_clean = pool_counters()[0] == 0;
         let exe = std::env::current_exe().expect("own executable");
         let mut child = Command::new(exe)
             .arg("--oracle")
@@ -421,6 +444,7 @@ impl Oracle {
             input,
             output,
             parents: vec![0],
+            pool_clean,
         }
     }
 
@@ -466,6 +490,7 @@ impl Backend for Oracle {
                 .expect("fd");
         }
         if nr == crate::script::SYS_HUGETLB_POOL {
+            require_empty_pool_at_start(self.pool_clean);
             let cmd = format!("hugepool {} {}", a[1], a[2]);
             return self.ask(proc, &cmd).parse().expect("pool result");
         }
@@ -514,6 +539,7 @@ impl Backend for Oracle {
     }
 
     fn huge_counters(&mut self) -> [u64; 4] {
+        require_empty_pool_at_start(self.pool_clean);
         let answer = self.ask(0, "hugecounters");
         let mut c = [0; 4];
         for (slot, w) in c.iter_mut().zip(answer.split_whitespace()) {

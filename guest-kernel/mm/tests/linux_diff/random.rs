@@ -3,7 +3,8 @@
 //!
 //! Everything happens in the first 64 pages of the window, so mappings
 //! meet, split, merge and overlap often; hugetlb steps (pool sizing,
-//! MAP_HUGETLB mappings and the calls on them) use 8 huge pages further in. Processes are picked among the
+//! MAP_HUGETLB mappings and the calls on them, with `LINUX_DIFF_HUGETLB=1`
+//! only, see [`with_hugetlb`]) use 8 huge pages further in. Processes are picked among the
 //! live ones when a step runs; `exit` takes a live child without children
 //! of its own (or does nothing).
 
@@ -171,8 +172,19 @@ fn huge_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Whether sequences include hugetlb steps: only when
+/// `LINUX_DIFF_HUGETLB=1` is set. Linux 6.18 leaks a private hugetlb
+/// mapping's reservations when part of it moves with mremap (the rest's
+/// reservations are never returned), and a leaked reservation pins a huge
+/// page of the host's pool until reboot, after which no hugetlb case can
+/// compare; random sequences find such moves, so plain runs leave them out.
+fn with_hugetlb() -> bool {
+    std::env::var("LINUX_DIFF_HUGETLB").as_deref() == Ok("1")
+}
+
 fn sequence() -> impl Strategy<Value = Vec<Abstract>> {
-    let any_op = prop_oneof![4 => op(), 1 => huge_op()];
+    let weight = u32::from(with_hugetlb());
+    let any_op = prop_oneof![4 => op(), weight => huge_op()];
     prop::collection::vec(
         (any::<u8>(), any_op).prop_map(|(proc, op)| Abstract { proc, op }),
         1..40,
