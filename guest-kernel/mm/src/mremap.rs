@@ -55,7 +55,9 @@ impl Remap {
         self.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
     }
     fn overlaps(&self) -> bool {
-        self.addr + self.old_len > self.new_addr && self.new_addr + self.new_len > self.addr
+        // Unsigned long arithmetic, as the kernel's check.
+        self.addr.wrapping_add(self.old_len) > self.new_addr
+            && self.new_addr.wrapping_add(self.new_len) > self.addr
     }
 }
 
