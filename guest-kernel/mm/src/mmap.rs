@@ -232,12 +232,7 @@ impl<H: Hw> MemSystem<H> {
         if accountable(vf) {
             vf |= VmFlags::ACCOUNT;
         }
-        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
-            self.munmap_checked(mm, start, start + len)?;
-        }
-        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
-            return Err(Errno::ENOMEM);
-        }
+        self.make_room(mm, start, len, fixed)?;
         let (backing, pgoff) = if shared {
             let id = ShmemId(self.new_id());
             self.shmems.insert(
@@ -321,12 +316,7 @@ impl<H: Hw> MemSystem<H> {
         if accountable(vf) {
             vf |= VmFlags::ACCOUNT;
         }
-        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
-            self.munmap_checked(mm, start, start + len)?;
-        }
-        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
-            return Err(Errno::ENOMEM);
-        }
+        self.make_room(mm, start, len, fixed)?;
         let v = Vma {
             start,
             end: start + len,
@@ -367,12 +357,7 @@ impl<H: Hw> MemSystem<H> {
         let populate = vf & VmFlags::LOCKED != 0
             || flags & u64::from(MAP_POPULATE | MAP_NONBLOCK) == u64::from(MAP_POPULATE);
         vf &= !VmFlags::LOCKED_MASK;
-        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
-            self.munmap_checked(mm, start, start + len)?;
-        }
-        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
-            return Err(Errno::ENOMEM);
-        }
+        self.make_room(mm, start, len, fixed)?;
         let backing = self.hugetlb_mmap_setup(h, len, pgoff, vf)?;
         let v = Vma {
             start,
@@ -431,6 +416,18 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EPERM);
         }
         Ok(found)
+    }
+
+    /// `mmap_region`'s start: under `MAP_FIXED` whatever is mapped in
+    /// `[start, start + len)` goes; then the map count must allow one more.
+    fn make_room(&mut self, mm: MmId, start: u64, len: u64, fixed: bool) -> Result<(), Errno> {
+        if fixed && self.mm(mm).vmas.any_overlap(start, start + len) {
+            self.munmap_checked(mm, start, start + len)?;
+        }
+        if self.mm(mm).vmas.len() >= self.cfg.max_map_count {
+            return Err(Errno::ENOMEM);
+        }
+        Ok(())
     }
 
     /// `round_hint_to_min`.

@@ -145,9 +145,20 @@ impl<H: Hw> MemSystem<H> {
             // The owner took this mapping's pages back (unmap_ref_private).
             return Err(Fault::Bus);
         }
-        let av = self.anon_vma_prepare(mm, haddr);
         let head = self.alloc_hugetlb_folio(v, idx, false).ok_or(Fault::Bus)?;
         self.zero_huge(head);
+        self.huge_add_new_anon(mm, v, haddr, head);
+        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, write));
+        self.huge_map(head);
+        self.huge_put(head, 1);
+        self.counters.anon_allocs += 1;
+        Ok(())
+    }
+
+    /// `hugetlb_add_new_anon_rmap`: `head` becomes an exclusive anonymous
+    /// folio of `v`'s anon_vma at `haddr`.
+    fn huge_add_new_anon(&mut self, mm: MmId, v: &Vma, haddr: u64, head: Pfn) {
+        let av = self.anon_vma_prepare(mm, haddr);
         let f = self.frames.get_mut(head);
         f.mapping = Mapping::Anon {
             anon_vma: av,
@@ -155,11 +166,6 @@ impl<H: Hw> MemSystem<H> {
         };
         f.flags.set(FolioFlags::ANON, true);
         f.anon_exclusive = true;
-        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, write));
-        self.huge_map(head);
-        self.huge_put(head, 1);
-        self.counters.anon_allocs += 1;
-        Ok(())
     }
 
     /// One more huge entry maps `head` (`hugetlb_add_*_rmap`): the entire
@@ -229,14 +235,7 @@ impl<H: Hw> MemSystem<H> {
         for i in 0..1u64 << HSTATE_ORDERS[h] {
             self.hw.copy_frame(new.offset(i), old.offset(i));
         }
-        let av = self.anon_vma_prepare(mm, haddr);
-        let f = self.frames.get_mut(new);
-        f.mapping = Mapping::Anon {
-            anon_vma: av,
-            index: v.page_index(haddr),
-        };
-        f.flags.set(FolioFlags::ANON, true);
-        f.anon_exclusive = true;
+        self.huge_add_new_anon(mm, v, haddr, new);
         // Clear and flush before the new entry appears, then drop the old.
         pgtable::write_huge(&mut self.hw, slot, Pte::None);
         let size = huge_size(h);
