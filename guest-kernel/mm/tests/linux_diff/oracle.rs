@@ -75,11 +75,25 @@ pub fn pool_counters() -> [u64; 4] {
 static ORIGINAL_POOL: std::sync::OnceLock<(Option<String>, Option<String>)> =
     std::sync::OnceLock::new();
 
+/// Pages the pool keeps after [`reset_pool`] because a reservation of
+/// theirs was leaked (docs/CONFORMANCE.md): free, reserved, and held until
+/// reboot. `u64::MAX` until a reset has seen the pool settle.
+static LEAKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// Whether `c` is a pool holding nothing but `n` leaked reservations:
+/// free, reserved, and surplus after `nr_hugepages` was set below them.
+fn only_leaked(c: [u64; 4], n: u64) -> bool {
+    let [total, free, rsvd, surplus] = c;
+    total == n && free == n && rsvd == n && (surplus == 0 || surplus == n)
+}
+
 /// Empties the host's 2 MiB pool (as root; otherwise it stays as it is)
 /// and waits until the pages of finished cases are back: each case starts
 /// with Linux's boot state, no pool and no overcommit. The host's own
-/// settings are restored when the process exits.
-pub fn reset_pool() {
+/// settings are restored when the process exits. Returns the pages left
+/// that only leaked reservations hold, or `None` when the pool holds
+/// anything else.
+pub fn reset_pool() -> Option<u64> {
     // The host's own settings come back when the test ends.
     static SAVED: std::sync::Once = std::sync::Once::new();
     SAVED.call_once(|| {
@@ -103,26 +117,42 @@ pub fn reset_pool() {
     }
     // Exiting processes give their pages back within milliseconds; a pool
     // that has not moved for half a second will not (a leaked reservation).
+    // Once that residue is known, reaching it again is enough.
+    use std::sync::atomic::Ordering::Relaxed;
     let (mut last, mut still) = (pool_counters(), 0);
-    while last[0] != 0 && still < 50 {
+    while last[0] != 0 && !only_leaked(last, LEAKED.load(Relaxed)) && still < 50 {
         std::thread::sleep(std::time::Duration::from_millis(10));
         let now = pool_counters();
         still = if now == last { still + 1 } else { 0 };
         last = now;
     }
+    let leaked = last[0];
+    if !only_leaked(last, leaked) {
+        return None;
+    }
+    if leaked != 0 {
+        // Pages that could not be freed became surplus; as persistent
+        // pages they stay out of the way of a case's overcommit.
+        let _ = std::fs::write(format!("{HUGE_SYSFS}/nr_hugepages"), leaked.to_string());
+        if pool_counters() != [leaked, leaked, leaked, 0] {
+            return None;
+        }
+    }
+    LEAKED.store(leaked, Relaxed);
+    Some(leaked)
 }
 
-/// Panics unless the host's pool was empty when the case started, as every
-/// case that sizes or reads it needs.
-fn require_empty_pool_at_start(clean: bool) {
-    if !clean {
-        let [total, _, rsvd, _] = pool_counters();
+/// Panics unless the host's pool held nothing (or only leaked
+/// reservations, which the oracle counts around) when the case started,
+/// as every case that sizes or reads it needs.
+fn require_usable_pool_at_start(leaked: Option<u64>) -> u64 {
+    leaked.unwrap_or_else(|| {
+        let [total, free, rsvd, surplus] = pool_counters();
         panic!(
             "the host's 2 MiB hugetlb pool could not be emptied before this case: {total} pages, \
-             {rsvd} reserved; another user of the pool, or a reservation Linux leaked \
-             (docs/CONFORMANCE.md), which only a reboot clears"
-        );
-    }
+             {free} free, {rsvd} reserved, {surplus} surplus; another user of the pool holds them"
+        )
+    })
 }
 use crate::probe;
 use crate::script::{Access, PAGE};
@@ -422,14 +452,15 @@ pub struct Oracle {
     input: ChildStdin,
     output: BufReader<ChildStdout>,
     parents: Vec<usize>,
-    /// Whether the host's pool was empty when the case started.
-    pool_clean: bool,
+    /// The host pool's leaked pages when the case started (`None`: the
+    /// pool held pages in use). The oracle adds them to `nr_hugepages`
+    /// and takes them off the counters, so a case sees an empty pool.
+    pool_leaked: Option<u64>,
 }
 
 impl Oracle {
     pub fn start() -> Self {
-        reset_pool();
-        let pool_clean = pool_counters()[0] == 0;
+        let pool_leaked = reset_pool();
         let exe = std::env::current_exe().expect("own executable");
         let mut child = Command::new(exe)
             .arg("--oracle")
@@ -444,7 +475,7 @@ impl Oracle {
             input,
             output,
             parents: vec![0],
-            pool_clean,
+            pool_leaked,
         }
     }
 
@@ -490,8 +521,14 @@ impl Backend for Oracle {
                 .expect("fd");
         }
         if nr == crate::script::SYS_HUGETLB_POOL {
-            require_empty_pool_at_start(self.pool_clean);
-            let cmd = format!("hugepool {} {}", a[1], a[2]);
+            let leaked = require_usable_pool_at_start(self.pool_leaked);
+            // Linux never frees reserved pages: nr_hugepages = N + leaked
+            // leaves N usable ones.
+            let value = match a[1] {
+                0 => a[2].checked_add(leaked).unwrap_or(a[2]),
+                _ => a[2],
+            };
+            let cmd = format!("hugepool {} {value}", a[1]);
             return self.ask(proc, &cmd).parse().expect("pool result");
         }
         let cmd = format!(
@@ -539,11 +576,16 @@ impl Backend for Oracle {
     }
 
     fn huge_counters(&mut self) -> [u64; 4] {
-        require_empty_pool_at_start(self.pool_clean);
+        let leaked = require_usable_pool_at_start(self.pool_leaked);
         let answer = self.ask(0, "hugecounters");
-        let mut c = [0; 4];
+        let mut c = [0u64; 4];
         for (slot, w) in c.iter_mut().zip(answer.split_whitespace()) {
             *slot = w.parse().expect("counter");
+        }
+        // Total, free and reserved each carry the leaked pages; surplus
+        // does not. Wrapping, as Linux's unsigned `resv` does.
+        for slot in &mut c[..3] {
+            *slot = (*slot).wrapping_sub(leaked);
         }
         c
     }
