@@ -206,22 +206,25 @@ impl<H: Hw> MemSystem<H> {
 
         self.check_hugetlb(&mut bad, &mut mapcount, &mut cache_refs);
 
+        self.check_files(&mut bad);
         let mut fd_refs: BTreeMap<ShmemId, u32> = BTreeMap::new();
-        for p in self.procs.values() {
-            for obj in p.fds.values() {
-                *fd_refs.entry(*obj).or_default() += 1;
-            }
+        for f in self.files.values() {
+            *fd_refs.entry(f.obj).or_default() += 1;
         }
         for (&o, s) in &self.shmems {
-            let fds = fd_refs.remove(&o).unwrap_or(0);
-            if s.i_mmap.is_empty() && fds == 0 {
-                bad.push(format!("{o:?}: alive without VMAs or descriptors"));
+            let files = fd_refs.remove(&o).unwrap_or(0);
+            if s.i_mmap.is_empty() && files == 0 && !s.linked {
+                bad.push(format!("{o:?}: alive without VMAs, open files or a name"));
             }
-            if s.fd_refs != fds {
+            if s.fd_refs != files {
                 bad.push(format!(
-                    "{o:?}: {} descriptor references, {fds} descriptors",
+                    "{o:?}: {} open-file references, {files} open files",
                     s.fd_refs
                 ));
+            }
+            let named = self.names.values().filter(|&&n| n == o).count();
+            if named != usize::from(s.linked) {
+                bad.push(format!("{o:?}: linked {}, {named} names", s.linked));
             }
             if s.pages_len != s.size.div_ceil(PAGE_SIZE) {
                 bad.push(format!("{o:?}: {} pages for {} bytes", s.pages_len, s.size));
@@ -271,7 +274,7 @@ impl<H: Hw> MemSystem<H> {
         }
 
         for o in fd_refs.keys() {
-            bad.push(format!("descriptor of dead {o:?}"));
+            bad.push(format!("open file of dead {o:?}"));
         }
 
         let mut nfree = 0;
@@ -414,6 +417,33 @@ impl<H: Hw> MemSystem<H> {
             Ok(())
         } else {
             Err(InvariantError { violations: bad })
+        }
+    }
+
+    /// Descriptors refer to live open files, each counted exactly once per
+    /// descriptor, and names to live inodes.
+    fn check_files(&self, bad: &mut Vec<String>) {
+        let mut refs: BTreeMap<crate::ids::FileId, u32> = BTreeMap::new();
+        for (pid, p) in &self.procs {
+            for (&fd, id) in &p.fds {
+                if !self.files.contains_key(id) {
+                    bad.push(format!(
+                        "pid {pid}: descriptor {fd} of a closed file {id:?}"
+                    ));
+                }
+                *refs.entry(*id).or_default() += 1;
+            }
+        }
+        for (id, f) in &self.files {
+            let n = refs.get(id).copied().unwrap_or(0);
+            if f.refs != n || n == 0 {
+                bad.push(format!("{id:?}: {} references, {n} descriptors", f.refs));
+            }
+        }
+        for (name, o) in &self.names {
+            if !self.shmems.contains_key(o) {
+                bad.push(format!("name {name:?} of dead {o:?}"));
+            }
         }
     }
 }

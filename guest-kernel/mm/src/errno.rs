@@ -10,10 +10,14 @@
 pub enum Errno {
     /// Operation not permitted (e.g. mapping below `mmap_min_addr`).
     EPERM = 1,
+    /// No such file or directory.
+    ENOENT = 2,
     /// No such process.
     ESRCH = 3,
     /// I/O error.
     EIO = 5,
+    /// No such device or address (`SEEK_DATA` past the last data).
+    ENXIO = 6,
     /// Bad file descriptor.
     EBADF = 9,
     /// No child processes (wait).
@@ -26,16 +30,22 @@ pub enum Errno {
     EACCES = 13,
     /// Bad address (kernel access to user memory failed).
     EFAULT = 14,
-    /// Mapping exists (`MAP_FIXED_NOREPLACE`).
+    /// Device or resource busy (`F_SEAL_WRITE` on a writably mapped file).
+    EBUSY = 16,
+    /// Mapping exists (`MAP_FIXED_NOREPLACE`), or a file does.
     EEXIST = 17,
     /// No such device (a mapping type the file does not support).
     ENODEV = 19,
+    /// Not a directory.
+    ENOTDIR = 20,
     /// File too large.
     EFBIG = 27,
     /// No space left on device.
     ENOSPC = 28,
     /// Invalid argument.
     EINVAL = 22,
+    /// File name too long.
+    ENAMETOOLONG = 36,
     /// Function not implemented.
     ENOSYS = 38,
     /// Operation not supported.

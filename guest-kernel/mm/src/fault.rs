@@ -405,13 +405,22 @@ impl<H: Hw> MemSystem<H> {
     /// `shmem_get_folio(SGP_CACHE)`: the object's page at `idx`, read back
     /// from swap or created zeroed if missing; SIGBUS past the end or for a
     /// page lost to a swap error.
-    fn shmem_get_page(&mut self, obj: crate::ids::ShmemId, idx: u64) -> Result<Pfn, Fault> {
+    pub(crate) fn shmem_get_page(
+        &mut self,
+        obj: crate::ids::ShmemId,
+        idx: u64,
+    ) -> Result<Pfn, Fault> {
         let s = self.shmems.get(&obj).expect("live shmem");
         if idx >= s.pages_len {
             return Err(Fault::Bus);
         }
         let page = match s.pages.get(&idx).copied() {
-            Some(ShmemPage::Folio(h)) => h,
+            Some(ShmemPage::Folio(h)) => {
+                // A fallocated page becomes data once faulted in.
+                let f = self.frames.get_mut(h);
+                f.flags.set(FolioFlags::FALLOCATED, false);
+                h
+            }
             Some(ShmemPage::Poisoned) => return Err(Fault::Bus),
             found => {
                 let new = self.frames.alloc(0, FrameUse::Folio).ok_or(Fault::Oom)?;
@@ -461,11 +470,25 @@ impl<H: Hw> MemSystem<H> {
         let idx = vma.page_index(va);
         for p in (from..to).filter(|&p| p != pte_off) {
             let (i, s) = (idx + p - pte_off, slot + p * 8 - pte_off * 8);
-            let Some(ShmemPage::Folio(page)) =
-                self.shmems.get(&obj).and_then(|o| o.pages.get(&i)).copied()
+            // Never past the end of the file, where a failed write can
+            // leave a page.
+            let Some(ShmemPage::Folio(page)) = self
+                .shmems
+                .get(&obj)
+                .filter(|o| i < o.pages_len)
+                .and_then(|o| o.pages.get(&i))
+                .copied()
             else {
                 continue;
             };
+            // filemap_map_pages maps only pages that are up to date.
+            if self
+                .frames
+                .get(page)
+                .is_some_and(|f| f.flags.contains(FolioFlags::FALLOCATED))
+            {
+                continue;
+            }
             if pgtable::read_pte(&self.hw, s) != Pte::None {
                 continue;
             }

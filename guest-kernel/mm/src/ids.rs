@@ -1,5 +1,5 @@
 //! Small identifiers for objects the MM core keeps in maps: address spaces,
-//! anon_vmas, shmem objects, hugetlb files and reservation maps, and
+//! anon_vmas, shmem objects, open files, hugetlb files and reservation maps, and
 //! processes. Ids are never reused.
 
 /// An address space (`struct mm_struct`).
@@ -13,6 +13,10 @@ pub struct AnonVmaId(pub u64);
 /// A shared-memory object (`shmem` inode / `struct address_space`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShmemId(pub u64);
+
+/// An open file (`struct file`), shared by the descriptors `fork` copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileId(pub u64);
 
 /// A hugetlbfs file (the inode behind every `MAP_HUGETLB` mapping).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

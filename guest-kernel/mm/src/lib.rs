@@ -57,6 +57,7 @@ extern crate alloc;
 mod check;
 pub mod errno;
 mod fault;
+pub mod file;
 mod fork;
 pub mod frame;
 mod gather;
@@ -77,6 +78,7 @@ mod stack;
 pub mod swap;
 pub mod syscall;
 mod system;
+pub mod tmpfs;
 pub mod view;
 pub mod vma;
 

@@ -1,27 +1,26 @@
-//! memfd: shmem files reached through file descriptors — creation,
-//! `ftruncate`, `fallocate` (allocation and hole punching), `close`, and
-//! the shared mappings `mmap` makes of them.
+//! memfd and the shmem file operations every tmpfs file has: creation,
+//! seals, `ftruncate`, `fallocate` (allocation and hole punching).
 //!
-//! Mirrors `mm/memfd.c` (`memfd_create`), `mm/shmem.c` (`shmem_setattr`,
-//! `shmem_fallocate`, `shmem_truncate_range`) and `fs/open.c`
-//! (`vfs_fallocate`, `do_sys_ftruncate`) as of Linux 6.18. A memfd is the
-//! same shmem object a shared anonymous mapping uses, with a size and
-//! descriptor references: it lives while a descriptor or a mapping does.
-//! Shrinking or punching a hole unmaps the pages from every mapping first
-//! (`unmap_mapping_range`, keeping guard markers) and then drops them from
-//! the page cache; partial pages at the edges are zeroed. Private
-//! mappings of a memfd read its pages and copy them on write
-//! (`Backing::PrivateFile`). Hugetlb memfds (`MFD_HUGETLB`) are `EINVAL`
-//! for now.
+//! Mirrors `mm/memfd.c` (`memfd_create`, `memfd_add_seals`), `mm/shmem.c`
+//! (`shmem_setattr`, `shmem_fallocate`, `shmem_truncate_range`) and
+//! `fs/open.c` (`vfs_fallocate`, `do_sys_ftruncate`) as of Linux 6.18. A
+//! memfd is the same shmem object a shared anonymous mapping uses, with a
+//! size and descriptor references: it lives while a descriptor or a
+//! mapping does. Shrinking or punching a hole unmaps the pages from every
+//! mapping first (`unmap_mapping_range`, keeping guard markers) and then
+//! drops them from the page cache; partial pages at the edges are zeroed.
+//! Private mappings of a memfd read its pages and copy them on write
+//! (`Backing::PrivateFile`). Seals are checked where Linux checks them:
+//! here, in `write` (`file.rs`) and in `mmap`. Hugetlb memfds
+//! (`MFD_HUGETLB`) are `EINVAL` for now.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::frame::{FolioFlags, FrameUse, Mapping};
 use crate::gather::{MmuGather, Zap};
 use crate::hw::{Hw, PAGE_SIZE};
-use crate::ids::{MmId, Pid, ShmemId};
+use crate::ids::{FileId, MmId, Pid, ShmemId};
 use crate::system::{MemSystem, Shmem, ShmemPage};
 
 /// `MFD_CLOEXEC`.
@@ -40,8 +39,22 @@ const NAME_MAX: usize = 249;
 pub const FALLOC_FL_KEEP_SIZE: u64 = 0x1;
 /// `FALLOC_FL_PUNCH_HOLE`.
 pub const FALLOC_FL_PUNCH_HOLE: u64 = 0x2;
-/// The first descriptor a process gets (0 to 2 are the console).
-const FIRST_FD: i32 = 3;
+/// `FALLOC_FL_*` bits that select a mode (`FALLOC_FL_MODE_MASK`).
+const FALLOC_FL_MODE_MASK: u64 = 0x02 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
+/// `F_SEAL_SEAL`: no more seals.
+pub const F_SEAL_SEAL: u32 = 0x1;
+/// `F_SEAL_SHRINK`.
+pub const F_SEAL_SHRINK: u32 = 0x2;
+/// `F_SEAL_GROW`.
+pub const F_SEAL_GROW: u32 = 0x4;
+/// `F_SEAL_WRITE`.
+pub const F_SEAL_WRITE: u32 = 0x8;
+/// `F_SEAL_FUTURE_WRITE`.
+pub const F_SEAL_FUTURE_WRITE: u32 = 0x10;
+/// `F_SEAL_EXEC`.
+pub const F_SEAL_EXEC: u32 = 0x20;
+/// Every seal (`F_ALL_SEALS`).
+const F_ALL_SEALS: u32 = 0x3f;
 
 impl<H: Hw> MemSystem<H> {
     /// `memfd_create(name, flags)`: a new empty shmem file on the lowest
@@ -81,60 +94,53 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EINVAL);
         }
         let id = ShmemId(self.new_id());
-        self.shmems.insert(
-            id,
-            Shmem {
-                pages_len: 0,
-                pages: BTreeMap::new(),
-                i_mmap: BTreeSet::new(),
-                fd_refs: 1,
-                size: 0,
-            },
-        );
-        let fds = &mut self.procs.get_mut(&pid).expect("live process").fds;
-        let fd = (FIRST_FD..)
-            .find(|f| !fds.contains_key(f))
-            .expect("a free descriptor");
-        fds.insert(fd, id);
-        Ok(fd as u64)
+        let mut s = Shmem::new(0);
+        // vm.memfd_noexec 0: no MFD_EXEC nor MFD_NOEXEC_SEAL means MFD_EXEC.
+        if flags & MFD_NOEXEC_SEAL != 0 {
+            s.mode &= !0o111;
+            s.seals = F_SEAL_EXEC;
+        } else if flags & MFD_ALLOW_SEALING != 0 {
+            s.seals = 0;
+        }
+        self.shmems.insert(id, s);
+        Ok(self.install_fd(pid, id, crate::file::O_RDWR))
     }
 
-    /// The shmem object behind descriptor `fd` of `pid`.
-    pub(crate) fn file_of(&self, pid: Pid, fd: u64) -> Result<ShmemId, Errno> {
-        let fd = i32::try_from(fd as i64).map_err(|_| Errno::EBADF)?;
-        self.procs
-            .get(&pid)
-            .and_then(|p| p.fds.get(&fd))
-            .copied()
-            .ok_or(Errno::EBADF)
-    }
-
-    /// `close(fd)`.
-    pub fn close(&mut self, pid: Pid, fd: u64) -> Result<(), Errno> {
-        let obj = self.file_of(pid, fd)?;
-        let p = self.procs.get_mut(&pid).expect("live process");
-        p.fds.remove(&(fd as i32));
-        self.drop_file_ref(obj);
+    /// `memfd_add_seals`: `F_ADD_SEALS` through open file `file`.
+    pub(crate) fn add_seals(&mut self, file: FileId, seals: u32) -> Result<(), Errno> {
+        let f = &self.files[&file];
+        if !f.write {
+            return Err(Errno::EPERM);
+        }
+        if seals & !F_ALL_SEALS != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let obj = f.obj;
+        let s = &self.shmems[&obj];
+        if s.seals & F_SEAL_SEAL != 0 {
+            return Err(Errno::EPERM);
+        }
+        // mapping_deny_writable: no shared mapping may still be able to
+        // write.
+        if seals & F_SEAL_WRITE != 0 && s.seals & F_SEAL_WRITE == 0 {
+            let writable = s.i_mmap.iter().any(|&(mm, start)| {
+                self.mm(mm).vmas.get(start).is_some_and(|v| {
+                    v.flags.has(crate::vma::VmFlags::SHARED)
+                        && v.flags.has(crate::vma::VmFlags::MAYWRITE)
+                })
+            });
+            if writable {
+                return Err(Errno::EBUSY);
+            }
+        }
+        // F_SEAL_EXEC on an executable file also seals writing (W^X),
+        // without the check above, as Linux does.
+        let mut seals = seals;
+        if seals & F_SEAL_EXEC != 0 && s.mode & 0o111 != 0 {
+            seals |= F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
+        }
+        self.shmems.get_mut(&obj).expect("live shmem").seals |= seals;
         Ok(())
-    }
-
-    /// Closes every descriptor of an exiting process.
-    pub(crate) fn close_all_files(&mut self, pid: Pid) {
-        let fds = self
-            .procs
-            .get_mut(&pid)
-            .map(|p| core::mem::take(&mut p.fds))
-            .unwrap_or_default();
-        for obj in fds.into_values() {
-            self.drop_file_ref(obj);
-        }
-    }
-
-    fn drop_file_ref(&mut self, obj: ShmemId) {
-        if let Some(s) = self.shmems.get_mut(&obj) {
-            s.fd_refs -= 1;
-        }
-        self.shmem_release_if_unused(obj);
     }
 
     /// `ftruncate(fd, length)`: a smaller file loses its pages beyond the
@@ -145,10 +151,33 @@ impl<H: Hw> MemSystem<H> {
         if (length as i64) < 0 {
             return Err(Errno::EINVAL);
         }
-        let obj = self.file_of(pid, fd)?;
-        let old = self.shmems[&obj].size;
-        if length < old {
-            self.shmem_punch(obj, length, old.div_ceil(PAGE_SIZE) * PAGE_SIZE, true);
+        let f = &self.files[&self.open_file(pid, fd)?];
+        if !f.write {
+            return Err(Errno::EINVAL);
+        }
+        self.shmem_set_size(f.obj, length)
+    }
+
+    /// `shmem_setattr` for `ATTR_SIZE`: what truncation (`ftruncate`,
+    /// `O_TRUNC`) does, seals permitting.
+    pub(crate) fn shmem_set_size(&mut self, obj: ShmemId, length: u64) -> Result<(), Errno> {
+        let s = &self.shmems[&obj];
+        let old = s.size;
+        if (length < old && s.seals & F_SEAL_SHRINK != 0)
+            || (length > old && s.seals & F_SEAL_GROW != 0)
+        {
+            return Err(Errno::EPERM);
+        }
+        // A size that does not grow truncates (shmem_truncate_range(newsize,
+        // -1)): pages a failed write left past the old end go too.
+        let last = s
+            .pages
+            .keys()
+            .next_back()
+            .map_or(0, |&i| (i + 1) * PAGE_SIZE);
+        let end = last.max(old.div_ceil(PAGE_SIZE) * PAGE_SIZE);
+        if length <= old && length < end {
+            self.shmem_punch(obj, length, end, true);
         }
         let s = self.shmems.get_mut(&obj).expect("live shmem");
         s.size = length;
@@ -169,26 +198,56 @@ impl<H: Hw> MemSystem<H> {
     ) -> Result<(), Errno> {
         self.proc_mm(pid)?;
         // ksys_fallocate, vfs_fallocate and shmem_fallocate, in their order.
-        let obj = self.file_of(pid, fd)?;
+        let file = self.open_file(pid, fd)?;
         if (off as i64) < 0 || (len as i64) <= 0 {
             return Err(Errno::EINVAL);
         }
-        let punch = mode & FALLOC_FL_PUNCH_HOLE != 0;
-        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0
-            || (punch && mode & FALLOC_FL_KEEP_SIZE == 0)
-        {
+        let mode = mode & 0xffff_ffff;
+        if mode & !(FALLOC_FL_MODE_MASK | FALLOC_FL_KEEP_SIZE) != 0 {
             return Err(Errno::EOPNOTSUPP);
         }
+        let keep = mode & FALLOC_FL_KEEP_SIZE != 0;
+        match mode & FALLOC_FL_MODE_MASK {
+            // Allocate, unshare, zero range.
+            0 | 0x40 | 0x10 => {}
+            FALLOC_FL_PUNCH_HOLE if keep => {}
+            // Collapse, insert, write zeroes.
+            0x08 | 0x20 | 0x80 if !keep => {}
+            _ => return Err(Errno::EOPNOTSUPP),
+        }
+        let f = &self.files[&file];
+        if !f.write {
+            return Err(Errno::EBADF);
+        }
+        let obj = f.obj;
         let end = off
             .checked_add(len)
             .filter(|&e| (e as i64) >= 0)
             .ok_or(Errno::EFBIG)?;
-        if punch {
+        if mode & !(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE) != 0 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let seals = self.shmems[&obj].seals;
+        if mode & FALLOC_FL_PUNCH_HOLE != 0 {
+            if seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0 {
+                return Err(Errno::EPERM);
+            }
             self.shmem_punch(obj, off, end, false);
             return Ok(());
         }
+        if seals & F_SEAL_GROW != 0 && end > self.shmems[&obj].size {
+            return Err(Errno::EPERM);
+        }
         for idx in off / PAGE_SIZE..end.div_ceil(PAGE_SIZE) {
-            if self.shmems[&obj].pages.contains_key(&idx) {
+            if let Some(page) = self.shmems[&obj].pages.get(&idx).copied() {
+                // A second fallocate of a fallocated page initialises it
+                // (shmem_get_folio's SGP_FALLOC on an existing folio).
+                if let ShmemPage::Folio(p) = page {
+                    self.frames
+                        .get_mut(p)
+                        .flags
+                        .set(FolioFlags::FALLOCATED, false);
+                }
                 continue;
             }
             let new = self.frames.alloc(0, FrameUse::Folio).ok_or(Errno::ENOSPC)?;
@@ -196,11 +255,12 @@ impl<H: Hw> MemSystem<H> {
             let f = self.frames.get_mut(new);
             f.mapping = Mapping::Shmem { obj, index: idx };
             f.flags.set(FolioFlags::SWAPBACKED, true);
+            f.flags.set(FolioFlags::FALLOCATED, true);
             let s = self.shmems.get_mut(&obj).expect("live shmem");
             s.pages.insert(idx, ShmemPage::Folio(new));
         }
         let s = self.shmems.get_mut(&obj).expect("live shmem");
-        if mode & FALLOC_FL_KEEP_SIZE == 0 && end > s.size {
+        if !keep && end > s.size {
             s.size = end;
             s.pages_len = end.div_ceil(PAGE_SIZE);
         }

@@ -12,13 +12,12 @@
 //! only then the mapping type. Unknown `prot` and flag bits are ignored, as
 //! Linux ignores them for anonymous memory.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
 use crate::gather::{MmuGather, Zap};
 use crate::hw::{Hw, PAGE_SIZE};
-use crate::ids::{MmId, ShmemId};
+use crate::ids::{FileId, MmId, ShmemId};
 use crate::system::{MemSystem, Shmem};
 use crate::vma::{Backing, TASK_SIZE, VmFlags, Vma};
 
@@ -130,7 +129,7 @@ impl<H: Hw> MemSystem<H> {
         prot: u64,
         flags: u64,
         off: u64,
-        file: Option<ShmemId>,
+        file: Option<FileId>,
     ) -> Result<u64, Errno> {
         let has = |bits: u32| flags & u64::from(bits) != 0;
         if off & (PAGE_SIZE - 1) != 0 {
@@ -192,8 +191,8 @@ impl<H: Hw> MemSystem<H> {
         if vf & VmFlags::LOCKED != 0 && self.locked_bytes(mm) + len > MEMLOCK_LIMIT {
             return Err(Errno::EAGAIN);
         }
-        if let Some(obj) = file {
-            return self.mmap_file(mm, start, len, vf, fixed, off, obj, flags);
+        if let Some(f) = file {
+            return self.mmap_file(mm, start, len, vf, fixed, off, f, flags, prot);
         }
         let shared = match flags as u32 & MAP_TYPE {
             MAP_SHARED => {
@@ -235,16 +234,7 @@ impl<H: Hw> MemSystem<H> {
         self.make_room(mm, start, len, fixed)?;
         let (backing, pgoff) = if shared {
             let id = ShmemId(self.new_id());
-            self.shmems.insert(
-                id,
-                Shmem {
-                    pages_len: len / PAGE_SIZE,
-                    fd_refs: 0,
-                    size: len,
-                    pages: BTreeMap::new(),
-                    i_mmap: BTreeSet::new(),
-                },
-            );
+            self.shmems.insert(id, Shmem::new(len));
             (
                 Backing::Shmem {
                     obj: id,
@@ -281,8 +271,8 @@ impl<H: Hw> MemSystem<H> {
         Ok(start)
     }
 
-    /// `do_mmap` and `mmap_region` for a memfd: a shared or private mapping
-    /// of the file at page offset `off / PAGE_SIZE`.
+    /// `do_mmap` and `mmap_region` for a shmem file: a shared or private
+    /// mapping of the file at page offset `off / PAGE_SIZE`.
     #[allow(clippy::too_many_arguments)]
     fn mmap_file(
         &mut self,
@@ -292,21 +282,43 @@ impl<H: Hw> MemSystem<H> {
         mut vf: u64,
         fixed: bool,
         off: u64,
-        obj: ShmemId,
+        file: FileId,
         flags: u64,
+        prot: u64,
     ) -> Result<u64, Errno> {
-        match flags as u32 & MAP_TYPE {
-            MAP_SHARED => {}
+        let f = &self.files[&file];
+        let (obj, readable, writable) = (f.obj, f.read, f.write);
+        let shared = match flags as u32 & MAP_TYPE {
             // Only the legacy flags; shmem supports no others.
             MAP_SHARED_VALIDATE if flags & !LEGACY_MAP_MASK != 0 => return Err(Errno::EOPNOTSUPP),
-            MAP_SHARED_VALIDATE => {}
-            MAP_PRIVATE => {}
+            MAP_SHARED | MAP_SHARED_VALIDATE => {
+                if prot & u64::from(PROT_WRITE) != 0 && !writable {
+                    return Err(Errno::EACCES);
+                }
+                if !writable {
+                    // Never writable, not even by mprotect later.
+                    vf &= !VmFlags::MAYWRITE;
+                }
+                true
+            }
+            MAP_PRIVATE => false,
             _ => return Err(Errno::EINVAL),
+        };
+        if !readable {
+            return Err(Errno::EACCES);
         }
         if vf & VmFlags::GROWSDOWN != 0 {
             return Err(Errno::EINVAL);
         }
-        let shared = flags as u32 & MAP_TYPE != MAP_PRIVATE;
+        // memfd_check_seals_mmap: a write-sealed file maps shared only
+        // read-only, and for good.
+        let seals = self.shmems[&obj].seals;
+        if shared && seals & (crate::memfd::F_SEAL_WRITE | crate::memfd::F_SEAL_FUTURE_WRITE) != 0 {
+            if vf & VmFlags::WRITE != 0 {
+                return Err(Errno::EPERM);
+            }
+            vf &= !VmFlags::MAYWRITE;
+        }
         if shared {
             vf |= VmFlags::SHARED | VmFlags::MAYSHARE;
         }

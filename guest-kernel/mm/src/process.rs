@@ -202,7 +202,7 @@ impl<H: Hw> MemSystem<H> {
         let file = if anon || off & (crate::PAGE_SIZE - 1) != 0 {
             None
         } else {
-            Some(self.file_of(pid, fd)?)
+            Some(self.open_file(pid, fd)?)
         };
         self.do_mmap(mm, addr, len, prot.into(), flags, off, file)
     }
@@ -263,13 +263,7 @@ impl<H: Hw> MemSystem<H> {
         let child_mm = self.dup_mmap(mm)?;
         let child = self.next_pid;
         self.next_pid += 1;
-        // The child shares every open file (dup_fd).
-        let fds = self.procs[&pid].fds.clone();
-        for obj in fds.values() {
-            if let Some(s) = self.shmems.get_mut(obj) {
-                s.fd_refs += 1;
-            }
-        }
+        let fds = self.dup_fds(pid);
         self.procs.insert(
             child,
             Process {
@@ -389,6 +383,18 @@ impl<H: Hw> MemSystem<H> {
     /// Resolves `va` for a kernel access (`get_user_pages`-like): faults the
     /// page in as needed and returns the physical address.
     fn user_pa(&mut self, mm: MmId, va: u64, write: bool) -> Result<u64, Errno> {
+        self.user_pa_may_fault(mm, va, write, true)
+    }
+
+    /// [`Self::user_pa`]; without `may_fault`, as with page faults
+    /// disabled: `EFAULT` unless the page is mapped for the access now.
+    fn user_pa_may_fault(
+        &mut self,
+        mm: MmId,
+        va: u64,
+        write: bool,
+        may_fault: bool,
+    ) -> Result<u64, Errno> {
         if va >= pgtable::USER_TOP {
             return Err(Errno::EFAULT);
         }
@@ -421,6 +427,9 @@ impl<H: Hw> MemSystem<H> {
                         return Ok(pfn.addr() + va % span);
                     }
                 }
+            }
+            if !may_fault {
+                return Err(Errno::EFAULT);
             }
             match self.handle_mm_fault(
                 mm,
@@ -471,6 +480,27 @@ impl<H: Hw> MemSystem<H> {
             let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
             let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(buf.len() - done);
             let pa = self.user_pa(mm, a, false)?;
+            self.hw.read_bytes(pa, &mut buf[done..done + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// [`Self::copy_from_user`] with page faults disabled
+    /// (`copy_from_user_nofault`): `EFAULT` unless every page is mapped
+    /// readable now.
+    pub(crate) fn copy_from_user_nofault(
+        &mut self,
+        pid: Pid,
+        va: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Errno> {
+        let mm = self.proc_mm(pid)?;
+        let mut done = 0;
+        while done < buf.len() {
+            let a = va.checked_add(done as u64).ok_or(Errno::EFAULT)?;
+            let n = ((PAGE_SIZE - a % PAGE_SIZE) as usize).min(buf.len() - done);
+            let pa = self.user_pa_may_fault(mm, a, false, false)?;
             self.hw.read_bytes(pa, &mut buf[done..done + n]);
             done += n;
         }

@@ -12,8 +12,24 @@ use crate::hw::Hw;
 use crate::ids::Pid;
 use crate::system::MemSystem;
 
-/// `write`.
+/// `read`.
+pub const SYS_READ: u64 = 0;
+/// `write`: files, and the console on 1 and 2.
 pub const SYS_WRITE: u64 = 1;
+/// `open`.
+pub const SYS_OPEN: u64 = 2;
+/// `lseek`.
+pub const SYS_LSEEK: u64 = 8;
+/// `pread64`.
+pub const SYS_PREAD64: u64 = 17;
+/// `pwrite64`.
+pub const SYS_PWRITE64: u64 = 18;
+/// `fcntl`: the sealing commands.
+pub const SYS_FCNTL: u64 = 72;
+/// `unlink`.
+pub const SYS_UNLINK: u64 = 87;
+/// `openat`.
+pub const SYS_OPENAT: u64 = 257;
 /// `close`.
 pub const SYS_CLOSE: u64 = 3;
 /// `mmap`.
@@ -109,7 +125,18 @@ impl<H: Hw> MemSystem<H> {
     ) -> Outcome {
         let [a0, a1, a2, a3, a4, a5] = args;
         let out = match nr {
+            SYS_WRITE if self.open_file(pid, a0).is_ok() => {
+                ret(self.file_write(pid, a0, a1, a2, None))
+            }
             SYS_WRITE => ret(self.write(pid, a0 as i32, a1, a2, &mut *console)),
+            SYS_READ => ret(self.file_read(pid, a0, a1, a2, None)),
+            SYS_PREAD64 => ret(self.file_read(pid, a0, a1, a2, Some(a3))),
+            SYS_PWRITE64 => ret(self.file_write(pid, a0, a1, a2, Some(a3))),
+            SYS_LSEEK => ret(self.lseek(pid, a0, a1, a2 & 0xffff_ffff)),
+            SYS_FCNTL => ret(self.fcntl(pid, a0, a1, a2)),
+            SYS_OPEN => ret(self.openat(pid, crate::tmpfs::AT_FDCWD, a0, a1 as u32, a2 as u32)),
+            SYS_OPENAT => ret(self.openat(pid, a0 as i32, a1, a2 as u32, a3 as u32)),
+            SYS_UNLINK => ret(self.unlink(pid, a0).map(|()| 0)),
             // fd (a4) is ignored for MAP_ANONYMOUS, like Linux.
             SYS_MMAP => ret(self.mmap_fd(pid, a0, a1, a2, a3, a4, a5)),
             SYS_CLOSE => ret(self.close(pid, a0).map(|()| 0)),

@@ -7,10 +7,11 @@
 //! lookups without shared mutable pointers. The kernel wraps it in one lock.
 
 use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
 
 use crate::frame::{FrameTable, FrameUse};
 use crate::hw::{CpuSet, Hw, Pfn};
-use crate::ids::{AnonVmaId, MmId, Pid, ShmemId};
+use crate::ids::{AnonVmaId, FileId, MmId, Pid, ShmemId};
 use crate::pte::SwapEntry;
 use crate::swap::SwapDevice;
 use crate::vma::{Backing, Vma, VmaTree};
@@ -88,7 +89,8 @@ pub(crate) enum ShmemPage {
     Poisoned,
 }
 
-/// A shared anonymous memory object (shmem inode + `address_space`).
+/// A shmem inode and its `address_space`: the object behind a shared
+/// anonymous mapping, a memfd or a tmpfs file.
 #[derive(Debug)]
 pub(crate) struct Shmem {
     /// Size in pages (`i_size`); faults beyond it are SIGBUS.
@@ -96,11 +98,51 @@ pub(crate) struct Shmem {
     pub pages: BTreeMap<u64, ShmemPage>,
     /// Every VMA mapping the object (`i_mmap`).
     pub i_mmap: BTreeSet<VmaKey>,
-    /// Open file descriptors of it (a memfd's); the object dies when the
-    /// last descriptor and the last mapping are gone.
+    /// Open files of it; the object dies when the last open file, the
+    /// last mapping and its name are gone.
     pub fd_refs: u32,
-    /// `i_size` in bytes (a memfd's; `pages_len` pages rounded up).
+    /// `i_size` in bytes (`pages_len` pages rounded up).
     pub size: u64,
+    /// `F_SEAL_*` bits (`shmem_inode_info.seals`).
+    pub seals: u32,
+    /// Permission bits of `i_mode`.
+    pub mode: u32,
+    /// Whether a tmpfs name refers to it (`i_nlink`).
+    pub linked: bool,
+}
+
+impl Shmem {
+    /// A new object of `size` bytes with no pages, as `shmem_get_inode`
+    /// makes it: sealing sealed, mode `0777`.
+    pub fn new(size: u64) -> Self {
+        Shmem {
+            pages_len: size.div_ceil(crate::hw::PAGE_SIZE),
+            pages: BTreeMap::new(),
+            i_mmap: BTreeSet::new(),
+            fd_refs: 0,
+            size,
+            seals: crate::memfd::F_SEAL_SEAL,
+            mode: 0o777,
+            linked: false,
+        }
+    }
+}
+
+/// An open file (`struct file`): what descriptors refer to, shared by
+/// the descriptors a fork copies.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenFile {
+    pub obj: ShmemId,
+    /// `FMODE_READ`.
+    pub read: bool,
+    /// `FMODE_WRITE`.
+    pub write: bool,
+    /// `f_flags` as `F_GETFL` shows them.
+    pub flags: u32,
+    /// `f_pos`.
+    pub pos: u64,
+    /// Descriptors referring to it.
+    pub refs: u32,
 }
 
 /// State of a process.
@@ -117,8 +159,8 @@ pub(crate) struct Process {
     pub parent: Pid,
     pub mm: Option<MmId>,
     pub state: ProcState,
-    /// Open memfds by descriptor number (0 to 2 are the console).
-    pub fds: BTreeMap<i32, ShmemId>,
+    /// Open files by descriptor number (0 to 2 are the console).
+    pub fds: BTreeMap<i32, FileId>,
 }
 
 /// Event counters (`vm_event_item`).
@@ -155,6 +197,9 @@ pub struct MemSystem<H: Hw> {
     pub(crate) mms: BTreeMap<MmId, AddressSpace>,
     pub(crate) anon_vmas: BTreeMap<AnonVmaId, AnonVma>,
     pub(crate) shmems: BTreeMap<ShmemId, Shmem>,
+    pub(crate) files: BTreeMap<FileId, OpenFile>,
+    /// The tmpfs directory: names to inodes.
+    pub(crate) names: BTreeMap<Vec<u8>, ShmemId>,
     pub(crate) huge: crate::hugetlb::Hugetlb,
     pub(crate) swap: Option<SwapDevice>,
     pub(crate) procs: BTreeMap<Pid, Process>,
@@ -214,6 +259,8 @@ impl<H: Hw> MemSystem<H> {
             mms: BTreeMap::new(),
             anon_vmas: BTreeMap::new(),
             shmems: BTreeMap::new(),
+            files: BTreeMap::new(),
+            names: BTreeMap::new(),
             huge: crate::hugetlb::Hugetlb::default(),
             swap,
             procs: BTreeMap::new(),
@@ -316,7 +363,7 @@ impl<H: Hw> MemSystem<H> {
         if !self
             .shmems
             .get(&obj)
-            .is_some_and(|s| s.i_mmap.is_empty() && s.fd_refs == 0)
+            .is_some_and(|s| s.i_mmap.is_empty() && s.fd_refs == 0 && !s.linked)
         {
             return;
         }

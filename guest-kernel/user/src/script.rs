@@ -51,6 +51,25 @@ pub const SYS_MUNLOCK: u64 = 150;
 pub const SYS_MLOCK2: u64 = 325;
 /// `close`.
 pub const SYS_CLOSE: u64 = 3;
+/// `read`.
+pub const SYS_READ: u64 = 0;
+/// `write`.
+pub const SYS_WRITE: u64 = 1;
+/// `open`; its first argument is each side's own path buffer.
+pub const SYS_OPEN: u64 = 2;
+/// `lseek`.
+pub const SYS_LSEEK: u64 = 8;
+/// `pread64`.
+pub const SYS_PREAD64: u64 = 17;
+/// `pwrite64`.
+pub const SYS_PWRITE64: u64 = 18;
+/// `fcntl`.
+pub const SYS_FCNTL: u64 = 72;
+/// `unlink`; its argument is each side's own path buffer.
+pub const SYS_UNLINK: u64 = 87;
+/// Where each side keeps the tmpfs files a case names (Linux: a prefix
+/// of its own inside it, so that runs never meet).
+pub const TMPFS_DIR: &str = "/dev/shm/";
 /// `ftruncate`.
 pub const SYS_FTRUNCATE: u64 = 77;
 /// `fallocate`.
@@ -89,7 +108,12 @@ impl FdArg {
     fn value(self, resolve: &impl Fn(Addr) -> u64) -> u64 {
         match self {
             FdArg::Num(n) => n as u64,
-            FdArg::Step(k) => resolve(Addr::Result(k, 0)),
+            // A step that opened nothing gives -1 (EBADF), never one of
+            // the descriptors each side already has (0 to 2).
+            FdArg::Step(k) => match resolve(Addr::Result(k, 0)) {
+                fd @ 3.. => fd,
+                _ => u64::MAX,
+            },
         }
     }
 }
@@ -100,6 +124,50 @@ impl fmt::Display for FdArg {
             FdArg::Num(n) => write!(f, "{n}"),
             FdArg::Step(k) => write!(f, "@{k}"),
         }
+    }
+}
+
+/// A tmpfs file name of a case: 1 to 12 letters, digits, `_` or `-`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileName {
+    bytes: [u8; 12],
+    len: u8,
+}
+
+impl FileName {
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        if s.is_empty() || s.len() > 12 || !s.bytes().all(ok) {
+            return Err("bad file name");
+        }
+        let mut bytes = [0; 12];
+        bytes[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(FileName {
+            bytes,
+            len: s.len() as u8,
+        })
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// `TMPFS_DIR` + the name + NUL, in `buf`; returns the used part.
+    pub fn path_in<'a>(&self, buf: &'a mut [u8; 32]) -> &'a [u8] {
+        let dir = TMPFS_DIR.as_bytes();
+        let n = dir.len() + self.as_bytes().len();
+        buf[..dir.len()].copy_from_slice(dir);
+        buf[dir.len()..n].copy_from_slice(self.as_bytes());
+        buf[n] = 0;
+        &buf[..=n]
+    }
+}
+
+impl fmt::Display for FileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Parsing allowed only ASCII.
+        f.write_str(core::str::from_utf8(self.as_bytes()).unwrap_or("?"))
     }
 }
 
@@ -156,6 +224,35 @@ pub enum Op {
     },
     /// `close(fd)`.
     Close { fd: FdArg },
+    /// `open(path, flags, mode)` of a tmpfs file (each side passes a path
+    /// of its own for `name`).
+    Open {
+        name: FileName,
+        flags: u64,
+        mode: u64,
+    },
+    /// `unlink(path)` of a tmpfs file.
+    Unlink { name: FileName },
+    /// `read(fd, buf, len)` (`at` is `None`) or `pread64(fd, buf, len,
+    /// at)` into the process's memory.
+    FileRead {
+        fd: FdArg,
+        buf: Addr,
+        len: u64,
+        at: Option<u64>,
+    },
+    /// `write(fd, buf, len)` or `pwrite64(fd, buf, len, at)` from the
+    /// process's memory.
+    FileWrite {
+        fd: FdArg,
+        buf: Addr,
+        len: u64,
+        at: Option<u64>,
+    },
+    /// `lseek(fd, off, whence)`.
+    Lseek { fd: FdArg, off: u64, whence: u64 },
+    /// `fcntl(fd, cmd, arg)`.
+    Fcntl { fd: FdArg, cmd: u64, arg: u64 },
     /// Sets a knob of the 2 MiB hugetlb pool (`hugepages N`: 0,
     /// `nr_hugepages`; `overcommit N`: 1, `nr_overcommit_hugepages`).
     HugePool { knob: u64, value: u64 },
@@ -194,6 +291,20 @@ impl Op {
                 (SYS_FALLOCATE, [fd.value(&resolve), mode, off, len, 0, 0])
             }
             Op::Close { fd } => (SYS_CLOSE, [fd.value(&resolve), 0, 0, 0, 0, 0]),
+            Op::Open { flags, mode, .. } => (SYS_OPEN, [0, flags, mode, 0, 0, 0]),
+            Op::Unlink { .. } => (SYS_UNLINK, [0; 6]),
+            Op::FileRead { fd, buf, len, at } => {
+                let (nr, pos) = at.map_or((SYS_READ, 0), |p| (SYS_PREAD64, p));
+                (nr, [fd.value(&resolve), resolve(buf), len, pos, 0, 0])
+            }
+            Op::FileWrite { fd, buf, len, at } => {
+                let (nr, pos) = at.map_or((SYS_WRITE, 0), |p| (SYS_PWRITE64, p));
+                (nr, [fd.value(&resolve), resolve(buf), len, pos, 0, 0])
+            }
+            Op::Lseek { fd, off, whence } => {
+                (SYS_LSEEK, [fd.value(&resolve), off, whence, 0, 0, 0])
+            }
+            Op::Fcntl { fd, cmd, arg } => (SYS_FCNTL, [fd.value(&resolve), cmd, arg, 0, 0, 0]),
             Op::Munmap { addr, len } => (SYS_MUNMAP, [resolve(addr), len, 0, 0, 0, 0]),
             Op::Mprotect { addr, len, prot } => (SYS_MPROTECT, [resolve(addr), len, prot, 0, 0, 0]),
             Op::Madvise { addr, len, advice } => {
@@ -217,6 +328,21 @@ impl Op {
                 return None;
             }
         })
+    }
+
+    /// Whether the call returns a new descriptor (shown as `fd`: numbers
+    /// differ between a guest and a Linux process; `@k` names it).
+    pub fn opens(&self) -> bool {
+        matches!(self, Op::Memfd { .. } | Op::Open { .. })
+    }
+
+    /// For calls of a tmpfs path: the file name (each side passes its own
+    /// path for it as the first argument).
+    pub fn path_name(&self) -> Option<FileName> {
+        match *self {
+            Op::Open { name, .. } | Op::Unlink { name } => Some(name),
+            _ => None,
+        }
     }
 
     /// For calls that create a mapping: its length in bytes, rounded up.
@@ -260,6 +386,26 @@ const MAP: &[(&str, u64)] = &[
     ("huge_2mb", 21 << 26),
     ("huge_1gb", 30 << 26),
 ];
+const OPEN: &[(&str, u64)] = &[
+    ("rdonly", 0),
+    ("wronly", 0o1),
+    ("rdwr", 0o2),
+    ("creat", 0o100),
+    ("excl", 0o200),
+    ("trunc", 0o1000),
+    ("append", 0o2000),
+    ("directory", 0o200000),
+];
+const WHENCE: &[(&str, u64)] = &[("set", 0), ("cur", 1), ("end", 2), ("data", 3), ("hole", 4)];
+const FCNTL: &[(&str, u64)] = &[("add_seals", 1033), ("get_seals", 1034)];
+const SEALS: &[(&str, u64)] = &[
+    ("seal", 0x1),
+    ("shrink", 0x2),
+    ("grow", 0x4),
+    ("write", 0x8),
+    ("future_write", 0x10),
+    ("exec", 0x20),
+];
 const MREMAP: &[(&str, u64)] = &[("maymove", 1), ("fixed", 2), ("dontunmap", 4)];
 const MADV: &[(&str, u64)] = &[
     ("normal", 0),
@@ -297,9 +443,12 @@ fn num(s: &str) -> Result<u64, ParseError> {
         Some(d) => (d, true),
         None => (s, false),
     };
-    let v = match digits.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => digits.parse(),
+    let v = if let Some(h) = digits.strip_prefix("0x") {
+        u64::from_str_radix(h, 16)
+    } else if let Some(o) = digits.strip_prefix("0o") {
+        u64::from_str_radix(o, 8)
+    } else {
+        digits.parse()
     }
     .map_err(|_| "bad number")?;
     Ok(if pages { v.wrapping_mul(PAGE) } else { v })
@@ -483,6 +632,42 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         "close" => Op::Close {
             fd: fd_arg(arg(1)?)?,
         },
+        "open" => Op::Open {
+            name: FileName::parse(arg(1)?)?,
+            flags: flags(arg(2)?, OPEN)?,
+            mode: opt(3).map_or(Ok(0o600), num)?,
+        },
+        "unlink" => Op::Unlink {
+            name: FileName::parse(arg(1)?)?,
+        },
+        "fread" | "pread" => Op::FileRead {
+            fd: fd_arg(arg(1)?)?,
+            buf: addr(arg(2)?)?,
+            len: num(arg(3)?)?,
+            at: match arg(0)? {
+                "pread" => Some(signed(arg(4)?)? as u64),
+                _ => None,
+            },
+        },
+        "fwrite" | "pwrite" => Op::FileWrite {
+            fd: fd_arg(arg(1)?)?,
+            buf: addr(arg(2)?)?,
+            len: num(arg(3)?)?,
+            at: match arg(0)? {
+                "pwrite" => Some(signed(arg(4)?)? as u64),
+                _ => None,
+            },
+        },
+        "lseek" => Op::Lseek {
+            fd: fd_arg(arg(1)?)?,
+            off: signed(arg(2)?)? as u64,
+            whence: flags(arg(3)?, WHENCE)?,
+        },
+        "fcntl" => Op::Fcntl {
+            fd: fd_arg(arg(1)?)?,
+            cmd: flags(arg(2)?, FCNTL)?,
+            arg: opt(3).map_or(Ok(0), |a| flags(a, SEALS))?,
+        },
         "hugepages" => Op::HugePool {
             knob: 0,
             value: num(arg(1)?)?,
@@ -660,6 +845,18 @@ impl fmt::Display for Step {
                 write!(f, "fallocate {fd} {mode} {off:#x} {len:#x}")
             }
             Op::Close { fd } => write!(f, "close {fd}"),
+            Op::Open { name, flags, mode } => write!(f, "open {name} {flags:#o} {mode:#o}"),
+            Op::Unlink { name } => write!(f, "unlink {name}"),
+            Op::FileRead { fd, buf, len, at } => match at {
+                Some(p) => write!(f, "pread {fd} {buf} {len:#x} {p:#x}"),
+                None => write!(f, "fread {fd} {buf} {len:#x}"),
+            },
+            Op::FileWrite { fd, buf, len, at } => match at {
+                Some(p) => write!(f, "pwrite {fd} {buf} {len:#x} {p:#x}"),
+                None => write!(f, "fwrite {fd} {buf} {len:#x}"),
+            },
+            Op::Lseek { fd, off, whence } => write!(f, "lseek {fd} {off:#x} {whence}"),
+            Op::Fcntl { fd, cmd, arg } => write!(f, "fcntl {fd} {cmd} {arg:#x}"),
             Op::HugePool { knob: 0, value } => write!(f, "hugepages {value}"),
             Op::HugePool { value, .. } => write!(f, "overcommit {value}"),
             Op::HugeCounters => write!(f, "hugecounters"),
@@ -716,6 +913,9 @@ impl fmt::Display for CallResult {
         }
         let name = match -r {
             1 => "EPERM",
+            2 => "ENOENT",
+            5 => "EIO",
+            6 => "ENXIO",
             9 => "EBADF",
             11 => "EAGAIN",
             12 => "ENOMEM",
@@ -724,7 +924,12 @@ impl fmt::Display for CallResult {
             16 => "EBUSY",
             17 => "EEXIST",
             19 => "ENODEV",
+            20 => "ENOTDIR",
+            21 => "EISDIR",
             22 => "EINVAL",
+            27 => "EFBIG",
+            28 => "ENOSPC",
+            36 => "ENAMETOOLONG",
             38 => "ENOSYS",
             75 => "EOVERFLOW",
             95 => "EOPNOTSUPP",

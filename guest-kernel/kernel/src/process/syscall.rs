@@ -119,11 +119,11 @@ pub fn dispatch(frame: &mut TrapFrame) {
             let exit = Exit::Exited(args[0] as i32);
             stop(frame, Some(TaskState::Stopped(Some(exit))))
         }
-        SYS_WRITE => console_write(pid, args[0], args[1], args[2]),
+        // Files are the MM core's (below).
+        SYS_WRITE if matches!(args[0], 1 | 2) => console_write(pid, args[0], args[1], args[2]),
         SYS_WRITEV => writev(pid, args[0], args[1], args[2]),
         // No console input: standard input is at its end.
         SYS_READ if args[0] == 0 => 0,
-        SYS_READ => Errno::EBADF.to_ret(),
         SYS_BRK => brk(pid, args[0]) as i64,
         SYS_ARCH_PRCTL => arch_prctl(pid, args[0], args[1]),
         SYS_SET_TID_ADDRESS | SYS_GETTID => i64::from(pid),
@@ -151,6 +151,16 @@ pub fn dispatch(frame: &mut TrapFrame) {
                 // pages for its reservation: make the RAM available first
                 // (see `memory::mm`).
                 mm::reserve(args[1] / PAGE_SIZE + POPULATE_SLACK_FRAMES);
+            }
+            use guest_mm::syscall::{SYS_FALLOCATE, SYS_PWRITE64};
+            let file_bytes = match nr {
+                SYS_WRITE | SYS_PWRITE64 => args[2],
+                SYS_FALLOCATE => args[3],
+                _ => 0,
+            };
+            if file_bytes > 0 {
+                // Page-cache pages: RAM for them first, as for populate.
+                mm::reserve(file_bytes.div_ceil(PAGE_SIZE).min(1 << 20) + POPULATE_SLACK_FRAMES);
             }
             let pool = (nr == guest_mm::syscall::SYS_HUGETLB_POOL)
                 .then(|| guest_mm::hugetlb::hstate_of_log(args[0] as u32))

@@ -50,6 +50,10 @@ impl FolioFlags {
     /// `hugetlb_restore_reserve`: freeing this huge folio gives its pool
     /// a reservation back (its owner unmapped it).
     pub const RESTORE_RESERVE: FolioFlags = FolioFlags(1 << 7);
+    /// A shmem page `fallocate` made that nothing has written or faulted
+    /// in yet (Linux: a folio that is not `PG_uptodate`); `SEEK_DATA`
+    /// sees a hole there.
+    pub const FALLOCATED: FolioFlags = FolioFlags(1 << 8);
 
     /// Whether all of `f` is set.
     pub fn contains(self, f: FolioFlags) -> bool {

@@ -3,6 +3,7 @@
 //! step.
 
 mod faults;
+mod files;
 mod fork_exit;
 mod fuzz;
 mod hugetlb;

@@ -12,7 +12,7 @@
 
 pub use crate::script::MapLine;
 use crate::script::{
-    Access, AccessResult, CallResult, HugeCountersText, MapsEntry, Op, State, Step,
+    Access, AccessResult, CallResult, FileName, HugeCountersText, MapsEntry, Op, State, Step,
 };
 
 /// One side of the comparison: guest-mm in a simulated machine, or the
@@ -20,6 +20,9 @@ use crate::script::{
 pub trait Backend {
     /// A system call of process `proc`; Linux's return convention.
     fn syscall(&mut self, proc: usize, nr: u64, args: [u64; 6]) -> i64;
+    /// A system call whose first argument is the path of tmpfs file
+    /// `name`, which each side puts where it keeps its files.
+    fn path_call(&mut self, proc: usize, nr: u64, args: [u64; 6], name: &FileName) -> i64;
     /// A ring-3 access of one byte (`Some(v)`: write `v`).
     fn access(&mut self, proc: usize, va: u64, write: Option<u8>) -> Access;
     /// `proc` forks; the child becomes process `child`.
@@ -57,8 +60,11 @@ impl<B: Backend> Runner<B> {
         }
         let st = &self.state;
         if let Some((nr, args)) = step.op.call(|a| st.resolve(a)) {
-            let r = self.backend.syscall(p, nr, args);
-            if matches!(step.op, Op::Memfd { .. }) {
+            let r = match step.op.path_name() {
+                Some(name) => self.backend.path_call(p, nr, args, &name),
+                None => self.backend.syscall(p, nr, args),
+            };
+            if step.op.opens() {
                 // Descriptor numbers differ between the sides: `@k` names it.
                 self.state.opened(k, r);
                 if r >= 0 {

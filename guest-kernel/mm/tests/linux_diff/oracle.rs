@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::backend::{Backend, MapLine, digest};
+use crate::script::FileName;
 
 /// The host's 2 MiB hugetlb pool in sysfs.
 const HUGE_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -253,8 +254,22 @@ fn install_handlers() {
     }
 }
 
+/// This oracle's own prefix for the tmpfs files of its cases.
+fn tmpfs_prefix(oracle: u32) -> String {
+    format!("{}ww{oracle}-", crate::script::TMPFS_DIR)
+}
+
+/// The path of case file `name` (the oracle's prefix is fixed before it
+/// serves, so its forked children share it).
+fn tmpfs_path(name: &str) -> std::ffi::CString {
+    static ORACLE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *ORACLE.get_or_init(std::process::id);
+    std::ffi::CString::new(format!("{}{name}", tmpfs_prefix(pid))).expect("no NUL in a name")
+}
+
 /// The oracle's `main`.
 pub fn serve_stdio() -> ! {
+    let _ = tmpfs_path("");
     open_pool_knobs();
     prepare_process();
     install_handlers();
@@ -360,6 +375,18 @@ impl Proc {
                 // SAFETY: a NUL-terminated name; flags as the script gives.
                 let r = unsafe { libc::syscall(libc::SYS_memfd_create, c"t".as_ptr(), n(1)) };
                 if r == -1 { -errno() } else { r }.to_string()
+            }
+            "open" => {
+                let path = tmpfs_path(w[1]);
+                // SAFETY: a NUL-terminated path; flags and mode as given.
+                let r = unsafe { libc::open(path.as_ptr(), n(2) as i32, n(3) as libc::c_uint) };
+                if r == -1 { -errno() } else { i64::from(r) }.to_string()
+            }
+            "unlink" => {
+                let path = tmpfs_path(w[1]);
+                // SAFETY: a NUL-terminated path.
+                let r = unsafe { libc::unlink(path.as_ptr()) };
+                if r == -1 { -errno() } else { 0 }.to_string()
             }
             "hugecounters" => {
                 let c = pool_counters();
@@ -508,6 +535,16 @@ impl Drop for Oracle {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The files its case left behind.
+        let prefix = tmpfs_prefix(self.child.id());
+        if let Ok(dir) = std::fs::read_dir(crate::script::TMPFS_DIR) {
+            for e in dir.flatten() {
+                let path = e.path();
+                if path.to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         reset_pool();
     }
 }
@@ -536,6 +573,15 @@ impl Backend for Oracle {
             a[0], a[1], a[2], a[3], a[4], a[5]
         );
         self.ask(proc, &cmd).parse().expect("syscall result")
+    }
+
+    fn path_call(&mut self, proc: usize, nr: u64, a: [u64; 6], name: &FileName) -> i64 {
+        let cmd = match nr {
+            crate::script::SYS_OPEN => format!("open {name} {} {}", a[1], a[2]),
+            crate::script::SYS_UNLINK => format!("unlink {name}"),
+            _ => panic!("no path call {nr}"),
+        };
+        self.ask(proc, &cmd).parse().expect("path call result")
     }
 
     fn access(&mut self, proc: usize, va: u64, write: Option<u8>) -> Access {

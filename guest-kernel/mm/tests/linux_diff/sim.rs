@@ -7,9 +7,10 @@ use guest_mm::testing::{Access as Kind, SimMachine};
 use guest_mm::{Config, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
 
 use crate::backend::{Backend, MapLine, digest};
-use crate::script::Access;
+use crate::script::{Access, FileName};
 
-/// Where the simulated process keeps the name it gives `memfd_create`.
+/// Where the simulated process keeps the names it gives `memfd_create`,
+/// `open` and `unlink`.
 const NAME: u64 = 0x2000_0000_0000;
 
 pub struct Sim {
@@ -64,6 +65,15 @@ impl Backend for Sim {
             Outcome::Return(v) => v,
             other => panic!("syscall {nr} gave {other:?}"),
         }
+    }
+
+    fn path_call(&mut self, proc: usize, nr: u64, mut args: [u64; 6], name: &FileName) -> i64 {
+        let mut buf = [0u8; 32];
+        let path = name.path_in(&mut buf);
+        guest_mm::testing::user::user_write(&mut self.sys, self.pids[proc], 0, NAME, path)
+            .expect("path");
+        args[0] = NAME;
+        self.syscall(proc, nr, args)
     }
 
     fn access(&mut self, proc: usize, va: u64, write: Option<u8>) -> Access {

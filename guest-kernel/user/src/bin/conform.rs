@@ -279,7 +279,7 @@ enum Done {
     Exited,
     /// The 2 MiB hugetlb pool's counters.
     Huge([u64; 4]),
-    /// A memfd was opened (its number differs from Linux's: not shown).
+    /// A file was opened (its number differs from Linux's: not shown).
     Opened,
 }
 
@@ -298,11 +298,15 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
         if nr == SYS_MEMFD_CREATE {
             args[0] = MEMFD_NAME.as_ptr() as u64;
         }
+        let mut path = [0u8; 32];
+        if let Some(name) = step.op.path_name() {
+            args[0] = name.path_in(&mut path).as_ptr() as u64;
+        }
         let r = call6(nr, args);
         if let Some(len) = step.op.maps_len() {
             ctrl.state.mapped(k, *me, r, len);
         }
-        if matches!(step.op, Op::Memfd { .. }) {
+        if step.op.opens() {
             ctrl.state.opened(k, r);
             if r >= 0 {
                 return Ran::Done(Done::Opened);
