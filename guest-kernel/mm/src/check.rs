@@ -57,51 +57,29 @@ impl<H: Hw> MemSystem<H> {
                     bad.push(format!("mm {id:?}: bad vma {:#x}..{:#x}", v.start, v.end));
                 }
                 prev_end = v.end;
-                match &v.backing {
-                    Backing::Anon { chain } => {
-                        for av in chain {
-                            if !self
-                                .anon_vmas
-                                .get(av)
-                                .is_some_and(|x| x.vmas.contains(&(id, v.start)))
-                            {
-                                bad.push(format!(
-                                    "mm {id:?}: vma {:#x} chains to {av:?} without membership",
-                                    v.start
-                                ));
-                            }
-                        }
+                for av in v.backing.anon_chain() {
+                    if !self
+                        .anon_vmas
+                        .get(av)
+                        .is_some_and(|x| x.vmas.contains(&(id, v.start)))
+                    {
+                        bad.push(format!(
+                            "mm {id:?}: vma {:#x} chains to {av:?} without membership",
+                            v.start
+                        ));
                     }
-                    // check_hugetlb covers these.
-                    Backing::Hugetlb { .. } => {}
-                    Backing::PrivateFile { obj: o, chain } => {
-                        let listed = self
-                            .shmems
-                            .get(o)
-                            .is_some_and(|s| s.i_mmap.contains(&(id, v.start)));
-                        let chained = chain.iter().all(|av| {
-                            self.anon_vmas
-                                .get(av)
-                                .is_some_and(|x| x.vmas.contains(&(id, v.start)))
-                        });
-                        if !listed || !chained {
-                            bad.push(format!(
-                                "mm {id:?}: private file vma {:#x} unlisted in {o:?} or its chain",
-                                v.start
-                            ));
-                        }
-                    }
-                    Backing::Shmem { obj: o, .. } => {
-                        if !self
-                            .shmems
-                            .get(o)
-                            .is_some_and(|s| s.i_mmap.contains(&(id, v.start)))
-                        {
-                            bad.push(format!(
-                                "mm {id:?}: vma {:#x} maps dead or unlisted {o:?}",
-                                v.start
-                            ));
-                        }
+                }
+                // check_hugetlb covers hugetlb VMAs' files.
+                if let Some(o) = v.file() {
+                    if !self
+                        .shmems
+                        .get(&o)
+                        .is_some_and(|s| s.i_mmap.contains(&(id, v.start)))
+                    {
+                        bad.push(format!(
+                            "mm {id:?}: vma {:#x} maps dead or unlisted {o:?}",
+                            v.start
+                        ));
                     }
                 }
             }
@@ -226,9 +204,6 @@ impl<H: Hw> MemSystem<H> {
             if named != usize::from(s.linked) {
                 bad.push(format!("{o:?}: linked {}, {named} names", s.linked));
             }
-            if s.pages_len != s.size.div_ceil(PAGE_SIZE) {
-                bad.push(format!("{o:?}: {} pages for {} bytes", s.pages_len, s.size));
-            }
             for &(mm, start) in &s.i_mmap {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
                 if v.is_none_or(|v| v.file() != Some(o)) {
@@ -262,9 +237,7 @@ impl<H: Hw> MemSystem<H> {
             }
             for &(mm, start) in &av.vmas {
                 let v = self.mms.get(&mm).and_then(|a| a.vmas.get(start));
-                let chained = v.is_some_and(
-                    |v| matches!(&v.backing, Backing::Anon { chain } | Backing::Hugetlb { chain, .. } | Backing::PrivateFile { chain, .. } if chain.contains(&id)),
-                );
+                let chained = v.is_some_and(|v| v.backing.anon_chain().contains(&id));
                 if !chained {
                     bad.push(format!(
                         "{id:?}: lists {mm:?}/{start:#x}, not a VMA chained to it"

@@ -35,6 +35,15 @@ pub struct FaultFlags {
 const SEGV_MAP: Fault = Fault::Segv(SegvCode::MapErr);
 const SEGV_ACC: Fault = Fault::Segv(SegvCode::AccErr);
 
+/// What a shmem page is wanted for (`enum sgp_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sgp {
+    /// A fault or a read (`SGP_CACHE`): only inside the file.
+    Cache,
+    /// A `write(2)` (`SGP_WRITE`): also past the end, which it then moves.
+    Write,
+}
+
 impl<H: Hw> MemSystem<H> {
     /// Resolves a fault at `va` in `mm` (`handle_mm_fault`).
     pub(crate) fn handle_mm_fault(
@@ -361,7 +370,7 @@ impl<H: Hw> MemSystem<H> {
     /// exclusive anonymous folio.
     fn do_cow_fault(&mut self, mm: MmId, vma: &Vma, va: u64, slot: u64) -> Result<(), Fault> {
         let obj = vma.file().expect("file mapping");
-        let page = self.shmem_get_page(obj, vma.page_index(va))?;
+        let page = self.shmem_get_page(obj, vma.page_index(va), Sgp::Cache)?;
         let new = self.new_anon_folio(mm, va, vma.page_index(va), 0)?;
         self.hw.copy_frame(new, page);
         let flags = vma
@@ -388,7 +397,7 @@ impl<H: Hw> MemSystem<H> {
         write: bool,
     ) -> Result<(), Fault> {
         let obj = vma.file().expect("file mapping");
-        let page = self.shmem_get_page(obj, vma.page_index(va))?;
+        let page = self.shmem_get_page(obj, vma.page_index(va), Sgp::Cache)?;
         let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
         if write {
             flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
@@ -402,16 +411,18 @@ impl<H: Hw> MemSystem<H> {
         Ok(())
     }
 
-    /// `shmem_get_folio(SGP_CACHE)`: the object's page at `idx`, read back
-    /// from swap or created zeroed if missing; SIGBUS past the end or for a
-    /// page lost to a swap error.
+    /// `shmem_get_folio`: the object's page at `idx`, read back from swap
+    /// or created zeroed if missing; SIGBUS for a page lost to a swap
+    /// error, and past the end unless for a write (`SGP_WRITE`), which may
+    /// place a page there.
     pub(crate) fn shmem_get_page(
         &mut self,
         obj: crate::ids::ShmemId,
         idx: u64,
+        sgp: Sgp,
     ) -> Result<Pfn, Fault> {
         let s = self.shmems.get(&obj).expect("live shmem");
-        if idx >= s.pages_len {
+        if sgp == Sgp::Cache && idx >= s.pages_len() {
             return Err(Fault::Bus);
         }
         let page = match s.pages.get(&idx).copied() {
@@ -475,7 +486,7 @@ impl<H: Hw> MemSystem<H> {
             let Some(ShmemPage::Folio(page)) = self
                 .shmems
                 .get(&obj)
-                .filter(|o| i < o.pages_len)
+                .filter(|o| i < o.pages_len())
                 .and_then(|o| o.pages.get(&i))
                 .copied()
             else {

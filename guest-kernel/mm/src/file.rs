@@ -13,6 +13,7 @@
 //! nothing is `EFAULT`.
 
 use crate::errno::{Errno, Fault};
+use crate::fault::Sgp;
 use crate::frame::FolioFlags;
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::{FileId, Pid, ShmemId};
@@ -22,7 +23,7 @@ use crate::vma::TASK_SIZE;
 
 /// The first descriptor a process gets (0 to 2 are the console).
 const FIRST_FD: i32 = 3;
-/// `O_ACCMODE`.
+/// `O_ACCMODE` (3, both bits, is neither readable nor writable).
 pub const O_ACCMODE: u32 = 0o3;
 /// `O_WRONLY`.
 pub const O_WRONLY: u32 = 0o1;
@@ -59,14 +60,11 @@ fn access_ok(ptr: u64, len: u64) -> bool {
 impl<H: Hw> MemSystem<H> {
     /// A new open file of `obj` on the lowest free descriptor of `pid`.
     pub(crate) fn install_fd(&mut self, pid: Pid, obj: ShmemId, flags: u32) -> u64 {
-        let acc = flags & O_ACCMODE;
         let id = FileId(self.new_id());
         self.files.insert(
             id,
             OpenFile {
                 obj,
-                read: acc != O_WRONLY && acc != O_ACCMODE,
-                write: acc == O_WRONLY || acc == O_RDWR,
                 flags: flags | O_LARGEFILE,
                 pos: 0,
                 refs: 1,
@@ -154,7 +152,7 @@ impl<H: Hw> MemSystem<H> {
         }
         let id = self.open_file(pid, fd)?;
         let f = &self.files[&id];
-        if !(if write { f.write } else { f.read }) {
+        if !(if write { f.writable() } else { f.readable() }) {
             return Err(Errno::EBADF);
         }
         if !access_ok(buf, count) {
@@ -194,7 +192,7 @@ impl<H: Hw> MemSystem<H> {
                     error = Some(Errno::EIO);
                     break;
                 }
-                Some(ShmemPage::Swap(_)) => match self.shmem_get_page(obj, idx) {
+                Some(ShmemPage::Swap(_)) => match self.shmem_get_page(obj, idx, Sgp::Cache) {
                     Ok(p) => self.hw.read_bytes(p.addr(), &mut page),
                     Err(_) => {
                         error = Some(Errno::EIO);
@@ -265,14 +263,9 @@ impl<H: Hw> MemSystem<H> {
                 error = Some(Errno::EPERM);
                 break;
             }
-            let s = self.shmems.get_mut(&obj).expect("live shmem");
-            let pages_len = s.pages_len;
             // The page may lie past the end (it stays there, zeroed, if
             // nothing is copied into it, as in Linux).
-            s.pages_len = s.pages_len.max(idx + 1);
-            let page = self.shmem_get_page(obj, idx);
-            self.shmems.get_mut(&obj).expect("live shmem").pages_len = pages_len;
-            let page = match page {
+            let page = match self.shmem_get_page(obj, idx, Sgp::Write) {
                 Ok(p) => p,
                 Err(e) => {
                     error = Some(match e {
@@ -282,15 +275,13 @@ impl<H: Hw> MemSystem<H> {
                     break;
                 }
             };
-            self.frames
-                .get_mut(page)
-                .flags
-                .set(FolioFlags::FALLOCATED, false);
-            let copied = self.copy_prefix(pid, buf + done, &mut chunk[..n as usize], false);
+            let copied =
+                self.copy_from_user_prefix(pid, buf + done, &mut chunk[..n as usize], false);
             if copied == 0 {
                 // Forward progress: fault the source in, or give up.
                 if faulted_in
-                    || self.copy_prefix(pid, buf + done, &mut chunk[..n as usize], true) == 0
+                    || self.copy_from_user_prefix(pid, buf + done, &mut chunk[..n as usize], true)
+                        == 0
                 {
                     error = Some(Errno::EFAULT);
                     break;
@@ -305,10 +296,7 @@ impl<H: Hw> MemSystem<H> {
             done += copied;
             pos += copied;
             let s = self.shmems.get_mut(&obj).expect("live shmem");
-            if pos > s.size {
-                s.size = pos;
-                s.pages_len = pos.div_ceil(PAGE_SIZE);
-            }
+            s.size = s.size.max(pos);
         }
         if at.is_none() && done > 0 {
             self.files.get_mut(&id).expect("open file").pos = pos;
@@ -337,7 +325,7 @@ impl<H: Hw> MemSystem<H> {
     /// Copies user memory at `va` into `buf` up to the first address that
     /// faults (or, without `may_fault`, that is not mapped readable now);
     /// returns how much.
-    fn copy_prefix(&mut self, pid: Pid, va: u64, buf: &mut [u8], may_fault: bool) -> u64 {
+    fn copy_from_user_prefix(&mut self, pid: Pid, va: u64, buf: &mut [u8], may_fault: bool) -> u64 {
         let mut done = 0usize;
         while done < buf.len() {
             let a = va + done as u64;
@@ -393,23 +381,38 @@ impl<H: Hw> MemSystem<H> {
         if end <= start {
             return Err(Errno::ENXIO);
         }
-        let is_data = |idx: u64| match s.pages.get(&idx) {
-            Some(ShmemPage::Folio(p)) => !self
+        let is_data = |p: &ShmemPage| match p {
+            ShmemPage::Folio(p) => !self
                 .frames
                 .get(*p)
                 .is_some_and(|f| f.flags.contains(FolioFlags::FALLOCATED)),
             // Value entries: swapped or lost pages.
-            Some(ShmemPage::Swap(_) | ShmemPage::Poisoned) => true,
-            None => false,
+            ShmemPage::Swap(_) | ShmemPage::Poisoned => true,
         };
-        let mut at = start;
-        while at < end {
-            if is_data(at / PAGE_SIZE) == data {
-                return Ok(at);
+        // Only the pages the file has are visited, however sparse it is.
+        let mut data_pages = s
+            .pages
+            .range(start / PAGE_SIZE..)
+            .filter(|(_, p)| is_data(p))
+            .map(|(&i, _)| i);
+        let at = if data {
+            data_pages.next().ok_or(Errno::ENXIO)? * PAGE_SIZE
+        } else {
+            // The first page from `start` on that is not data.
+            let mut hole = start / PAGE_SIZE;
+            for i in data_pages {
+                if i != hole {
+                    break;
+                }
+                hole += 1;
             }
-            at = (at / PAGE_SIZE + 1) * PAGE_SIZE;
+            hole.saturating_mul(PAGE_SIZE)
+        };
+        match at.max(start) {
+            at if at < end => Ok(at),
+            _ if data => Err(Errno::ENXIO),
+            _ => Ok(end),
         }
-        if data { Err(Errno::ENXIO) } else { Ok(end) }
     }
 
     /// `fcntl(fd, cmd, arg)`: the sealing commands.

@@ -34,10 +34,7 @@ impl<H: Hw> MemSystem<H> {
             let mut cv = v.clone();
             cv.flags.0 &= !VmFlags::LOCKED_MASK;
             let wipe = v.flags.has(VmFlags::WIPEONFORK);
-            if let Backing::Anon { chain }
-            | Backing::Hugetlb { chain, .. }
-            | Backing::PrivateFile { chain, .. } = &mut cv.backing
-            {
+            if let Some(chain) = cv.backing.anon_chain_mut() {
                 if wipe {
                     chain.clear();
                 } else if !chain.is_empty() {
@@ -55,10 +52,8 @@ impl<H: Hw> MemSystem<H> {
             // could not rebuild; shared and never-written private memory is
             // faulted in again by the child.
             let needs_copy = match &v.backing {
-                Backing::Anon { chain }
-                | Backing::Hugetlb { chain, .. }
-                | Backing::PrivateFile { chain, .. } => !chain.is_empty(),
                 Backing::Shmem { anon_vma, .. } => *anon_vma,
+                b => !b.anon_chain().is_empty(),
             };
             if needs_copy && !wipe {
                 result = if v.is_hugetlb() {

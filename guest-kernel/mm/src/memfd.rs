@@ -39,8 +39,24 @@ const NAME_MAX: usize = 249;
 pub const FALLOC_FL_KEEP_SIZE: u64 = 0x1;
 /// `FALLOC_FL_PUNCH_HOLE`.
 pub const FALLOC_FL_PUNCH_HOLE: u64 = 0x2;
-/// `FALLOC_FL_*` bits that select a mode (`FALLOC_FL_MODE_MASK`).
-const FALLOC_FL_MODE_MASK: u64 = 0x02 | 0x08 | 0x10 | 0x20 | 0x40 | 0x80;
+/// `FALLOC_FL_COLLAPSE_RANGE`.
+const FALLOC_FL_COLLAPSE_RANGE: u64 = 0x08;
+/// `FALLOC_FL_ZERO_RANGE`.
+const FALLOC_FL_ZERO_RANGE: u64 = 0x10;
+/// `FALLOC_FL_INSERT_RANGE`.
+const FALLOC_FL_INSERT_RANGE: u64 = 0x20;
+/// `FALLOC_FL_UNSHARE_RANGE`.
+const FALLOC_FL_UNSHARE_RANGE: u64 = 0x40;
+/// `FALLOC_FL_WRITE_ZEROES`.
+const FALLOC_FL_WRITE_ZEROES: u64 = 0x80;
+/// The bits that select a mode (`FALLOC_FL_MODE_MASK`; no bit is
+/// `FALLOC_FL_ALLOCATE_RANGE`).
+const FALLOC_FL_MODE_MASK: u64 = FALLOC_FL_PUNCH_HOLE
+    | FALLOC_FL_COLLAPSE_RANGE
+    | FALLOC_FL_ZERO_RANGE
+    | FALLOC_FL_INSERT_RANGE
+    | FALLOC_FL_UNSHARE_RANGE
+    | FALLOC_FL_WRITE_ZEROES;
 /// `F_SEAL_SEAL`: no more seals.
 pub const F_SEAL_SEAL: u32 = 0x1;
 /// `F_SEAL_SHRINK`.
@@ -109,7 +125,7 @@ impl<H: Hw> MemSystem<H> {
     /// `memfd_add_seals`: `F_ADD_SEALS` through open file `file`.
     pub(crate) fn add_seals(&mut self, file: FileId, seals: u32) -> Result<(), Errno> {
         let f = &self.files[&file];
-        if !f.write {
+        if !f.writable() {
             return Err(Errno::EPERM);
         }
         if seals & !F_ALL_SEALS != 0 {
@@ -152,7 +168,7 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EINVAL);
         }
         let f = &self.files[&self.open_file(pid, fd)?];
-        if !f.write {
+        if !f.writable() {
             return Err(Errno::EINVAL);
         }
         self.shmem_set_size(f.obj, length)
@@ -179,9 +195,7 @@ impl<H: Hw> MemSystem<H> {
         if length <= old && length < end {
             self.shmem_punch(obj, length, end, true);
         }
-        let s = self.shmems.get_mut(&obj).expect("live shmem");
-        s.size = length;
-        s.pages_len = length.div_ceil(PAGE_SIZE);
+        self.shmems.get_mut(&obj).expect("live shmem").size = length;
         Ok(())
     }
 
@@ -208,15 +222,15 @@ impl<H: Hw> MemSystem<H> {
         }
         let keep = mode & FALLOC_FL_KEEP_SIZE != 0;
         match mode & FALLOC_FL_MODE_MASK {
-            // Allocate, unshare, zero range.
-            0 | 0x40 | 0x10 => {}
+            // 0: allocate.
+            0 | FALLOC_FL_UNSHARE_RANGE | FALLOC_FL_ZERO_RANGE => {}
             FALLOC_FL_PUNCH_HOLE if keep => {}
-            // Collapse, insert, write zeroes.
-            0x08 | 0x20 | 0x80 if !keep => {}
+            FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE | FALLOC_FL_WRITE_ZEROES if !keep => {
+            }
             _ => return Err(Errno::EOPNOTSUPP),
         }
         let f = &self.files[&file];
-        if !f.write {
+        if !f.writable() {
             return Err(Errno::EBADF);
         }
         let obj = f.obj;
@@ -260,9 +274,8 @@ impl<H: Hw> MemSystem<H> {
             s.pages.insert(idx, ShmemPage::Folio(new));
         }
         let s = self.shmems.get_mut(&obj).expect("live shmem");
-        if !keep && end > s.size {
-            s.size = end;
-            s.pages_len = end.div_ceil(PAGE_SIZE);
+        if !keep {
+            s.size = s.size.max(end);
         }
         Ok(())
     }

@@ -287,7 +287,7 @@ impl<H: Hw> MemSystem<H> {
         prot: u64,
     ) -> Result<u64, Errno> {
         let f = &self.files[&file];
-        let (obj, readable, writable) = (f.obj, f.read, f.write);
+        let (obj, readable, writable) = (f.obj, f.readable(), f.writable());
         let shared = match flags as u32 & MAP_TYPE {
             // Only the legacy flags; shmem supports no others.
             MAP_SHARED_VALIDATE if flags & !LEGACY_MAP_MASK != 0 => return Err(Errno::EOPNOTSUPP),

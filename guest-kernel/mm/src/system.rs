@@ -93,15 +93,13 @@ pub(crate) enum ShmemPage {
 /// anonymous mapping, a memfd or a tmpfs file.
 #[derive(Debug)]
 pub(crate) struct Shmem {
-    /// Size in pages (`i_size`); faults beyond it are SIGBUS.
-    pub pages_len: u64,
     pub pages: BTreeMap<u64, ShmemPage>,
     /// Every VMA mapping the object (`i_mmap`).
     pub i_mmap: BTreeSet<VmaKey>,
     /// Open files of it; the object dies when the last open file, the
     /// last mapping and its name are gone.
     pub fd_refs: u32,
-    /// `i_size` in bytes (`pages_len` pages rounded up).
+    /// `i_size` in bytes; faults at or past it are SIGBUS.
     pub size: u64,
     /// `F_SEAL_*` bits (`shmem_inode_info.seals`).
     pub seals: u32,
@@ -112,11 +110,15 @@ pub(crate) struct Shmem {
 }
 
 impl Shmem {
+    /// `i_size` in pages, rounded up.
+    pub fn pages_len(&self) -> u64 {
+        self.size.div_ceil(crate::hw::PAGE_SIZE)
+    }
+
     /// A new object of `size` bytes with no pages, as `shmem_get_inode`
     /// makes it: sealing sealed, mode `0777`.
     pub fn new(size: u64) -> Self {
         Shmem {
-            pages_len: size.div_ceil(crate::hw::PAGE_SIZE),
             pages: BTreeMap::new(),
             i_mmap: BTreeSet::new(),
             fd_refs: 0,
@@ -133,16 +135,27 @@ impl Shmem {
 #[derive(Debug, Clone)]
 pub(crate) struct OpenFile {
     pub obj: ShmemId,
-    /// `FMODE_READ`.
-    pub read: bool,
-    /// `FMODE_WRITE`.
-    pub write: bool,
-    /// `f_flags` as `F_GETFL` shows them.
+    /// `f_flags`: the access mode, `O_APPEND`, `O_LARGEFILE`.
     pub flags: u32,
     /// `f_pos`.
     pub pos: u64,
     /// Descriptors referring to it.
     pub refs: u32,
+}
+
+impl OpenFile {
+    /// `FMODE_READ`: `O_RDONLY` or `O_RDWR`.
+    pub fn readable(&self) -> bool {
+        matches!(self.flags & crate::file::O_ACCMODE, 0 | crate::file::O_RDWR)
+    }
+
+    /// `FMODE_WRITE`: `O_WRONLY` or `O_RDWR`.
+    pub fn writable(&self) -> bool {
+        matches!(
+            self.flags & crate::file::O_ACCMODE,
+            crate::file::O_WRONLY | crate::file::O_RDWR
+        )
+    }
 }
 
 /// State of a process.
@@ -412,13 +425,11 @@ impl<H: Hw> MemSystem<H> {
             .or_default()
             .vmas
             .insert((mm, start));
-        if let Some(Vma {
-            backing:
-                Backing::Anon { chain }
-                | Backing::Hugetlb { chain, .. }
-                | Backing::PrivateFile { chain, .. },
-            ..
-        }) = self.mm_mut(mm).vmas.get_mut(start)
+        if let Some(chain) = self
+            .mm_mut(mm)
+            .vmas
+            .get_mut(start)
+            .and_then(|v| v.backing.anon_chain_mut())
         {
             chain.push(a);
         }

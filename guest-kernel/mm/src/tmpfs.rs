@@ -13,7 +13,7 @@
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
-use crate::file::{O_ACCMODE, O_RDWR, O_WRONLY};
+use crate::file::{O_ACCMODE, O_WRONLY};
 use crate::hw::Hw;
 use crate::ids::{Pid, ShmemId};
 use crate::system::{MemSystem, Shmem};
@@ -86,8 +86,7 @@ impl<H: Hw> MemSystem<H> {
             // O_APPEND ask for write permission.
             let mode = self.shmems[&obj].mode;
             let wants_read = acc != O_WRONLY;
-            let wants_write = acc == O_WRONLY || acc == O_RDWR || acc == O_ACCMODE;
-            let wants_write = wants_write || flags & O_TRUNC != 0;
+            let wants_write = acc != 0 || flags & O_TRUNC != 0;
             if (wants_read && mode & 0o400 == 0) || (wants_write && mode & 0o200 == 0) {
                 return Err(Errno::EACCES);
             }
@@ -95,7 +94,7 @@ impl<H: Hw> MemSystem<H> {
                 self.shmem_set_size(obj, 0)?;
             }
         }
-        let kept = flags & !(crate::tmpfs::O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC);
+        let kept = flags & !(O_CREAT | O_EXCL | O_NOCTTY | O_TRUNC);
         Ok(self.install_fd(pid, obj, kept))
     }
 

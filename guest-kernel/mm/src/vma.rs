@@ -134,6 +134,28 @@ pub enum Backing {
     },
 }
 
+impl Backing {
+    /// The anon_vma chain (shared memory has none).
+    pub fn anon_chain(&self) -> &[AnonVmaId] {
+        match self {
+            Backing::Anon { chain }
+            | Backing::Hugetlb { chain, .. }
+            | Backing::PrivateFile { chain, .. } => chain,
+            Backing::Shmem { .. } => &[],
+        }
+    }
+
+    /// The anon_vma chain, to change (`None` for shared memory).
+    pub fn anon_chain_mut(&mut self) -> Option<&mut Vec<AnonVmaId>> {
+        match self {
+            Backing::Anon { chain }
+            | Backing::Hugetlb { chain, .. }
+            | Backing::PrivateFile { chain, .. } => Some(chain),
+            Backing::Shmem { .. } => None,
+        }
+    }
+}
+
 /// Which reservations a hugetlb VMA holds (`vm_private_data` and the
 /// `HPAGE_RESV_*` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,12 +244,7 @@ impl Vma {
     }
     /// The anon_vma new folios go to, if prepared.
     pub fn own_anon_vma(&self) -> Option<AnonVmaId> {
-        match &self.backing {
-            Backing::Anon { chain }
-            | Backing::Hugetlb { chain, .. }
-            | Backing::PrivateFile { chain, .. } => chain.last().copied(),
-            Backing::Shmem { .. } => None,
-        }
+        self.backing.anon_chain().last().copied()
     }
 }
 

@@ -51,18 +51,6 @@ impl<H: Hw> MemSystem<H> {
                         v.start
                     ));
                 }
-                for av in chain {
-                    if !self
-                        .anon_vmas
-                        .get(av)
-                        .is_some_and(|x| x.vmas.contains(&(id, v.start)))
-                    {
-                        bad.push(format!(
-                            "mm {id:?}: vma {:#x} chains to {av:?} unlisted",
-                            v.start
-                        ));
-                    }
-                }
                 if let HugeResv::Owner(r) = resv {
                     match self.huge.private.get(r) {
                         Some(m) => {

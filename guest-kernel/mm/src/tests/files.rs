@@ -83,3 +83,23 @@ fn the_checker_counts_open_file_references() {
         "{err:?}"
     );
 }
+
+#[test]
+fn seeking_a_huge_sparse_file_visits_only_its_pages() {
+    let (mut s, p) = setup();
+    let at = path(&mut s, p, b"/dev/shm/d\0");
+    let fd = s
+        .openat(p, crate::tmpfs::AT_FDCWD, at, O_CREAT | RDWR, 0o600)
+        .unwrap();
+    // An exabyte of holes and one page of data near its end.
+    s.ftruncate(p, fd, 1 << 60).unwrap();
+    mmap(&mut s, p, A, PG, RW, PRIV).unwrap();
+    write(&mut s, p, A, &[1]);
+    let last = (1u64 << 60) - PG;
+    assert_eq!(s.file_write(p, fd, A, 1, Some(last)), Ok(1));
+    use crate::file::{SEEK_DATA, SEEK_HOLE};
+    assert_eq!(s.lseek(p, fd, 0, SEEK_DATA), Ok(last));
+    assert_eq!(s.lseek(p, fd, last, SEEK_HOLE), Ok(1 << 60));
+    assert_eq!(s.lseek(p, fd, 5, SEEK_HOLE), Ok(5));
+    ok(&s);
+}

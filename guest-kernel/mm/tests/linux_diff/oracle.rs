@@ -259,17 +259,19 @@ fn tmpfs_prefix(oracle: u32) -> String {
     format!("{}ww{oracle}-", crate::script::TMPFS_DIR)
 }
 
-/// The path of case file `name` (the oracle's prefix is fixed before it
-/// serves, so its forked children share it).
+/// The first oracle process's pid, which names its tmpfs files (forked
+/// children inherit it).
+static ORACLE_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The path of case file `name`.
 fn tmpfs_path(name: &str) -> std::ffi::CString {
-    static ORACLE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = *ORACLE.get_or_init(std::process::id);
+    let pid = *ORACLE_PID.get().expect("set when the oracle starts");
     std::ffi::CString::new(format!("{}{name}", tmpfs_prefix(pid))).expect("no NUL in a name")
 }
 
 /// The oracle's `main`.
 pub fn serve_stdio() -> ! {
-    let _ = tmpfs_path("");
+    let _ = ORACLE_PID.set(std::process::id());
     open_pool_knobs();
     prepare_process();
     install_handlers();
