@@ -199,6 +199,38 @@ fn a_musl_program_runs_unchanged() {
     assert!(console.contains(r#""guest_exit_code": 134"#), "{console}");
 }
 
+/// The lines a program prints that start with `prefix`.
+fn lines_with(text: &str, prefix: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// tmpfs files, file I/O and seals from a musl program: the guest prints
+/// what Linux prints.
+#[test]
+fn a_musl_program_uses_tmpfs_files_as_on_linux() {
+    if !musl_available() || !kvm_available() {
+        return;
+    }
+    let out = scratch().join("files-musl");
+    let built = Command::new("musl-gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(repo().join("resources/init/files-musl.c"))
+        .status()
+        .expect("running musl-gcc");
+    assert!(built.success(), "musl-gcc failed");
+    let on_linux = Command::new(&out).output().unwrap();
+    assert_eq!(on_linux.status.code(), Some(0), "{on_linux:?}");
+    let linux = lines_with(&String::from_utf8_lossy(&on_linux.stdout), "files:");
+    assert_eq!(linux.len(), 7, "{linux:?}");
+    let (status, console) = run_init(&out, &[]);
+    assert_eq!(status, 0, "{console}");
+    assert_eq!(lines_with(&console, "files:"), linux, "{console}");
+}
+
 /// A program that crashes is reported and its status is 128 + the signal;
 /// the VMM is fine.
 #[test]

@@ -88,6 +88,45 @@ fn only_leaked(c: [u64; 4], n: u64) -> bool {
     total == n && free == n && rsvd == n && (surplus == 0 || surplus == n)
 }
 
+/// Writes the host's own pool settings back, with nothing but `open`,
+/// `write` and `close` (it runs in a signal handler too).
+extern "C" fn restore_pool() {
+    let Some((nr, over)) = ORIGINAL_POOL.get() else {
+        return;
+    };
+    let knobs = [
+        (
+            c"/sys/kernel/mm/hugepages/hugepages-2048kB/nr_overcommit_hugepages",
+            over,
+        ),
+        (
+            c"/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+            nr,
+        ),
+    ];
+    for (path, v) in knobs {
+        let Some(v) = v else { continue };
+        let v = v.trim().as_bytes();
+        // SAFETY: a NUL-terminated path; `v` lives for the call.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                libc::write(fd, v.as_ptr().cast(), v.len());
+                libc::close(fd);
+            }
+        }
+    }
+}
+
+extern "C" fn restore_pool_and_die(sig: libc::c_int) {
+    restore_pool();
+    // SAFETY: back to the default action, which ends the process.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
 /// Empties the host's 2 MiB pool (as root; otherwise it stays as it is)
 /// and waits until the pages of finished cases are back: each case starts
 /// with Linux's boot state, no pool and no overcommit. The host's own
@@ -95,23 +134,21 @@ fn only_leaked(c: [u64; 4], n: u64) -> bool {
 /// that only leaked reservations hold, or `None` when the pool holds
 /// anything else.
 pub fn reset_pool() -> Option<u64> {
-    // The host's own settings come back when the test ends.
+    // The host's own settings come back when the test ends, also when it
+    // is interrupted (Ctrl-C, SIGTERM, SIGHUP).
     static SAVED: std::sync::Once = std::sync::Once::new();
     SAVED.call_once(|| {
         let read = |name: &str| std::fs::read_to_string(format!("{HUGE_SYSFS}/{name}")).ok();
         let saved = (read("nr_hugepages"), read("nr_overcommit_hugepages"));
         let _ = ORIGINAL_POOL.set(saved);
-        extern "C" fn restore() {
-            if let Some((nr, over)) = ORIGINAL_POOL.get() {
-                for (name, v) in [("nr_overcommit_hugepages", over), ("nr_hugepages", nr)] {
-                    if let Some(v) = v {
-                        let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), v.trim());
-                    }
-                }
+        // SAFETY: `restore` only makes async-signal-safe calls; the
+        // handler runs it, then dies of the signal as it would have.
+        unsafe {
+            libc::atexit(restore_pool);
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, restore_pool_and_die as *const () as libc::sighandler_t);
             }
         }
-        // SAFETY: registers a plain function that only writes two files.
-        unsafe { libc::atexit(restore) };
     });
     for name in ["nr_overcommit_hugepages", "nr_hugepages"] {
         let _ = std::fs::write(format!("{HUGE_SYSFS}/{name}"), "0");
@@ -267,6 +304,24 @@ static ORACLE_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 fn tmpfs_path(name: &str) -> std::ffi::CString {
     let pid = *ORACLE_PID.get().expect("set when the oracle starts");
     std::ffi::CString::new(format!("{}{name}", tmpfs_prefix(pid))).expect("no NUL in a name")
+}
+
+/// Removes the case files of the oracles `whose` picks by pid.
+fn remove_tmpfs_files(whose: impl Fn(u32) -> bool) {
+    let Ok(dir) = std::fs::read_dir(crate::script::TMPFS_DIR) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("ww"))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse().ok());
+        if pid.is_some_and(&whose) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// The oracle's `main`.
@@ -489,6 +544,15 @@ pub struct Oracle {
 
 impl Oracle {
     pub fn start() -> Self {
+        // An interrupted run's oracles could not remove their files.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            remove_tmpfs_files(|pid| {
+                // SAFETY: signal 0 only asks whether the process exists.
+                let r = unsafe { libc::kill(pid as i32, 0) };
+                r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            });
+        });
         let pool_leaked = reset_pool();
         let exe = std::env::current_exe().expect("own executable");
         let mut child = Command::new(exe)
@@ -538,15 +602,8 @@ impl Drop for Oracle {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // The files its case left behind.
-        let prefix = tmpfs_prefix(self.child.id());
-        if let Ok(dir) = std::fs::read_dir(crate::script::TMPFS_DIR) {
-            for e in dir.flatten() {
-                let path = e.path();
-                if path.to_string_lossy().starts_with(&prefix) {
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-        }
+        let me = self.child.id();
+        remove_tmpfs_files(|pid| pid == me);
         reset_pool();
     }
 }
