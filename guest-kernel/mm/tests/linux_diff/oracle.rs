@@ -76,16 +76,20 @@ pub fn pool_counters() -> [u64; 4] {
 static ORIGINAL_POOL: std::sync::OnceLock<(Option<String>, Option<String>)> =
     std::sync::OnceLock::new();
 
-/// Pages the pool keeps after [`reset_pool`] because a reservation of
-/// theirs was leaked (docs/CONFORMANCE.md): free, reserved, and held until
-/// reboot. `u64::MAX` until a reset has seen the pool settle.
+/// Reservations the pool keeps after [`reset_pool`] because Linux leaked
+/// them (docs/CONFORMANCE.md): held until reboot, by as many free pages
+/// as the pool had left when it was shrunk. `u64::MAX` until a reset has
+/// seen the pool settle.
 static LEAKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 
-/// Whether `c` is a pool holding nothing but `n` leaked reservations:
-/// free, reserved, and surplus after `nr_hugepages` was set below them.
-fn only_leaked(c: [u64; 4], n: u64) -> bool {
+/// The reservations a pool just set to no persistent pages holds when
+/// nothing uses it: every page left free and surplus, and no more of them
+/// than the reservations that keep them (a leak can leave fewer pages than
+/// reservations, when surplus pages were freed while it was held). `None`
+/// when a page is in use or kept for another reason: another user.
+fn leaked_reservations(c: [u64; 4]) -> Option<u64> {
     let [total, free, rsvd, surplus] = c;
-    total == n && free == n && rsvd == n && (surplus == 0 || surplus == n)
+    (total == free && surplus == total && total <= rsvd).then_some(rsvd)
 }
 
 /// Writes the host's own pool settings back, with nothing but `open`,
@@ -157,20 +161,18 @@ pub fn reset_pool() -> Option<u64> {
     // that has not moved for half a second will not (a leaked reservation).
     // Once that residue is known, reaching it again is enough.
     use std::sync::atomic::Ordering::Relaxed;
+    let settled = |c| leaked_reservations(c) == Some(LEAKED.load(Relaxed));
     let (mut last, mut still) = (pool_counters(), 0);
-    while last[0] != 0 && !only_leaked(last, LEAKED.load(Relaxed)) && still < 50 {
+    while last[0] != 0 && !settled(last) && still < 50 {
         std::thread::sleep(std::time::Duration::from_millis(10));
         let now = pool_counters();
         still = if now == last { still + 1 } else { 0 };
         last = now;
     }
-    let leaked = last[0];
-    if !only_leaked(last, leaked) {
-        return None;
-    }
+    let leaked = leaked_reservations(last)?;
     if leaked != 0 {
-        // Pages that could not be freed became surplus; as persistent
-        // pages they stay out of the way of a case's overcommit.
+        // As persistent pages, one per leaked reservation, they stay out
+        // of the way of a case's overcommit and leave it an empty pool.
         let _ = std::fs::write(format!("{HUGE_SYSFS}/nr_hugepages"), leaked.to_string());
         if pool_counters() != [leaked, leaked, leaked, 0] {
             return None;
