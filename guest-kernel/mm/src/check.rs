@@ -164,6 +164,10 @@ impl<H: Hw> MemSystem<H> {
                                 pfn.0, h.mapping
                             ));
                         }
+                        if flags.contains(PteFlags::WRITE) && flags.contains(PteFlags::UFFD_WP) {
+                            // A write would go unseen by the tracker.
+                            bad.push(format!("mm {id:?}: {va:#x} writable and uffd-wp protected"));
+                        }
                         if flags.contains(PteFlags::WRITE) && !v.is_shared() && !f.anon_exclusive {
                             bad.push(format!(
                                 "mm {id:?}: {va:#x} writable private page not anon-exclusive"
@@ -187,7 +191,9 @@ impl<H: Hw> MemSystem<H> {
         self.check_files(&mut bad);
         let mut fd_refs: BTreeMap<ShmemId, u32> = BTreeMap::new();
         for f in self.files.values() {
-            *fd_refs.entry(f.obj).or_default() += 1;
+            if let crate::system::FileObj::Shmem(o) = f.obj {
+                *fd_refs.entry(o).or_default() += 1;
+            }
         }
         for (&o, s) in &self.shmems {
             let files = fd_refs.remove(&o).unwrap_or(0);

@@ -38,10 +38,14 @@ pub enum Errno {
     ENODEV = 19,
     /// Not a directory.
     ENOTDIR = 20,
+    /// Inappropriate ioctl for device (an ioctl the file does not have).
+    ENOTTY = 25,
     /// File too large.
     EFBIG = 27,
     /// No space left on device.
     ENOSPC = 28,
+    /// Illegal seek.
+    ESPIPE = 29,
     /// Invalid argument.
     EINVAL = 22,
     /// File name too long.

@@ -81,32 +81,35 @@ impl<H: Hw> MemSystem<H> {
             pgtable::pte_slot_alloc(&mut self.hw, &mut self.frames, root, va).ok_or(Fault::Oom)?;
         self.counters.faults += 1;
         match pgtable::read_pte(&self.hw, slot) {
-            Pte::None | Pte::Marker(MarkerKind::UffdWp) => {
-                if vma.is_shared() {
-                    self.shmem_fault(mm, &vma, va, slot, ff.write)
-                } else if vma.file().is_some() {
-                    // A private file mapping: do_cow_fault on a write,
-                    // do_read_fault (unshare included) otherwise.
-                    if ff.write {
-                        self.do_cow_fault(mm, &vma, va, slot)
-                    } else {
-                        self.shmem_fault(mm, &vma, va, slot, false)
-                    }
-                } else if ff.write || ff.unshare {
-                    self.do_anonymous_page(mm, &vma, va, slot, ff.unshare)
-                } else {
-                    let flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
-                    pgtable::write_pte(
-                        &mut self.hw,
-                        slot,
-                        Pte::Mapped {
-                            pfn: self.zero,
-                            flags,
-                        },
-                    );
-                    self.counters.zero_maps += 1;
-                    Ok(())
+            Pte::Marker(MarkerKind::UffdWp) if !vma.flags.has(VmFlags::UFFD_WP) => {
+                // pte_marker_handle_uffd_wp: a leftover of a range no
+                // longer registered is cleared, and the access retried.
+                pgtable::write_pte(&mut self.hw, slot, Pte::None);
+                Err(Fault::Retry)
+            }
+            orig @ (Pte::None | Pte::Marker(MarkerKind::UffdWp)) => {
+                if vma.flags.has(VmFlags::UFFD_MISSING) && self.is_missing(&vma, va) {
+                    return Err(self.handle_userfault(&vma));
                 }
+                self.do_pte_missing(mm, &vma, va, slot, ff)?;
+                if orig == Pte::None {
+                    return Ok(());
+                }
+                // vmf_orig_pte_uffd_wp: the new entry keeps the marker's
+                // protection; a write then faults on it (do_wp_page), which
+                // the async mode resolves at once.
+                let Pte::Mapped { pfn, flags } = pgtable::read_pte(&self.hw, slot) else {
+                    return Ok(());
+                };
+                if ff.write && self.uffd_wp_async(&vma) {
+                    return Ok(());
+                }
+                let wp = flags.without(PteFlags::WRITE).with(PteFlags::UFFD_WP);
+                pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: wp });
+                if ff.write {
+                    return Err(self.handle_userfault(&vma));
+                }
+                Ok(())
             }
             Pte::Marker(MarkerKind::Poisoned) => Err(Fault::Bus),
             // handle_pte_marker: VM_FAULT_SIGSEGV, which x86 reports as
@@ -138,6 +141,42 @@ impl<H: Hw> MemSystem<H> {
                 Ok(())
             }
             Pte::Table(_) => unreachable!("table at PTE level"),
+        }
+    }
+
+    /// `do_pte_missing`: maps a page where there was none (or a marker).
+    fn do_pte_missing(
+        &mut self,
+        mm: MmId,
+        vma: &Vma,
+        va: u64,
+        slot: u64,
+        ff: FaultFlags,
+    ) -> Result<(), Fault> {
+        if vma.is_shared() {
+            self.shmem_fault(mm, vma, va, slot, ff.write)
+        } else if vma.file().is_some() {
+            // A private file mapping: do_cow_fault on a write,
+            // do_read_fault (unshare included) otherwise.
+            if ff.write {
+                self.do_cow_fault(mm, vma, va, slot)
+            } else {
+                self.shmem_fault(mm, vma, va, slot, false)
+            }
+        } else if ff.write || ff.unshare {
+            self.do_anonymous_page(mm, vma, va, slot, ff.unshare)
+        } else {
+            let flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+            pgtable::write_pte(
+                &mut self.hw,
+                slot,
+                Pte::Mapped {
+                    pfn: self.zero,
+                    flags,
+                },
+            );
+            self.counters.zero_maps += 1;
+            Ok(())
         }
     }
 
@@ -244,6 +283,15 @@ impl<H: Hw> MemSystem<H> {
         flags: PteFlags,
         unshare: bool,
     ) -> Result<(), Fault> {
+        let mut flags = flags;
+        if !unshare && flags.contains(PteFlags::UFFD_WP) && vma.flags.has(VmFlags::UFFD_WP) {
+            // userfaultfd_pte_wp: the write is what the tracker waits for.
+            if !self.uffd_wp_async(vma) {
+                return Err(self.handle_userfault(vma));
+            }
+            flags = flags.without(PteFlags::UFFD_WP);
+            pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags });
+        }
         if vma.is_shared() {
             // wp_page_shared -> wp_page_reuse: shmem needs no writenotify.
             let head = self.frames.folio_of(pfn);
@@ -354,14 +402,23 @@ impl<H: Hw> MemSystem<H> {
             self.counters.swap_errors += 1;
             return Err(Fault::Bus);
         }
+        // pte_swp_uffd_wp: the page comes back protected; a write then
+        // takes do_wp_page's path, which the async mode resolves at once.
+        let wp = e.uffd_wp && vma.flags.has(VmFlags::UFFD_WP);
+        let sync_wp = wp && write && !self.uffd_wp_async(vma);
         let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
-        if write {
+        if write && !sync_wp {
             flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+        } else if wp {
+            flags = flags.with(PteFlags::UFFD_WP);
         }
         pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: new, flags });
         self.map_ptes(new, 1);
         self.frames.put_folio(&mut self.hw, new, 1);
         self.swap_free(e);
+        if sync_wp {
+            return Err(self.handle_userfault(vma));
+        }
         Ok(())
     }
 
@@ -405,7 +462,8 @@ impl<H: Hw> MemSystem<H> {
         }
         pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });
         self.map_ptes(page, 1);
-        if !write {
+        // uffd_disable_fault_around: each page must fault on its own.
+        if !write && !vma.flags.has(VmFlags::UFFD_WP) {
             self.fault_around(vma, obj, va, slot);
         }
         Ok(())

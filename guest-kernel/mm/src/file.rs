@@ -18,7 +18,7 @@ use crate::frame::FolioFlags;
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::{FileId, Pid, ShmemId};
 use crate::memfd::{F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_WRITE};
-use crate::system::{MemSystem, OpenFile, ShmemPage};
+use crate::system::{FileObj, MemSystem, OpenFile, ShmemPage};
 use crate::vma::TASK_SIZE;
 
 /// The first descriptor a process gets (0 to 2 are the console).
@@ -64,13 +64,18 @@ impl<H: Hw> MemSystem<H> {
         self.files.insert(
             id,
             OpenFile {
-                obj,
+                obj: FileObj::Shmem(obj),
                 flags: flags | O_LARGEFILE,
                 pos: 0,
                 refs: 1,
             },
         );
         self.shmems.get_mut(&obj).expect("live shmem").fd_refs += 1;
+        self.install_file(pid, id)
+    }
+
+    /// Puts open file `id` on the lowest free descriptor of `pid`.
+    pub(crate) fn install_file(&mut self, pid: Pid, id: FileId) -> u64 {
         let fds = &mut self.procs.get_mut(&pid).expect("live process").fds;
         let fd = (FIRST_FD..)
             .find(|f| !fds.contains_key(f))
@@ -128,10 +133,16 @@ impl<H: Hw> MemSystem<H> {
         }
         let obj = f.obj;
         self.files.remove(&id);
-        if let Some(s) = self.shmems.get_mut(&obj) {
-            s.fd_refs -= 1;
+        match obj {
+            FileObj::Shmem(obj) => {
+                if let Some(s) = self.shmems.get_mut(&obj) {
+                    s.fd_refs -= 1;
+                }
+                self.shmem_release_if_unused(obj);
+            }
+            FileObj::Uffd(ctx) => self.uffd_release(ctx),
+            FileObj::Pagemap(_) => {}
         }
-        self.shmem_release_if_unused(obj);
     }
 
     /// The checks `ksys_pread64`, `vfs_read`/`vfs_write` and
@@ -176,7 +187,16 @@ impl<H: Hw> MemSystem<H> {
         at: Option<u64>,
     ) -> Result<u64, Errno> {
         let (id, mut pos) = self.rw_verify(pid, fd, buf, count, at, false)?;
-        let obj = self.files[&id].obj;
+        if let FileObj::Pagemap(mm) = self.files[&id].obj {
+            let n = self.pagemap_read(pid, mm, buf, count, pos)?;
+            if at.is_none() {
+                self.files.get_mut(&id).expect("open file").pos = pos + n;
+            }
+            return Ok(n);
+        }
+        // A userfaultfd has messages only for faults a handler waits on,
+        // which this MM never queues (userfaultfd.rs).
+        let obj = self.files[&id].shmem(Errno::EAGAIN)?;
         let count = count.min(MAX_RW_COUNT);
         let (mut done, mut error) = (0u64, None);
         let mut page = alloc::vec![0u8; PAGE_SIZE as usize];
@@ -233,7 +253,7 @@ impl<H: Hw> MemSystem<H> {
     ) -> Result<u64, Errno> {
         let (id, mut pos) = self.rw_verify(pid, fd, buf, count, at, true)?;
         let f = &self.files[&id];
-        let (obj, append) = (f.obj, f.flags & O_APPEND != 0);
+        let (obj, append) = (f.shmem(Errno::EINVAL)?, f.flags & O_APPEND != 0);
         let mut count = count.min(MAX_RW_COUNT);
         // generic_write_checks: nothing to write is no write at all; an
         // appending file writes at its end, even for pwrite64.
@@ -348,7 +368,11 @@ impl<H: Hw> MemSystem<H> {
     pub fn lseek(&mut self, pid: Pid, fd: u64, offset: u64, whence: u64) -> Result<u64, Errno> {
         self.proc_mm(pid)?;
         let id = self.open_file(pid, fd)?;
-        let (obj, cur) = (self.files[&id].obj, self.files[&id].pos as i64);
+        let cur = self.files[&id].pos as i64;
+        // A userfaultfd seeks nowhere (noop_llseek).
+        let Ok(obj) = self.files[&id].shmem(Errno::ESPIPE) else {
+            return Ok(cur as u64);
+        };
         let size = self.shmems[&obj].size as i64;
         let offset = offset as i64;
         let new = match whence {
@@ -422,7 +446,9 @@ impl<H: Hw> MemSystem<H> {
         match cmd & 0xffff_ffff {
             F_ADD_SEALS if arg > u64::from(u32::MAX) => Err(Errno::EINVAL),
             F_ADD_SEALS => self.add_seals(id, arg as u32).map(|()| 0),
-            F_GET_SEALS => Ok(u64::from(self.shmems[&self.files[&id].obj].seals)),
+            F_GET_SEALS => Ok(u64::from(
+                self.shmems[&self.files[&id].shmem(Errno::EINVAL)?].seals,
+            )),
             _ => Err(Errno::EINVAL),
         }
     }

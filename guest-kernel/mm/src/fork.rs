@@ -20,7 +20,7 @@ use crate::gather::{MmuGather, Zap};
 use crate::hw::{FlushRange, Hw};
 use crate::ids::{AnonVmaId, MmId};
 use crate::pgtable;
-use crate::pte::{MarkerKind, Pte, PteFlags};
+use crate::pte::{MarkerKind, Pte, PteFlags, SwapEntry};
 use crate::system::MemSystem;
 use crate::vma::{Backing, VmFlags, Vma};
 
@@ -33,6 +33,9 @@ impl<H: Hw> MemSystem<H> {
         for v in vmas.iter().filter(|v| !v.flags.has(VmFlags::DONTCOPY)) {
             let mut cv = v.clone();
             cv.flags.0 &= !VmFlags::LOCKED_MASK;
+            // dup_userfaultfd: without UFFD_EVENT_FORK (which needs
+            // CAP_SYS_PTRACE) the child's memory is not registered.
+            Self::uffd_fork_reset(&mut cv);
             let wipe = v.flags.has(VmFlags::WIPEONFORK);
             if let Some(chain) = cv.backing.anon_chain_mut() {
                 if wipe {
@@ -80,6 +83,19 @@ impl<H: Hw> MemSystem<H> {
     fn copy_page_range(&mut self, parent: MmId, child: MmId, v: &Vma) -> Result<(), Errno> {
         let (proot, croot) = (self.mm(parent).root, self.mm(child).root);
         for (va, slot, pte) in pgtable::leaves(&self.hw, proot, v.start, v.end) {
+            // copy_present_pte: the child's VMA is not registered, so its
+            // entries lose the uffd-wp bit (and stay write-protected).
+            let pte = match pte {
+                Pte::Mapped { pfn, flags } => Pte::Mapped {
+                    pfn,
+                    flags: flags.without(PteFlags::UFFD_WP),
+                },
+                Pte::Swap(e) => Pte::Swap(SwapEntry {
+                    uffd_wp: false,
+                    ..e
+                }),
+                other => other,
+            };
             let cpte = match pte {
                 Pte::Mapped { pfn, flags } if pfn == self.zero => Pte::Mapped { pfn, flags },
                 Pte::Mapped { pfn, flags } => {
@@ -104,7 +120,7 @@ impl<H: Hw> MemSystem<H> {
                     pte
                 }
                 // copy_pte_marker: guard and poison markers always, uffd-wp
-                // only into a VMA registered for it (issue 12).
+                // only into a VMA registered for it, which a child's never is.
                 Pte::Marker(MarkerKind::UffdWp) | Pte::None => continue,
                 Pte::Marker(MarkerKind::Guard | MarkerKind::Poisoned) => pte,
                 Pte::Table(_) => unreachable!("table at PTE level"),

@@ -21,6 +21,7 @@ use crate::ids::MmId;
 use crate::pgtable;
 use crate::pte::{MarkerKind, Pte, PteFlags};
 use crate::system::MemSystem;
+use crate::vma::{Backing, VmFlags};
 
 /// What a zap removes (`struct zap_details`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +141,19 @@ impl<H: Hw> MemSystem<H> {
                     continue;
                 }
             }
-            pgtable::write_pte(&mut self.hw, slot, Pte::None);
+            // zap_install_uffd_wp_if_needed: a protected page of file
+            // memory leaves a marker, so the protection outlives the zap.
+            let arm = keeps_markers
+                && matches!(pte, Pte::Mapped { flags, .. } if flags.contains(PteFlags::UFFD_WP))
+                && self.mm(g.mm).vmas.find(va).is_some_and(|v| {
+                    v.flags.has(VmFlags::UFFD_WP) && !matches!(v.backing, Backing::Anon { .. })
+                });
+            let left = if arm {
+                Pte::Marker(MarkerKind::UffdWp)
+            } else {
+                Pte::None
+            };
+            pgtable::write_pte(&mut self.hw, slot, left);
             match pte {
                 Pte::Mapped { pfn, flags } => {
                     g.track(va);
@@ -166,7 +179,20 @@ impl<H: Hw> MemSystem<H> {
             }
         }
         if how == Zap::Unmap {
-            let t = pgtable::prune(&mut self.hw, root, start, end);
+            // free_pgtables' floor and ceiling: the neighbours outside the
+            // range, whose tables stay.
+            let vmas = &self.mm(g.mm).vmas;
+            let floor = vmas
+                .overlapping(0, start)
+                .last()
+                .and_then(|&s| vmas.get(s))
+                .map_or(0, |v| v.end.min(start));
+            let ceiling = vmas
+                .overlapping(end, pgtable::USER_TOP)
+                .first()
+                .and_then(|&s| vmas.get(s))
+                .map_or(pgtable::USER_TOP, |v| v.start.max(end));
+            let t = pgtable::prune(&mut self.hw, root, (start, end), (floor, ceiling));
             if !t.is_empty() {
                 g.start = g.start.min(start);
                 g.end = g.end.max(end);
@@ -183,7 +209,11 @@ impl<H: Hw> MemSystem<H> {
     fn marker_survives_zap(&self, mm: MmId, va: u64, kind: MarkerKind) -> bool {
         match kind {
             MarkerKind::Guard => true,
-            MarkerKind::UffdWp => self.mm(mm).vmas.find(va).is_some_and(|v| v.is_shared()),
+            MarkerKind::UffdWp => self
+                .mm(mm)
+                .vmas
+                .find(va)
+                .is_some_and(|v| !matches!(v.backing, Backing::Anon { .. })),
             MarkerKind::Poisoned => false,
         }
     }

@@ -27,5 +27,9 @@ pub struct HugeFileId(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ResvId(pub u64);
 
+/// A userfaultfd context (`struct userfaultfd_ctx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UffdId(pub u64);
+
 /// A process id.
 pub type Pid = u32;

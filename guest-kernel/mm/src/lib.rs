@@ -70,6 +70,7 @@ pub mod mlock;
 pub mod mmap;
 pub mod mprotect;
 pub mod mremap;
+pub mod pagemap;
 pub mod pgtable;
 mod process;
 pub mod pte;
@@ -79,6 +80,7 @@ pub mod swap;
 pub mod syscall;
 mod system;
 pub mod tmpfs;
+pub mod userfaultfd;
 pub mod view;
 pub mod vma;
 

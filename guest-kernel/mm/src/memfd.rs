@@ -131,7 +131,7 @@ impl<H: Hw> MemSystem<H> {
         if seals & !F_ALL_SEALS != 0 {
             return Err(Errno::EINVAL);
         }
-        let obj = f.obj;
+        let obj = f.shmem(Errno::EINVAL)?;
         let s = &self.shmems[&obj];
         if s.seals & F_SEAL_SEAL != 0 {
             return Err(Errno::EPERM);
@@ -171,7 +171,8 @@ impl<H: Hw> MemSystem<H> {
         if !f.writable() {
             return Err(Errno::EINVAL);
         }
-        self.shmem_set_size(f.obj, length)
+        let obj = f.shmem(Errno::EINVAL)?;
+        self.shmem_set_size(obj, length)
     }
 
     /// `shmem_setattr` for `ATTR_SIZE`: what truncation (`ftruncate`,
@@ -233,7 +234,7 @@ impl<H: Hw> MemSystem<H> {
         if !f.writable() {
             return Err(Errno::EBADF);
         }
-        let obj = f.obj;
+        let obj = f.shmem(Errno::ENODEV)?;
         let end = off
             .checked_add(len)
             .filter(|&e| (e as i64) >= 0)

@@ -251,6 +251,7 @@ impl<H: Hw> MemSystem<H> {
             flags: VmFlags(vf),
             pgoff,
             backing,
+            uffd: None,
         };
         self.install_vma(mm, v, flags)
     }
@@ -287,7 +288,7 @@ impl<H: Hw> MemSystem<H> {
         prot: u64,
     ) -> Result<u64, Errno> {
         let f = &self.files[&file];
-        let (obj, readable, writable) = (f.obj, f.readable(), f.writable());
+        let (obj, readable, writable) = (f.shmem(Errno::ENODEV), f.readable(), f.writable());
         let shared = match flags as u32 & MAP_TYPE {
             // Only the legacy flags; shmem supports no others.
             MAP_SHARED_VALIDATE if flags & !LEGACY_MAP_MASK != 0 => return Err(Errno::EOPNOTSUPP),
@@ -310,6 +311,7 @@ impl<H: Hw> MemSystem<H> {
         if vf & VmFlags::GROWSDOWN != 0 {
             return Err(Errno::EINVAL);
         }
+        let obj = obj?;
         // memfd_check_seals_mmap: a write-sealed file maps shared only
         // read-only, and for good.
         let seals = self.shmems[&obj].seals;
@@ -345,6 +347,7 @@ impl<H: Hw> MemSystem<H> {
                     chain: Vec::new(),
                 }
             },
+            uffd: None,
         };
         self.install_vma(mm, v, flags)
     }
@@ -377,6 +380,7 @@ impl<H: Hw> MemSystem<H> {
             flags: VmFlags(vf),
             pgoff,
             backing,
+            uffd: None,
         };
         self.vma_link(mm, &v);
         self.mm_mut(mm).vmas.insert(v);

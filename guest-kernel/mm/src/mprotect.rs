@@ -130,8 +130,11 @@ impl<H: Hw> MemSystem<H> {
             let mut nf = v
                 .base_pte_flags()
                 .set(PteFlags::ACCESSED, keep != 0)
-                .set(PteFlags::DIRTY, flags.contains(PteFlags::DIRTY));
+                .set(PteFlags::DIRTY, flags.contains(PteFlags::DIRTY))
+                .set(PteFlags::UFFD_WP, flags.contains(PteFlags::UFFD_WP));
+            // can_change_pte_writable: uffd-wp tracking needs the fault.
             let writable = v.flags.has(VmFlags::WRITE)
+                && !nf.contains(PteFlags::UFFD_WP)
                 && !nf.contains(PteFlags::PROTNONE)
                 && (v.is_shared() || (pfn != self.zero && self.frames.at(pfn).anon_exclusive));
             nf = nf.set(PteFlags::WRITE, writable);

@@ -138,6 +138,11 @@ impl<H: Hw> MemSystem<H> {
             if last_end.is_none() && r.addr < v.start {
                 return Err(Errno::EFAULT);
             }
+            // vma_multi_allowed: a userfaultfd-armed VMA moves only alone.
+            let armed = v.flags.has(VmFlags::UFFD_FLAGS);
+            if armed && (last_end.is_some() || v.end < end) {
+                return Err(Errno::EFAULT);
+            }
             let piece_start = v.start.max(r.addr);
             let piece_len = end.min(v.end) - piece_start;
             let gap = last_end.map_or(0, |e| v.start - e);
@@ -310,14 +315,24 @@ impl<H: Hw> MemSystem<H> {
         } else {
             v.page_index(old)
         };
+        // mremap_userfaultfd_prep: without UFFD_EVENT_REMAP (which the
+        // guest does not offer) the moved range leaves its userfaultfd,
+        // and move_ptes drops its uffd-wp bits and markers.
         let nv = Vma {
             start: new,
             end: new + r.new_len,
-            flags: v.flags,
+            flags: VmFlags(v.flags.0 & !VmFlags::UFFD_FLAGS),
             pgoff,
             backing: v.backing.clone(),
+            uffd: None,
         };
+        let clear_wp = v.uffd.is_some();
         for (&(_, slot, pte), &d) in leaves.iter().zip(&dst) {
+            let pte = if clear_wp {
+                crate::userfaultfd::without_uffd_wp(pte)
+            } else {
+                pte
+            };
             if level == 1 {
                 pgtable::write_pte(&mut self.hw, d, pte);
                 pgtable::write_pte(&mut self.hw, slot, Pte::None);
@@ -338,9 +353,12 @@ impl<H: Hw> MemSystem<H> {
                 },
             );
         }
-        let mut g = MmuGather::new(mm);
-        self.zap_range(&mut g, old, old + r.old_len, Zap::Unmap);
-        self.tlb_finish(g);
+        // With MREMAP_DONTUNMAP the old VMA stays, and so do its tables.
+        if r.flags & MREMAP_DONTUNMAP == 0 {
+            let mut g = MmuGather::new(mm);
+            self.zap_range(&mut g, old, old + r.old_len, Zap::Unmap);
+            self.tlb_finish(g);
+        }
         if r.flags & MREMAP_DONTUNMAP != 0 {
             self.dontunmap_complete(mm, &v, old, old + r.old_len);
         } else if r.old_len > 0 {

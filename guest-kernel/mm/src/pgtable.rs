@@ -243,13 +243,35 @@ fn collect(
     }
 }
 
-/// Unlinks tables under `[start, end)` that hold nothing (after a zap), and
-/// returns them; the caller frees them only after the TLB flush
-/// (`free_pgtables` + `tlb_remove_table`). The root is never returned.
-pub fn prune(hw: &mut impl PhysMem, root: Pfn, start: u64, end: u64) -> Vec<Pfn> {
+/// Unlinks tables under `[start, end)` that hold nothing (after a zap)
+/// and lie wholly inside `[floor, ceiling)`, the gap between the
+/// neighbouring mappings (`free_pgd_range`: a table a neighbour's range
+/// shares stays, even empty), and returns them; the caller frees them only
+/// after the TLB flush (`free_pgtables` + `tlb_remove_table`). The root is
+/// never returned.
+pub fn prune(
+    hw: &mut impl PhysMem,
+    root: Pfn,
+    (start, end): (u64, u64),
+    (floor, ceiling): (u64, u64),
+) -> Vec<Pfn> {
     let mut out = Vec::new();
-    prune_level(hw, root, 4, 0, start, end.min(USER_TOP), &mut out);
+    let bounds = Bounds {
+        start,
+        end: end.min(USER_TOP),
+        floor,
+        ceiling,
+    };
+    prune_level(hw, root, 4, 0, &bounds, &mut out);
     out
+}
+
+/// What [`prune`] may free.
+struct Bounds {
+    start: u64,
+    end: u64,
+    floor: u64,
+    ceiling: u64,
 }
 
 /// Returns whether `table` is now empty.
@@ -258,10 +280,10 @@ fn prune_level(
     table: Pfn,
     level: u8,
     base: u64,
-    start: u64,
-    end: u64,
+    b: &Bounds,
     out: &mut Vec<Pfn>,
 ) -> bool {
+    let (start, end) = (b.start, b.end);
     let sp = span(level);
     let mut empty = true;
     for i in 0..ENTRIES {
@@ -275,7 +297,8 @@ fn prune_level(
             continue;
         }
         if let Pte::Table(next) = e {
-            if prune_level(hw, next, level - 1, lo, start, end, out) {
+            let inside = lo >= b.floor && lo + sp <= b.ceiling;
+            if prune_level(hw, next, level - 1, lo, b, out) && inside {
                 hw.write_u64(table.addr() + i * 8, 0);
                 out.push(next);
                 continue;
@@ -334,11 +357,14 @@ mod tests {
         assert!(leaves(&hw, root, va + PAGE_SIZE, USER_TOP).is_empty());
         assert_eq!(tables(&hw, root).len(), 3);
         assert!(
-            prune(&mut hw, root, 0, USER_TOP).is_empty(),
+            prune(&mut hw, root, (0, USER_TOP), (0, USER_TOP)).is_empty(),
             "not empty yet"
         );
         write_pte(&mut hw, slot, Pte::None);
-        assert_eq!(prune(&mut hw, root, va, va + PAGE_SIZE).len(), 3);
+        assert_eq!(
+            prune(&mut hw, root, (va, va + PAGE_SIZE), (0, USER_TOP)).len(),
+            3
+        );
         assert!(tables(&hw, root).is_empty());
     }
 }

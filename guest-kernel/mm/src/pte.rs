@@ -6,7 +6,8 @@
 //!
 //! # x86-64 encoding
 //! ```text
-//! present (P=1):  63 NX | 51..12 PFN | 6 D | 5 A | 2 U/S | 1 R/W | 0 P=1
+//! present (P=1):  63 NX | 51..12 PFN | 10 UFFD_WP | 6 D | 5 A | 2 U/S |
+//!                 1 R/W | 0 P=1
 //! PROT_NONE map:  same as present but P=0 and bit 8 (_PAGE_PROTNONE) = 1;
 //!                 the CPU faults on it, the MM still sees the mapping
 //! software entry: P=0, bit 8 = 0, bit 9 (SWP_VALID) = 1,
@@ -35,6 +36,9 @@ impl PteFlags {
     pub const DIRTY: PteFlags = PteFlags(1 << 4);
     /// PROT_NONE: mapped for the MM, inaccessible to the CPU.
     pub const PROTNONE: PteFlags = PteFlags(1 << 5);
+    /// userfaultfd write-protected (`_PAGE_UFFD_WP`): never with
+    /// [`PteFlags::WRITE`]; a write faults so the MM can note it.
+    pub const UFFD_WP: PteFlags = PteFlags(1 << 6);
 
     /// No flags.
     pub const fn empty() -> Self {
@@ -72,6 +76,9 @@ pub struct SwapEntry {
     pub dev: u8,
     /// Slot on the device (`swp_offset`).
     pub offset: u64,
+    /// The entry's uffd-wp bit (`pte_swp_uffd_wp`): a PTE's, not the
+    /// slot's; shmem's page cache never sets it.
+    pub uffd_wp: bool,
 }
 
 /// Number of swap device types the encoding leaves room for.
@@ -140,6 +147,8 @@ const D: u64 = 1 << 6;
 const PS: u64 = 1 << 7;
 const PROTNONE: u64 = 1 << 8;
 const SWP_VALID: u64 = 1 << 9;
+/// `_PAGE_UFFD_WP` (`_PAGE_BIT_SOFTW2`), in present entries.
+const UFFD_WP: u64 = 1 << 10;
 const NX: u64 = 1 << 63;
 /// Physical-address bits of an entry (51..12).
 pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -173,6 +182,9 @@ impl Pte {
                 if flags.contains(PteFlags::DIRTY) {
                     v |= D;
                 }
+                if flags.contains(PteFlags::UFFD_WP) {
+                    v |= UFFD_WP;
+                }
                 if !flags.contains(PteFlags::EXEC) {
                     v |= NX;
                 }
@@ -180,7 +192,8 @@ impl Pte {
             }
             Pte::Swap(e) => {
                 debug_assert!(e.dev < MAX_SWAP_TYPES && e.offset < (1 << OFFSET_BITS));
-                SWP_VALID | ((e.dev as u64) << 1) | (e.offset << 12)
+                let wp = if e.uffd_wp { UFFD_WP } else { 0 };
+                SWP_VALID | wp | ((e.dev as u64) << 1) | (e.offset << 12)
             }
             Pte::Marker(k) => SWP_VALID | (MARKER_TYPE << 1) | (k.code() << 12),
         }
@@ -219,7 +232,8 @@ impl Pte {
                 .set(PteFlags::WRITE, raw & RW != 0)
                 .set(PteFlags::USER, raw & US != 0)
                 .set(PteFlags::ACCESSED, raw & A != 0)
-                .set(PteFlags::DIRTY, raw & D != 0);
+                .set(PteFlags::DIRTY, raw & D != 0)
+                .set(PteFlags::UFFD_WP, raw & UFFD_WP != 0);
             if raw & NX == 0 {
                 f = f.with(PteFlags::EXEC);
             }
@@ -238,6 +252,7 @@ impl Pte {
             Ok(Pte::Swap(SwapEntry {
                 dev: ty as u8,
                 offset: off,
+                uffd_wp: raw & UFFD_WP != 0,
             }))
         }
     }
@@ -285,10 +300,20 @@ mod tests {
             Pte::Marker(MarkerKind::Poisoned),
             Pte::Marker(MarkerKind::Guard),
             Pte::Marker(MarkerKind::UffdWp),
-            Pte::Swap(SwapEntry { dev: 0, offset: 0 }),
+            Pte::Swap(SwapEntry {
+                dev: 0,
+                offset: 0,
+                uffd_wp: false
+            }),
             Pte::Swap(SwapEntry {
                 dev: 30,
-                offset: (1 << 46) - 1
+                offset: (1 << 46) - 1,
+                uffd_wp: false,
+            }),
+            Pte::Swap(SwapEntry {
+                dev: 3,
+                offset: 77,
+                uffd_wp: true,
             }),
         ];
         for bits in 0..64u8 {
@@ -340,7 +365,12 @@ mod tests {
         );
         assert!(!none.is_present());
         // Swap entries and markers are never present and never zero.
-        let s = Pte::Swap(SwapEntry { dev: 0, offset: 0 }).encode();
+        let s = Pte::Swap(SwapEntry {
+            dev: 0,
+            offset: 0,
+            uffd_wp: false,
+        })
+        .encode();
         assert!(s != 0 && s & P == 0);
         assert_eq!(Pte::decode(0x80, 1), Err(BadPte(0x80)));
     }

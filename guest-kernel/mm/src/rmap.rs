@@ -186,7 +186,11 @@ impl<H: Hw> MemSystem<H> {
                 let new = match swap {
                     Some(s) => {
                         self.swap_dup(s[i as usize]);
-                        Pte::Swap(s[i as usize])
+                        // try_to_unmap_one: the protection moves to the entry.
+                        Pte::Swap(SwapEntry {
+                            uffd_wp: h.flags.contains(PteFlags::UFFD_WP),
+                            ..s[i as usize]
+                        })
                     }
                     None => Pte::None,
                 };

@@ -30,6 +30,10 @@ pub const SYS_FCNTL: u64 = 72;
 pub const SYS_UNLINK: u64 = 87;
 /// `openat`.
 pub const SYS_OPENAT: u64 = 257;
+/// `ioctl`: the userfaultfd calls.
+pub const SYS_IOCTL: u64 = 16;
+/// `userfaultfd`.
+pub const SYS_USERFAULTFD: u64 = 323;
 /// `close`.
 pub const SYS_CLOSE: u64 = 3;
 /// `mmap`.
@@ -104,6 +108,18 @@ pub enum Outcome {
     /// `wait` must sleep until a child exits, then retry the call.
     Block,
 }
+
+/// `UFFDIO_API`: `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+pub const UFFDIO_API: u64 = 0xC018_AA3F;
+/// `UFFDIO_REGISTER`: `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+pub const UFFDIO_REGISTER: u64 = 0xC020_AA00;
+/// `UFFDIO_UNREGISTER`: `_IOR(0xAA, 0x01, struct uffdio_range)`.
+pub const UFFDIO_UNREGISTER: u64 = 0x8010_AA01;
+/// `UFFDIO_WRITEPROTECT`: `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)`.
+pub const UFFDIO_WRITEPROTECT: u64 = 0xC018_AA06;
+
+/// `PAGEMAP_SCAN`: `_IOWR('f', 16, struct pm_scan_arg)`.
+pub const PAGEMAP_SCAN: u64 = 0xC060_6610;
 
 fn ret(r: Result<u64, Errno>) -> Outcome {
     Outcome::Return(match r {
@@ -187,6 +203,8 @@ impl<H: Hw> MemSystem<H> {
                 });
                 ret(r)
             }
+            SYS_USERFAULTFD => ret(self.userfaultfd(pid, a0)),
+            SYS_IOCTL => ret(self.ioctl(pid, a0, a1 & 0xffff_ffff, a2)),
             SYS_GETPID => ret(self.getpid(pid).map(u64::from)),
             SYS_FORK => match self.fork(pid) {
                 Ok(child) => Outcome::Forked { child },
@@ -254,5 +272,62 @@ impl<H: Hw> MemSystem<H> {
             }
         }
         out
+    }
+
+    /// Reads `N` little-endian words from user memory.
+    fn user_words<const N: usize>(&mut self, pid: Pid, va: u64) -> Result<[u64; N], Errno> {
+        let mut raw = alloc::vec![0u8; N * 8];
+        self.copy_from_user(pid, va, &mut raw)?;
+        let mut w = [0u64; N];
+        for (slot, c) in w.iter_mut().zip(raw.chunks(8)) {
+            *slot = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        Ok(w)
+    }
+
+    /// Writes words to user memory.
+    fn put_words(&mut self, pid: Pid, va: u64, w: &[u64]) -> Result<(), Errno> {
+        let raw: alloc::vec::Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.copy_to_user(pid, va, &raw)
+    }
+
+    /// `ioctl(fd, cmd, arg)`: the userfaultfd calls, their structures
+    /// copied in and out as `fs/userfaultfd.c` does.
+    fn ioctl(&mut self, pid: Pid, fd: u64, cmd: u64, arg: u64) -> Result<u64, Errno> {
+        let file = self.open_file(pid, fd)?;
+        if let crate::system::FileObj::Pagemap(mm) = self.files[&file].obj {
+            return match cmd {
+                PAGEMAP_SCAN => self.pagemap_scan_ioctl(pid, mm, arg),
+                _ => Err(Errno::EINVAL),
+            };
+        }
+        match cmd {
+            UFFDIO_API => {
+                let [api, features, _] = self.user_words::<3>(pid, arg)?;
+                match self.uffdio_api(pid, fd, api, features) {
+                    Ok((f, io)) => self.put_words(pid, arg, &[api, f, io]).map(|()| 0),
+                    Err(e) => {
+                        // err_out: the caller's structure is zeroed.
+                        self.put_words(pid, arg, &[0, 0, 0])?;
+                        Err(e)
+                    }
+                }
+            }
+            UFFDIO_REGISTER => {
+                let [start, len, mode, _] = self.user_words::<4>(pid, arg)?;
+                let io = self.uffdio_register(pid, fd, start, len, mode)?;
+                self.put_words(pid, arg + 24, &[io]).map(|()| 0)
+            }
+            UFFDIO_UNREGISTER => {
+                let [start, len] = self.user_words::<2>(pid, arg)?;
+                self.uffdio_unregister(pid, fd, start, len).map(|()| 0)
+            }
+            UFFDIO_WRITEPROTECT => {
+                let [start, len, mode] = self.user_words::<3>(pid, arg)?;
+                self.uffdio_writeprotect(pid, fd, start, len, mode)
+                    .map(|()| 0)
+            }
+            _ => Err(Errno::ENOTTY),
+        }
     }
 }

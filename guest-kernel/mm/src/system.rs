@@ -9,6 +9,7 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
+use crate::errno::Errno;
 use crate::frame::{FrameTable, FrameUse};
 use crate::hw::{CpuSet, Hw, Pfn};
 use crate::ids::{AnonVmaId, FileId, MmId, Pid, ShmemId};
@@ -134,7 +135,7 @@ impl Shmem {
 /// the descriptors a fork copies.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenFile {
-    pub obj: ShmemId,
+    pub obj: FileObj,
     /// `f_flags`: the access mode, `O_APPEND`, `O_LARGEFILE`.
     pub flags: u32,
     /// `f_pos`.
@@ -143,7 +144,26 @@ pub(crate) struct OpenFile {
     pub refs: u32,
 }
 
+/// What an open file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileObj {
+    /// A tmpfs file or memfd.
+    Shmem(ShmemId),
+    /// A userfaultfd (an anonymous inode, `[userfaultfd]`).
+    Uffd(crate::ids::UffdId),
+    /// `/proc/self/pagemap` of the address space that opened it.
+    Pagemap(MmId),
+}
+
 impl OpenFile {
+    /// The shmem file, for the calls only files have; `not_file` otherwise.
+    pub fn shmem(&self, not_file: Errno) -> Result<ShmemId, Errno> {
+        match self.obj {
+            FileObj::Shmem(s) => Ok(s),
+            FileObj::Uffd(_) | FileObj::Pagemap(_) => Err(not_file),
+        }
+    }
+
     /// `FMODE_READ`: `O_RDONLY` or `O_RDWR`.
     pub fn readable(&self) -> bool {
         matches!(self.flags & crate::file::O_ACCMODE, 0 | crate::file::O_RDWR)
@@ -211,6 +231,8 @@ pub struct MemSystem<H: Hw> {
     pub(crate) anon_vmas: BTreeMap<AnonVmaId, AnonVma>,
     pub(crate) shmems: BTreeMap<ShmemId, Shmem>,
     pub(crate) files: BTreeMap<FileId, OpenFile>,
+    /// userfaultfd contexts, alive while a descriptor refers to them.
+    pub(crate) uffds: BTreeMap<crate::ids::UffdId, crate::userfaultfd::Userfault>,
     /// The tmpfs directory: names to inodes.
     pub(crate) names: BTreeMap<Vec<u8>, ShmemId>,
     pub(crate) huge: crate::hugetlb::Hugetlb,
@@ -273,6 +295,7 @@ impl<H: Hw> MemSystem<H> {
             anon_vmas: BTreeMap::new(),
             shmems: BTreeMap::new(),
             files: BTreeMap::new(),
+            uffds: BTreeMap::new(),
             names: BTreeMap::new(),
             huge: crate::hugetlb::Hugetlb::default(),
             swap,

@@ -54,6 +54,9 @@ impl<H: Hw> MemSystem<H> {
     ) -> Result<u64, Errno> {
         self.proc_mm(pid)?;
         let path = self.path_from_user(pid, path)?;
+        if path == b"/proc/self/pagemap" {
+            return self.open_pagemap(pid, flags);
+        }
         if path.first() != Some(&b'/') && dirfd != AT_FDCWD {
             // Relative to a descriptor: none of ours is a directory.
             self.open_file(pid, dirfd as u64)?;

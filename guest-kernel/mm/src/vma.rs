@@ -50,6 +50,12 @@ impl VmFlags {
     pub const MAYEXEC: u64 = 0x40;
     /// `VM_MAYSHARE`.
     pub const MAYSHARE: u64 = 0x80;
+    /// `VM_UFFD_MISSING`: a userfaultfd handles missing pages.
+    pub const UFFD_MISSING: u64 = 0x200;
+    /// `VM_UFFD_WP`: a userfaultfd write-protects pages.
+    pub const UFFD_WP: u64 = 0x1000;
+    /// `__VM_UFFD_FLAGS` (no minor faults here).
+    pub const UFFD_FLAGS: u64 = Self::UFFD_MISSING | Self::UFFD_WP;
     /// `VM_GROWSDOWN`: a stack that grows on faults below it.
     pub const GROWSDOWN: u64 = 0x100;
     /// `VM_DONTEXPAND`: mremap cannot grow it (hugetlb).
@@ -186,6 +192,9 @@ pub struct Vma {
     pub pgoff: u64,
     /// Backing.
     pub backing: Backing,
+    /// The userfaultfd it is registered with (`vm_userfaultfd_ctx`),
+    /// whose modes are [`VmFlags::UFFD_MISSING`] and [`VmFlags::UFFD_WP`].
+    pub uffd: Option<crate::ids::UffdId>,
 }
 
 impl Vma {
@@ -254,7 +263,10 @@ impl Vma {
 /// side has an anon_vma, it must not have been inherited by fork with its
 /// parent's still in the chain, `vma_had_uncowed_parents`).
 pub fn mergeable(a: &Vma, b: &Vma) -> bool {
-    if a.end != b.start || a.flags != b.flags || a.pgoff + (a.end - a.start) / PAGE_SIZE != b.pgoff
+    if a.end != b.start
+        || a.flags != b.flags
+        || a.uffd != b.uffd
+        || a.pgoff + (a.end - a.start) / PAGE_SIZE != b.pgoff
     {
         return false;
     }
@@ -435,6 +447,7 @@ mod tests {
             flags: VmFlags(VmFlags::READ | VmFlags::WRITE | VmFlags::MAYREAD | VmFlags::MAYWRITE),
             pgoff: start / PAGE_SIZE,
             backing: Backing::Anon { chain: Vec::new() },
+            uffd: None,
         }
     }
 

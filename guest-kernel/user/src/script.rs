@@ -57,6 +57,67 @@ pub const SYS_READ: u64 = 0;
 pub const SYS_WRITE: u64 = 1;
 /// `open`; its first argument is each side's own path buffer.
 pub const SYS_OPEN: u64 = 2;
+/// `ioctl`.
+pub const SYS_IOCTL: u64 = 16;
+/// `UFFDIO_API`, `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER`,
+/// `UFFDIO_WRITEPROTECT` and `PAGEMAP_SCAN` (`_IOWR`/`_IOR` numbers).
+pub const UFFDIO_API: u64 = 0xC018_AA3F;
+/// See [`UFFDIO_API`].
+pub const UFFDIO_REGISTER: u64 = 0xC020_AA00;
+/// See [`UFFDIO_API`].
+pub const UFFDIO_UNREGISTER: u64 = 0x8010_AA01;
+/// See [`UFFDIO_API`].
+pub const UFFDIO_WRITEPROTECT: u64 = 0xC018_AA06;
+/// See [`UFFDIO_API`].
+pub const PAGEMAP_SCAN: u64 = 0xC060_6610;
+
+impl UffdCall {
+    /// The ioctl number and its structure's words (`uffdio_api`,
+    /// `uffdio_register`, `uffdio_range`, `uffdio_writeprotect`).
+    pub fn ioctl(self) -> (u64, [u64; 4]) {
+        match self {
+            UffdCall::Api { features } => (UFFDIO_API, [0xAA, features, 0, 0]),
+            UffdCall::Register { start, len, mode } => (UFFDIO_REGISTER, [start, len, mode, 0]),
+            UffdCall::Unregister { start, len } => (UFFDIO_UNREGISTER, [start, len, 0, 0]),
+            UffdCall::Writeprotect { start, len, mode } => {
+                (UFFDIO_WRITEPROTECT, [start, len, mode, 0])
+            }
+        }
+    }
+
+    /// The two words a transcript shows from the structure after the call.
+    pub fn outputs(self, w: &[u64; 4]) -> (u64, u64) {
+        match self {
+            UffdCall::Api { .. } => (w[1], w[2]),
+            UffdCall::Register { .. } => (w[3], 0),
+            _ => (0, 0),
+        }
+    }
+}
+
+impl ScanArgs {
+    /// The `struct pm_scan_arg` words for `[start, start + len)` with the
+    /// region vector at `vec` (0 when `vec_len` is 0).
+    pub fn words(&self, start: u64, len: u64, vec: u64) -> [u64; 12] {
+        [
+            96,
+            self.flags,
+            start,
+            start.wrapping_add(len),
+            0,
+            if self.vec_len == 0 { 0 } else { vec },
+            self.vec_len,
+            self.max_pages,
+            self.inverted,
+            self.mask,
+            self.anyof,
+            self.ret,
+        ]
+    }
+}
+
+/// `userfaultfd`.
+pub const SYS_USERFAULTFD: u64 = 323;
 /// `lseek`.
 pub const SYS_LSEEK: u64 = 8;
 /// `pread64`.
@@ -105,7 +166,7 @@ pub enum FdArg {
 }
 
 impl FdArg {
-    fn value(self, resolve: &impl Fn(Addr) -> u64) -> u64 {
+    pub fn value(self, resolve: &impl Fn(Addr) -> u64) -> u64 {
         match self {
             FdArg::Num(n) => n as u64,
             // A step that opened nothing gives -1 (EBADF), never one of
@@ -258,6 +319,231 @@ pub enum Op {
     HugePool { knob: u64, value: u64 },
     /// Shows the 2 MiB pool's counters (`hugecounters`).
     HugeCounters,
+    /// `userfaultfd(flags)`.
+    Userfaultfd { flags: u64 },
+    /// An ioctl of the userfaultfd `fd`.
+    Uffd { fd: FdArg, req: UffdReq },
+    /// Reads the pagemap entries of `pages` pages from `addr`.
+    Pagemap { addr: Addr, pages: u64 },
+    /// `ioctl(pagemap, PAGEMAP_SCAN)` over `[addr, addr + len)`, with a
+    /// vector of `scan.vec_len` regions (0: none).
+    PagemapScan {
+        addr: Addr,
+        len: u64,
+        scan: ScanArgs,
+    },
+}
+
+/// A userfaultfd ioctl of a script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UffdReq {
+    /// `UFFDIO_API` with these features.
+    Api { features: u64 },
+    /// `UFFDIO_REGISTER`.
+    Register { addr: Addr, len: u64, mode: u64 },
+    /// `UFFDIO_UNREGISTER`.
+    Unregister { addr: Addr, len: u64 },
+    /// `UFFDIO_WRITEPROTECT`.
+    Writeprotect { addr: Addr, len: u64, mode: u64 },
+}
+
+/// A [`UffdReq`] with its addresses resolved, as a backend makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UffdCall {
+    /// `UFFDIO_API`.
+    Api { features: u64 },
+    /// `UFFDIO_REGISTER`.
+    Register { start: u64, len: u64, mode: u64 },
+    /// `UFFDIO_UNREGISTER`.
+    Unregister { start: u64, len: u64 },
+    /// `UFFDIO_WRITEPROTECT`.
+    Writeprotect { start: u64, len: u64, mode: u64 },
+}
+
+impl UffdReq {
+    /// The call with addresses resolved.
+    pub fn resolved(self, resolve: impl Fn(Addr) -> u64) -> UffdCall {
+        match self {
+            UffdReq::Api { features } => UffdCall::Api { features },
+            UffdReq::Register { addr, len, mode } => UffdCall::Register {
+                start: resolve(addr),
+                len,
+                mode,
+            },
+            UffdReq::Unregister { addr, len } => UffdCall::Unregister {
+                start: resolve(addr),
+                len,
+            },
+            UffdReq::Writeprotect { addr, len, mode } => UffdCall::Writeprotect {
+                start: resolve(addr),
+                len,
+                mode,
+            },
+        }
+    }
+}
+
+/// The `struct pm_scan_arg` fields of a `pagemap_scan` step other than
+/// the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanArgs {
+    /// `PM_SCAN_*` flags.
+    pub flags: u64,
+    /// `category_mask`.
+    pub mask: u64,
+    /// `category_inverted`.
+    pub inverted: u64,
+    /// `category_anyof_mask`.
+    pub anyof: u64,
+    /// `return_mask`.
+    pub ret: u64,
+    /// `max_pages`.
+    pub max_pages: u64,
+    /// The vector's length in regions (0: no vector).
+    pub vec_len: u64,
+}
+
+/// The features of `UFFDIO_API`'s answer a transcript shows: those the
+/// guest implements (Linux offers more, docs/CONFORMANCE.md).
+pub const SHOWN_UFFD_FEATURES: u64 =
+    (1 << 1) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 15);
+/// The ioctl bits a transcript shows: `_UFFDIO_REGISTER`,
+/// `_UFFDIO_UNREGISTER`, `_UFFDIO_WRITEPROTECT` and `_UFFDIO_API`.
+pub const SHOWN_UFFD_IOCTLS: u64 = 1 | 2 | (1 << 6) | (1 << 63);
+
+/// A page's pagemap entry in a transcript: `P` present, `S` swapped or a
+/// marker, `F` file or shared, `X` mapped once, `W` uffd-wp, `G` guard,
+/// `D` soft-dirty; `-` for none of them.
+pub struct PagemapText(pub u64);
+
+impl fmt::Display for PagemapText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bits = [
+            (63, 'P'),
+            (62, 'S'),
+            (61, 'F'),
+            (56, 'X'),
+            (57, 'W'),
+            (58, 'G'),
+            (55, 'D'),
+        ];
+        let mut any = false;
+        for (b, c) in bits {
+            if self.0 >> b & 1 != 0 {
+                write!(f, "{c}")?;
+                any = true;
+            }
+        }
+        if !any {
+            write!(f, "-")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of a userfaultfd ioctl in a transcript: `UFFDIO_API`'s
+/// features and ioctls (zeroed by Linux on an error), `UFFDIO_REGISTER`'s
+/// ioctls on success, else the result alone.
+pub struct UffdResultText {
+    /// The request.
+    pub req: UffdReq,
+    /// The call's result.
+    pub r: i64,
+    /// First output word (features, or the range's ioctls).
+    pub a: u64,
+    /// Second output word (the API's ioctls).
+    pub b: u64,
+}
+
+impl fmt::Display for UffdResultText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.req {
+            UffdReq::Api { .. } => write!(
+                f,
+                "{} features={:#x} ioctls={:#x}",
+                CallResult(self.r),
+                self.a & SHOWN_UFFD_FEATURES,
+                self.b & SHOWN_UFFD_IOCTLS
+            ),
+            UffdReq::Register { .. } if self.r == 0 => {
+                write!(f, "0 ioctls={:#x}", self.a & SHOWN_UFFD_IOCTLS)
+            }
+            _ => write!(f, "{}", CallResult(self.r)),
+        }
+    }
+}
+
+/// Pagemap entries in a transcript, one [`PagemapText`] per page.
+pub struct PagemapLine<'a>(pub &'a [u64]);
+
+impl fmt::Display for PagemapLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &e) in self.0.iter().enumerate() {
+            write!(f, "{}{}", if i == 0 { "" } else { " " }, PagemapText(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The most regions a `pagemap_scan` step may ask for, and the most pages
+/// a `pagemap` step shows.
+pub const MAX_SCAN_REGIONS: u64 = 64;
+
+/// A `PAGEMAP_SCAN` result in a transcript: the result, `walk_end` and
+/// the regions, addresses shown as the state names them.
+pub struct ScanText<'a> {
+    /// The names of addresses.
+    pub state: &'a State,
+    /// The process that scanned.
+    pub proc: usize,
+    /// The call's result.
+    pub r: i64,
+    /// `walk_end`.
+    pub walk_end: u64,
+    /// The regions: start, end, categories.
+    pub regions: &'a [[u64; 3]],
+}
+
+impl fmt::Display for ScanText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let show = |a| self.state.show(self.proc, a);
+        write!(f, "{} walk_end={}", CallResult(self.r), show(self.walk_end))?;
+        for &[a, b, c] in self.regions {
+            write!(f, " {}..{}:{}", show(a), show(b), CategoriesText(c))?;
+        }
+        Ok(())
+    }
+}
+
+/// `PAGEMAP_SCAN` categories in a transcript, by name.
+pub struct CategoriesText(pub u64);
+
+const CATEGORIES: &[(&str, u64)] = &[
+    ("wpallowed", 1 << 0),
+    ("written", 1 << 1),
+    ("file", 1 << 2),
+    ("present", 1 << 3),
+    ("swapped", 1 << 4),
+    ("pfnzero", 1 << 5),
+    ("huge", 1 << 6),
+    ("soft_dirty", 1 << 7),
+    ("guard", 1 << 8),
+];
+
+impl fmt::Display for CategoriesText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for &(n, b) in CATEGORIES {
+            if self.0 & b != 0 {
+                write!(f, "{}{n}", if first { "" } else { "|" })?;
+                first = false;
+            }
+        }
+        if first {
+            write!(f, "0")?;
+        }
+        Ok(())
+    }
 }
 
 /// An operation of process `proc`.
@@ -324,7 +610,15 @@ impl Op {
             Op::Mlock2 { addr, len, flags } => (SYS_MLOCK2, [resolve(addr), len, flags, 0, 0, 0]),
             Op::Munlock { addr, len } => (SYS_MUNLOCK, [resolve(addr), len, 0, 0, 0, 0]),
             Op::HugePool { knob, value } => (SYS_HUGETLB_POOL, [HUGE_2M_LOG, knob, value, 0, 0, 0]),
-            Op::Write { .. } | Op::Read { .. } | Op::Fork | Op::Exit | Op::HugeCounters => {
+            Op::Userfaultfd { flags } => (SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0]),
+            Op::Write { .. }
+            | Op::Read { .. }
+            | Op::Fork
+            | Op::Exit
+            | Op::HugeCounters
+            | Op::Uffd { .. }
+            | Op::Pagemap { .. }
+            | Op::PagemapScan { .. } => {
                 return None;
             }
         })
@@ -333,7 +627,10 @@ impl Op {
     /// Whether the call returns a new descriptor (shown as `fd`: numbers
     /// differ between a guest and a Linux process; `@k` names it).
     pub fn opens(&self) -> bool {
-        matches!(self, Op::Memfd { .. } | Op::Open { .. })
+        matches!(
+            self,
+            Op::Memfd { .. } | Op::Open { .. } | Op::Userfaultfd { .. }
+        )
     }
 
     /// For calls of a tmpfs path: the file name (each side passes its own
@@ -406,6 +703,23 @@ const SEALS: &[(&str, u64)] = &[
     ("future_write", 0x10),
     ("exec", 0x20),
 ];
+const UFFD_OPEN: &[(&str, u64)] = &[
+    ("user_mode_only", 1),
+    ("nonblock", 0o4000),
+    ("cloexec", 0o2000000),
+];
+const UFFD_FEATURES: &[(&str, u64)] = &[
+    ("event_fork", 1 << 1),
+    ("missing_hugetlbfs", 1 << 4),
+    ("missing_shmem", 1 << 5),
+    ("sigbus", 1 << 7),
+    ("wp_hugetlbfs_shmem", 1 << 12),
+    ("wp_unpopulated", 1 << 13),
+    ("wp_async", 1 << 15),
+];
+const UFFD_MODES: &[(&str, u64)] = &[("missing", 1), ("wp", 2), ("minor", 4)];
+const UFFD_WP_MODES: &[(&str, u64)] = &[("wp", 1), ("dontwake", 2)];
+const SCAN_FLAGS: &[(&str, u64)] = &[("wp_matching", 1), ("check_wpasync", 2)];
 const MREMAP: &[(&str, u64)] = &[("maymove", 1), ("fixed", 2), ("dontunmap", 4)];
 const MADV: &[(&str, u64)] = &[
     ("normal", 0),
@@ -530,7 +844,7 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         proc = n;
         words.next();
     }
-    let mut w = [""; 8];
+    let mut w = [""; 11];
     let mut n = 0;
     for word in words {
         if n == w.len() {
@@ -677,6 +991,66 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
             value: num(arg(1)?)?,
         },
         "hugecounters" => Op::HugeCounters,
+        "userfaultfd" => Op::Userfaultfd {
+            flags: opt(1).map_or(Ok(0), |a| flags(a, UFFD_OPEN))?,
+        },
+        "uffd_api" => Op::Uffd {
+            fd: fd_arg(arg(1)?)?,
+            req: UffdReq::Api {
+                features: opt(2).map_or(Ok(0), |a| flags(a, UFFD_FEATURES))?,
+            },
+        },
+        "uffd_register" => Op::Uffd {
+            fd: fd_arg(arg(1)?)?,
+            req: UffdReq::Register {
+                addr: addr(arg(2)?)?,
+                len: num(arg(3)?)?,
+                mode: flags(arg(4)?, UFFD_MODES)?,
+            },
+        },
+        "uffd_unregister" => Op::Uffd {
+            fd: fd_arg(arg(1)?)?,
+            req: UffdReq::Unregister {
+                addr: addr(arg(2)?)?,
+                len: num(arg(3)?)?,
+            },
+        },
+        "uffd_wp" => Op::Uffd {
+            fd: fd_arg(arg(1)?)?,
+            req: UffdReq::Writeprotect {
+                addr: addr(arg(2)?)?,
+                len: num(arg(3)?)?,
+                mode: flags(arg(4)?, UFFD_WP_MODES)?,
+            },
+        },
+        "pagemap" => {
+            let (addr, pages) = range()?;
+            if pages > MAX_SCAN_REGIONS {
+                return Err("too many pages");
+            }
+            Op::Pagemap { addr, pages }
+        }
+        "pagemap_scan" => {
+            let (addr, len) = range()?;
+            let cats = |i: usize| opt(i).map_or(Ok(0), |a| flags(a, CATEGORIES));
+            let op = Op::PagemapScan {
+                addr,
+                len,
+                scan: ScanArgs {
+                    flags: opt(3).map_or(Ok(0), |a| flags(a, SCAN_FLAGS))?,
+                    mask: cats(4)?,
+                    inverted: cats(5)?,
+                    anyof: cats(6)?,
+                    ret: cats(7)?,
+                    max_pages: opt(8).map_or(Ok(0), num)?,
+                    vec_len: opt(9).map_or(Ok(MAX_SCAN_REGIONS), num)?,
+                },
+            };
+            if matches!(op, Op::PagemapScan { scan, .. } if scan.vec_len > MAX_SCAN_REGIONS) {
+                return Err("too many regions");
+            }
+            op
+        }
         _ => return Err("unknown operation"),
     };
     Ok(Step { proc, op })
@@ -860,6 +1234,25 @@ impl fmt::Display for Step {
             Op::HugePool { knob: 0, value } => write!(f, "hugepages {value}"),
             Op::HugePool { value, .. } => write!(f, "overcommit {value}"),
             Op::HugeCounters => write!(f, "hugecounters"),
+            Op::Userfaultfd { flags } => write!(f, "userfaultfd {flags:#x}"),
+            Op::Uffd { fd, req } => match req {
+                UffdReq::Api { features } => write!(f, "uffd_api {fd} {features:#x}"),
+                UffdReq::Register { addr, len, mode } => {
+                    write!(f, "uffd_register {fd} {addr} {len:#x} {mode}")
+                }
+                UffdReq::Unregister { addr, len } => {
+                    write!(f, "uffd_unregister {fd} {addr} {len:#x}")
+                }
+                UffdReq::Writeprotect { addr, len, mode } => {
+                    write!(f, "uffd_wp {fd} {addr} {len:#x} {mode}")
+                }
+            },
+            Op::Pagemap { addr, pages } => write!(f, "pagemap {addr} {pages}"),
+            Op::PagemapScan { addr, len, scan: s } => write!(
+                f,
+                "pagemap_scan {addr} {len:#x} {} {:#x} {:#x} {:#x} {:#x} {} {}",
+                s.flags, s.mask, s.inverted, s.anyof, s.ret, s.max_pages, s.vec_len
+            ),
         }
     }
 }

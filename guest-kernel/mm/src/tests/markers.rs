@@ -34,7 +34,11 @@ fn none_mostly_covers_every_marker_and_nothing_else() {
         assert_eq!(Pte::Marker(k).marker(), Some(k));
     }
     assert!(Pte::None.is_none_mostly());
-    let swap = Pte::Swap(crate::pte::SwapEntry { dev: 0, offset: 3 });
+    let swap = Pte::Swap(crate::pte::SwapEntry {
+        dev: 0,
+        offset: 3,
+        uffd_wp: false,
+    });
     assert!(!swap.is_none_mostly());
     assert_eq!(swap.marker(), None);
 }

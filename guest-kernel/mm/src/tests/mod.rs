@@ -14,6 +14,7 @@ mod prop;
 mod swap;
 mod syscalls;
 mod tlb;
+mod write_tracking;
 
 use crate::errno::Errno;
 use crate::ids::Pid;

@@ -12,8 +12,13 @@
 
 pub use crate::script::MapLine;
 use crate::script::{
-    Access, AccessResult, CallResult, FileName, HugeCountersText, MapsEntry, Op, State, Step,
+    Access, AccessResult, CallResult, FileName, HugeCountersText, MapsEntry, Op, PagemapLine,
+    ScanArgs, ScanText, State, Step, UffdCall, UffdResultText,
 };
+
+/// What a `PAGEMAP_SCAN` returned: the call's result, the regions
+/// (`start`, `end`, `categories`) and `walk_end`.
+pub type ScanOut = (i64, Vec<[u64; 3]>, u64);
 
 /// One side of the comparison: guest-mm in a simulated machine, or the
 /// host's Linux.
@@ -36,6 +41,14 @@ pub trait Backend {
     fn pages(&mut self, proc: usize, start: u64, end: u64) -> Vec<(u64, String)>;
     /// The 2 MiB hugetlb pool's total, free, reserved and surplus pages.
     fn huge_counters(&mut self) -> [u64; 4];
+    /// A userfaultfd ioctl on descriptor `fd`: its result and the two
+    /// words it hands back (`UFFDIO_API`: features and ioctls;
+    /// `UFFDIO_REGISTER`: the ioctls).
+    fn uffd(&mut self, proc: usize, fd: u64, call: UffdCall) -> (i64, u64, u64);
+    /// The pagemap entries of `n` pages from `va`.
+    fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64>;
+    /// `PAGEMAP_SCAN` of `[start, start + len)`.
+    fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, scan: ScanArgs) -> ScanOut;
 }
 
 /// Runs a script on one backend and renders its transcript.
@@ -103,6 +116,29 @@ impl<B: Backend> Runner<B> {
                 "exited".into()
             }
             Op::HugeCounters => HugeCountersText(self.backend.huge_counters()).to_string(),
+            Op::Uffd { fd, req } => {
+                let st = &self.state;
+                let fd = fd.value(&|a| st.resolve(a));
+                let call = req.resolved(|a| st.resolve(a));
+                let (r, a, b) = self.backend.uffd(p, fd, call);
+                UffdResultText { req, r, a, b }.to_string()
+            }
+            Op::Pagemap { addr, pages } => {
+                let va = self.state.resolve(addr);
+                PagemapLine(&self.backend.pagemap(p, va, pages)).to_string()
+            }
+            Op::PagemapScan { addr, len, scan } => {
+                let va = self.state.resolve(addr);
+                let (r, regions, walk_end) = self.backend.pagemap_scan(p, va, len, scan);
+                ScanText {
+                    state: &self.state,
+                    proc: p,
+                    r,
+                    walk_end,
+                    regions: &regions,
+                }
+                .to_string()
+            }
             _ => unreachable!("calls are handled above"),
         }
     }

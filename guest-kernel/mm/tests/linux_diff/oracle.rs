@@ -23,8 +23,8 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
-use crate::backend::{Backend, MapLine, digest};
-use crate::script::FileName;
+use crate::backend::{Backend, MapLine, ScanOut, digest};
+use crate::script::{FileName, ScanArgs, UffdCall};
 
 /// The host's 2 MiB hugetlb pool in sysfs.
 const HUGE_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
@@ -215,6 +215,32 @@ extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
             }
         }
     }
+}
+
+/// A userfaultfd ioctl on `fd` (`api`, `reg`, `unreg`, `wp`) with up to
+/// three arguments; answers the result and two output words.
+fn uffd_ioctl(fd: i32, kind: &str, a: u64, b: u64, c: u64) -> String {
+    let call = match kind {
+        "api" => UffdCall::Api { features: a },
+        "reg" => UffdCall::Register {
+            start: a,
+            len: b,
+            mode: c,
+        },
+        "unreg" => UffdCall::Unregister { start: a, len: b },
+        "wp" => UffdCall::Writeprotect {
+            start: a,
+            len: b,
+            mode: c,
+        },
+        other => panic!("oracle: no uffd ioctl {other}"),
+    };
+    let (req, mut buf) = call.ioctl();
+    // SAFETY: the structures of these ioctls fit in `buf`.
+    let r = unsafe { libc::ioctl(fd, req as libc::c_ulong, buf.as_mut_ptr()) };
+    let r = if r == -1 { -errno() } else { i64::from(r) };
+    let (o1, o2) = call.outputs(&buf);
+    format!("{r} {o1} {o2}")
 }
 
 /// One Linux process of the oracle and the children it forked.
@@ -450,6 +476,46 @@ impl Proc {
             "hugecounters" => {
                 let c = pool_counters();
                 format!("{} {} {} {}", c[0], c[1], c[2], c[3])
+            }
+            "uffd" => uffd_ioctl(n(1) as i32, w[2], n(3), n(4), n(5)),
+            "pagemap" => {
+                let mut raw = vec![0u8; n(2) as usize * 8];
+                let r = self.pagemap.read_at(&mut raw, n(1) / PAGE * 8);
+                assert_eq!(r.ok(), Some(raw.len()), "pagemap read");
+                raw.chunks(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("entry")).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            "scan" => {
+                let a: Vec<u64> = (1..10).map(n).collect();
+                let scan = ScanArgs {
+                    flags: a[2],
+                    mask: a[3],
+                    inverted: a[4],
+                    anyof: a[5],
+                    ret: a[6],
+                    max_pages: a[7],
+                    vec_len: a[8],
+                };
+                let mut vec = vec![[0u64; 3]; a[8] as usize];
+                let mut arg = scan.words(a[0], a[1], vec.as_mut_ptr() as u64);
+                // SAFETY: PAGEMAP_SCAN on our own pagemap, with a vector
+                // of `vec_len` regions and the 96-byte pm_scan_arg.
+                let r = unsafe {
+                    libc::ioctl(
+                        std::os::fd::AsRawFd::as_raw_fd(&self.pagemap),
+                        crate::script::PAGEMAP_SCAN as libc::c_ulong,
+                        arg.as_mut_ptr(),
+                    )
+                };
+                let r = if r == -1 { -errno() } else { i64::from(r) };
+                let n_out = r.max(0) as usize;
+                let regions: Vec<String> = vec[..n_out.min(vec.len())]
+                    .iter()
+                    .map(|[s, e, c]| format!("{s} {e} {c}"))
+                    .collect();
+                format!("{r} {};{}", arg[4], regions.join(";"))
             }
             other => panic!("oracle: unknown command {other:?}"),
         }
@@ -707,5 +773,57 @@ impl Backend for Oracle {
                 (va.parse().expect("va"), d.to_string())
             })
             .collect()
+    }
+
+    fn uffd(&mut self, proc: usize, fd: u64, call: UffdCall) -> (i64, u64, u64) {
+        let cmd = match call {
+            UffdCall::Api { features } => format!("uffd {fd} api {features} 0 0"),
+            UffdCall::Register { start, len, mode } => {
+                format!("uffd {fd} reg {start} {len} {mode}")
+            }
+            UffdCall::Unregister { start, len } => format!("uffd {fd} unreg {start} {len} 0"),
+            UffdCall::Writeprotect { start, len, mode } => {
+                format!("uffd {fd} wp {start} {len} {mode}")
+            }
+        };
+        let answer = self.ask(proc, &cmd);
+        let w: Vec<i64> = answer
+            .split_whitespace()
+            .map(|x| x.parse::<i128>().expect("uffd answer") as i64)
+            .collect();
+        (w[0], w[1] as u64, w[2] as u64)
+    }
+
+    fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64> {
+        self.ask(proc, &format!("pagemap {va} {n}"))
+            .split_whitespace()
+            .map(|x| x.parse().expect("pagemap entry"))
+            .collect()
+    }
+
+    fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, s: ScanArgs) -> ScanOut {
+        let cmd = format!(
+            "scan {start} {len} {} {} {} {} {} {} {}",
+            s.flags, s.mask, s.inverted, s.anyof, s.ret, s.max_pages, s.vec_len
+        );
+        let answer = self.ask(proc, &cmd);
+        let (head, rest) = answer.split_once(';').expect("scan answer");
+        let (r, walk_end) = head.split_once(' ').expect("scan head");
+        let regions = rest
+            .split(';')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                let v: Vec<u64> = x
+                    .split_whitespace()
+                    .map(|y| y.parse().expect("region"))
+                    .collect();
+                [v[0], v[1], v[2]]
+            })
+            .collect();
+        (
+            r.parse().expect("scan result"),
+            regions,
+            walk_end.parse().expect("walk_end"),
+        )
     }
 }

@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
 use crate::backend::Runner;
-use crate::script::{Addr, FdArg, Op, PAGE, Step, WINDOW};
+use crate::script::{Addr, FdArg, Op, PAGE, ScanArgs, Step, UffdReq, WINDOW};
 use crate::{host_mmap_min_addr, oracle, sim};
 
 /// Sequences one plain `cargo test` runs.
@@ -122,6 +122,62 @@ fn op() -> impl Strategy<Value = Op> {
         4 => page(PAGES).prop_map(|p| Op::Read { addr: at(p) }),
         1 => Just(Op::Fork),
         1 => Just(Op::Exit),
+        4 => uffd_op(),
+    ]
+}
+
+/// The userfaultfd every sequence opens first (steps 0 and 1, see
+/// [`check`]): asynchronous write-protection, so no fault ever waits for a
+/// handler.
+const UFFD: FdArg = FdArg::Step(0);
+
+fn categories() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => Just(0u64),
+        3 => Just(2u64),
+        1 => Just(1u64),
+        1 => Just(8u64),
+        1 => Just(0x10u64),
+        1 => Just(0x20u64),
+        1 => Just(0x1ffu64),
+        1 => 0u64..0x200,
+    ]
+}
+
+/// Write-tracking steps: register, unregister and (un)protect ranges,
+/// read the pagemap, and `PAGEMAP_SCAN` with random masks, flags, page
+/// limits and short vectors.
+fn uffd_op() -> impl Strategy<Value = Op> {
+    let len = 1u64..9;
+    prop_oneof![
+        3 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Uffd {
+            fd: UFFD,
+            req: UffdReq::Register { addr: at(p), len: n * PAGE, mode: 2 },
+        }),
+        1 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Uffd {
+            fd: UFFD,
+            req: UffdReq::Unregister { addr: at(p), len: n * PAGE },
+        }),
+        3 => (page(PAGES), len.clone(), 0u64..2).prop_map(|(p, n, mode)| Op::Uffd {
+            fd: UFFD,
+            req: UffdReq::Writeprotect { addr: at(p), len: n * PAGE, mode },
+        }),
+        2 => (page(PAGES), len.clone()).prop_map(|(p, n)| Op::Pagemap { addr: at(p), pages: n }),
+        4 => (
+            page(PAGES),
+            1u64..17,
+            0u64..4,
+            (categories(), categories(), categories(), categories()),
+            prop_oneof![3 => Just(0u64), 1 => 1u64..4],
+            prop_oneof![3 => Just(8u64), 1 => 0u64..3],
+        )
+            .prop_map(|(p, n, flags, (mask, inverted, anyof, ret), max_pages, vec_len)| {
+                Op::PagemapScan {
+                    addr: at(p),
+                    len: n * PAGE,
+                    scan: ScanArgs { flags, mask, inverted, anyof, ret, max_pages, vec_len },
+                }
+            }),
     ]
 }
 
@@ -245,7 +301,22 @@ fn check(seq: &[Abstract], steps_run: &Cell<u64>) -> Result<(), TestCaseError> {
         alive: vec![true],
     };
     let mut log = Vec::new();
-    for (k, a) in seq.iter().enumerate() {
+    // Steps 0 and 1, outside the shrunk sequence: the userfaultfd the
+    // tracking steps use.
+    let setup = [
+        Abstract {
+            proc: 0,
+            op: Op::Userfaultfd { flags: 1 },
+        },
+        Abstract {
+            proc: 0,
+            op: Op::Uffd {
+                fd: UFFD,
+                req: UffdReq::Api { features: 1 << 15 },
+            },
+        },
+    ];
+    for (k, a) in setup.iter().chain(seq).enumerate() {
         let Some(step) = tree.place(a) else {
             continue;
         };

@@ -6,8 +6,10 @@ use guest_mm::testing::user::{sim_system, user_try};
 use guest_mm::testing::{Access as Kind, SimMachine};
 use guest_mm::{Config, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
 
-use crate::backend::{Backend, MapLine, digest};
-use crate::script::{Access, FileName};
+use guest_mm::pagemap::PmScanArg;
+
+use crate::backend::{Backend, MapLine, ScanOut, digest};
+use crate::script::{Access, FileName, ScanArgs, UffdCall};
 
 /// Where the simulated process keeps the names it gives `memfd_create`,
 /// `open` and `unlink`.
@@ -142,5 +144,77 @@ impl Backend for Sim {
                 (va, d)
             })
             .collect()
+    }
+
+    fn uffd(&mut self, proc: usize, fd: u64, call: UffdCall) -> (i64, u64, u64) {
+        let pid = self.pids[proc];
+        let r = match call {
+            UffdCall::Api { features } => {
+                self.sys
+                    .uffdio_api(pid, fd, guest_mm::userfaultfd::UFFD_API, features)
+            }
+            UffdCall::Register { start, len, mode } => self
+                .sys
+                .uffdio_register(pid, fd, start, len, mode)
+                .map(|io| (io, 0)),
+            UffdCall::Unregister { start, len } => self
+                .sys
+                .uffdio_unregister(pid, fd, start, len)
+                .map(|()| (0, 0)),
+            UffdCall::Writeprotect { start, len, mode } => self
+                .sys
+                .uffdio_writeprotect(pid, fd, start, len, mode)
+                .map(|()| (0, 0)),
+        };
+        self.checked();
+        match r {
+            Ok((a, b)) => (0, a, b),
+            Err(e) => (e.to_ret(), 0, 0),
+        }
+    }
+
+    fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64> {
+        self.sys.pagemap(self.pids[proc], va, n).expect("pagemap")
+    }
+
+    fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, scan: ScanArgs) -> ScanOut {
+        let arg = PmScanArg {
+            size: guest_mm::pagemap::PM_SCAN_ARG_SIZE,
+            flags: scan.flags,
+            start,
+            end: start.wrapping_add(len),
+            walk_end: 0,
+            // Any user address: the regions come back as a value here.
+            vec: if scan.vec_len == 0 { 0 } else { NAME },
+            vec_len: scan.vec_len,
+            max_pages: scan.max_pages,
+            category_inverted: scan.inverted,
+            category_mask: scan.mask,
+            category_anyof_mask: scan.anyof,
+            return_mask: scan.ret,
+        };
+        let r = self.sys.pagemap_scan(self.pids[proc], arg);
+        self.checked();
+        match r {
+            Ok(s) => {
+                let regions: Vec<[u64; 3]> = s
+                    .regions
+                    .iter()
+                    .map(|r| [r.start, r.end, r.categories])
+                    .collect();
+                let ret = s.error.map_or(regions.len() as i64, |e| e.to_ret());
+                (ret, regions, s.walk_end)
+            }
+            Err(e) => (e.to_ret(), Vec::new(), 0),
+        }
+    }
+}
+
+impl Sim {
+    /// The invariant checker after a call made without `syscall`.
+    fn checked(&self) {
+        if let Err(e) = self.sys.check() {
+            panic!("mm_check: {:?}", e.violations);
+        }
     }
 }

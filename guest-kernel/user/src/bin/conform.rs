@@ -24,8 +24,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use guest_user::probe;
 use guest_user::script::{
     Access, AccessResult, CallResult, Case, Digest, HUGE_2M_LOG, HugeCountersText, MAX_PROCS,
-    MAX_STEPS, MapLine, MapsEntry, Op, PAGE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL,
-    SYS_MEMFD_CREATE, State, Step, cases,
+    MAX_SCAN_REGIONS, MAX_STEPS, MapLine, MapsEntry, Op, PAGE, PAGEMAP_SCAN, PagemapLine,
+    SYS_CLOSE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL, SYS_IOCTL, SYS_MEMFD_CREATE, SYS_OPEN,
+    SYS_PREAD64, ScanText, State, Step, UffdResultText, cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
 use guest_user::*;
@@ -59,6 +60,10 @@ struct Control {
     exit_step: [AtomicUsize; MAX_PROCS],
     state: State,
     pids: [u64; MAX_PROCS],
+    /// What the step being reported read: pagemap entries, or the regions
+    /// of a `PAGEMAP_SCAN` (only the reporting process touches them).
+    entries: [u64; MAX_SCAN_REGIONS as usize],
+    regions: [[u64; 3]; MAX_SCAN_REGIONS as usize],
 }
 
 /// Offsets into Linux's `ucontext` (`uc_mcontext` at 40: RAX is word 13,
@@ -197,6 +202,9 @@ fn run_case(case: &Case<'_>) -> i32 {
         while ctrl.turn.load(Ordering::Acquire) < k {
             sched_yield();
         }
+        if ctrl.turn.load(Ordering::Acquire) > k {
+            continue;
+        }
         // A step of a process that does not live is process 0's to report,
         // unless that process is exiting in this very step.
         let exits_now = ctrl
@@ -236,6 +244,19 @@ fn run_case(case: &Case<'_>) -> i32 {
                 Done::Exited => write!(out, "exited"),
                 Done::Huge(c) => write!(out, "{}", HugeCountersText(c)),
                 Done::Opened => write!(out, "fd"),
+                Done::Uffd(req, r, a, b) => write!(out, "{}", UffdResultText { req, r, a, b }),
+                Done::Pagemap(n) => write!(out, "{}", PagemapLine(&ctrl.entries[..n])),
+                Done::Scan(r, walk_end, n) => write!(
+                    out,
+                    "{}",
+                    ScanText {
+                        state: &ctrl.state,
+                        proc: step.proc,
+                        r,
+                        walk_end,
+                        regions: &ctrl.regions[..n],
+                    }
+                ),
             };
         }
         let _ = writeln!(out);
@@ -281,6 +302,21 @@ enum Done {
     Huge([u64; 4]),
     /// A file was opened (its number differs from Linux's: not shown).
     Opened,
+    /// A userfaultfd ioctl: the request, its result and output words.
+    Uffd(guest_user::script::UffdReq, i64, u64, u64),
+    /// Pagemap entries (the first `n` of `Control::entries`).
+    Pagemap(usize),
+    /// `PAGEMAP_SCAN`: result, `walk_end`, and the first `n` of
+    /// `Control::regions`.
+    Scan(i64, u64, usize),
+}
+
+/// `open("/proc/self/pagemap")`: this process's, also after a fork.
+fn open_pagemap() -> i64 {
+    call6(
+        SYS_OPEN,
+        [c"/proc/self/pagemap".as_ptr() as u64, 0, 0, 0, 0, 0],
+    )
 }
 
 /// An access probe's result: 0, or `signal << 8 | si_code`.
@@ -356,6 +392,42 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
                 return Ran::Done(Done::Call(r));
             }
             Done::Huge([w[0], w[1], w[2], w[3]])
+        }
+        Op::Uffd { fd, req } => {
+            let st = &ctrl.state;
+            let fd = fd.value(&|a| st.resolve(a));
+            let call = req.resolved(|a| st.resolve(a));
+            let (cmd, mut w) = call.ioctl();
+            let r = call6(SYS_IOCTL, [fd, cmd, w.as_mut_ptr() as u64, 0, 0, 0]);
+            let (a, b) = call.outputs(&w);
+            Done::Uffd(req, r, a, b)
+        }
+        Op::Pagemap { addr, pages } => {
+            let e = &mut ctrl.entries;
+            let pm = open_pagemap();
+            let off = ctrl.state.resolve(addr) / PAGE * 8;
+            let r = call6(
+                SYS_PREAD64,
+                [pm as u64, e.as_mut_ptr() as u64, pages * 8, off, 0, 0],
+            );
+            call6(SYS_CLOSE, [pm as u64, 0, 0, 0, 0, 0]);
+            if r < 0 {
+                return Ran::Done(Done::Call(r));
+            }
+            Done::Pagemap((r / 8) as usize)
+        }
+        Op::PagemapScan { addr, len, scan } => {
+            let regions = &mut ctrl.regions;
+            let start = ctrl.state.resolve(addr);
+            let mut arg = scan.words(start, len, regions.as_mut_ptr() as u64);
+            let pm = open_pagemap();
+            let r = call6(
+                SYS_IOCTL,
+                [pm as u64, PAGEMAP_SCAN, arg.as_mut_ptr() as u64, 0, 0, 0],
+            );
+            call6(SYS_CLOSE, [pm as u64, 0, 0, 0, 0, 0]);
+            let n = (r.max(0) as usize).min(regions.len());
+            Done::Scan(r, arg[4], n)
         }
         _ => unreachable!("calls are handled above"),
     })
