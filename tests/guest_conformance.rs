@@ -20,6 +20,8 @@ mod probe;
 #[path = "../guest-kernel/user/src/script.rs"]
 #[allow(dead_code)]
 mod script;
+#[path = "../guest-kernel/user/src/writewatch.rs"]
+mod writewatch;
 
 use std::collections::BTreeMap;
 

@@ -12,6 +12,8 @@ pub mod mm;
 pub mod probe;
 pub mod script;
 pub mod signal;
+pub mod watch;
+pub mod writewatch;
 
 use core::arch::asm;
 

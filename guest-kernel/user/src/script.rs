@@ -332,6 +332,18 @@ pub enum Op {
         len: u64,
         scan: ScanArgs,
     },
+    /// `VirtualAlloc(.., MEM_WRITE_WATCH)` of `len` bytes (at `addr`, or
+    /// anywhere for 0): see `writewatch.rs`.
+    WwAlloc { addr: Addr, len: u64 },
+    /// `GetWriteWatch(flags, addr, len, .., count)`.
+    GetWriteWatch {
+        flags: u64,
+        addr: Addr,
+        len: u64,
+        count: u64,
+    },
+    /// `ResetWriteWatch(addr, len)`.
+    ResetWriteWatch { addr: Addr, len: u64 },
 }
 
 /// A userfaultfd ioctl of a script.
@@ -618,7 +630,10 @@ impl Op {
             | Op::HugeCounters
             | Op::Uffd { .. }
             | Op::Pagemap { .. }
-            | Op::PagemapScan { .. } => {
+            | Op::PagemapScan { .. }
+            | Op::WwAlloc { .. }
+            | Op::GetWriteWatch { .. }
+            | Op::ResetWriteWatch { .. } => {
                 return None;
             }
         })
@@ -645,7 +660,7 @@ impl Op {
     /// For calls that create a mapping: its length in bytes, rounded up.
     pub fn maps_len(&self) -> Option<u64> {
         match *self {
-            Op::Mmap { len, .. } | Op::Mremap { new_len: len, .. } => {
+            Op::Mmap { len, .. } | Op::Mremap { new_len: len, .. } | Op::WwAlloc { len, .. } => {
                 Some(len.div_ceil(PAGE).saturating_mul(PAGE))
             }
             _ => None,
@@ -1051,6 +1066,26 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
             }
             op
         }
+        "ww_alloc" => {
+            let (addr, len) = range()?;
+            Op::WwAlloc { addr, len }
+        }
+        "getwritewatch" => {
+            let count = num(arg(4)?)?;
+            if count > MAX_SCAN_REGIONS {
+                return Err("too many addresses");
+            }
+            Op::GetWriteWatch {
+                flags: flags(arg(1)?, &[("reset", 1)])?,
+                addr: addr(arg(2)?)?,
+                len: num(arg(3)?)?,
+                count,
+            }
+        }
+        "resetwritewatch" => {
+            let (addr, len) = range()?;
+            Op::ResetWriteWatch { addr, len }
+        }
         _ => return Err("unknown operation"),
     };
     Ok(Step { proc, op })
@@ -1248,6 +1283,14 @@ impl fmt::Display for Step {
                 }
             },
             Op::Pagemap { addr, pages } => write!(f, "pagemap {addr} {pages}"),
+            Op::WwAlloc { addr, len } => write!(f, "ww_alloc {addr} {len:#x}"),
+            Op::GetWriteWatch {
+                flags,
+                addr,
+                len,
+                count,
+            } => write!(f, "getwritewatch {flags} {addr} {len:#x} {count}"),
+            Op::ResetWriteWatch { addr, len } => write!(f, "resetwritewatch {addr} {len:#x}"),
             Op::PagemapScan { addr, len, scan: s } => write!(
                 f,
                 "pagemap_scan {addr} {len:#x} {} {:#x} {:#x} {:#x} {:#x} {} {}",
@@ -1378,6 +1421,8 @@ pub struct State {
     alive: [bool; MAX_PROCS],
     procs: usize,
     named: [Option<Named>; 16],
+    /// Each process's write-watch allocations (GetWriteWatch steps).
+    pub watch: [crate::writewatch::WriteWatch; MAX_PROCS],
 }
 
 impl Default for State {
@@ -1389,6 +1434,7 @@ impl Default for State {
             alive,
             procs: 1,
             named: [None; 16],
+            watch: Default::default(),
         }
     }
 }
@@ -1415,6 +1461,9 @@ impl State {
         let child = self.procs;
         self.procs += 1;
         self.alive[child] = true;
+        // The child has the parent's memory, the tables of its
+        // allocations included (but not their registration).
+        self.watch[child] = self.watch[proc];
         let mut inherited = [None; 16];
         for (slot, n) in inherited.iter_mut().zip(self.named.iter().flatten()) {
             if n.proc == proc {

@@ -15,6 +15,7 @@ use crate::script::{
     Access, AccessResult, CallResult, FileName, HugeCountersText, MapsEntry, Op, PagemapLine,
     ScanArgs, ScanText, State, Step, UffdCall, UffdResultText,
 };
+use crate::writewatch::{Tracking, WatchText};
 
 /// What a `PAGEMAP_SCAN` returned: the call's result, the regions
 /// (`start`, `end`, `categories`) and `walk_end`.
@@ -49,6 +50,41 @@ pub trait Backend {
     fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64>;
     /// `PAGEMAP_SCAN` of `[start, start + len)`.
     fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, scan: ScanArgs) -> ScanOut;
+}
+
+/// [`Tracking`] through a backend, for process `proc`: GetWriteWatch
+/// emulated the same way on both sides.
+struct Through<'a, B: Backend> {
+    b: &'a mut B,
+    proc: usize,
+}
+
+impl<B: Backend> Tracking for Through<'_, B> {
+    fn mmap_anon(&mut self, addr: u64, len: u64) -> i64 {
+        let flags = crate::writewatch::alloc_flags(addr);
+        self.b.syscall(
+            self.proc,
+            crate::script::SYS_MMAP,
+            [addr, len, 3, flags, u64::MAX, 0],
+        )
+    }
+    fn userfaultfd(&mut self) -> i64 {
+        self.b.syscall(
+            self.proc,
+            crate::script::SYS_USERFAULTFD,
+            [1, 0, 0, 0, 0, 0],
+        )
+    }
+    fn uffd(&mut self, fd: u64, call: UffdCall) -> i64 {
+        self.b.uffd(self.proc, fd, call).0
+    }
+    fn scan(&mut self, start: u64, len: u64, args: ScanArgs, out: &mut [[u64; 3]]) -> (i64, u64) {
+        let (r, regions, walk_end) = self.b.pagemap_scan(self.proc, start, len, args);
+        for (slot, g) in out.iter_mut().zip(regions) {
+            *slot = g;
+        }
+        (r, walk_end)
+    }
 }
 
 /// Runs a script on one backend and renders its transcript.
@@ -136,6 +172,62 @@ impl<B: Backend> Runner<B> {
                     r,
                     walk_end,
                     regions: &regions,
+                }
+                .to_string()
+            }
+            Op::WwAlloc { addr, len } => {
+                let a = self.state.resolve(addr);
+                let mut ww = self.state.watch[p];
+                let mut t = Through {
+                    b: &mut self.backend,
+                    proc: p,
+                };
+                let r = ww.alloc(&mut t, a, len);
+                self.state.watch[p] = ww;
+                self.state.mapped(k, p, r, len.div_ceil(4096) * 4096);
+                if r >= 0 {
+                    self.state.show(p, r as u64).to_string()
+                } else {
+                    CallResult(r).to_string()
+                }
+            }
+            Op::GetWriteWatch {
+                flags,
+                addr,
+                len,
+                count,
+            } => {
+                let a = self.state.resolve(addr);
+                let mut ww = self.state.watch[p];
+                let mut t = Through {
+                    b: &mut self.backend,
+                    proc: p,
+                };
+                let mut out = [0u64; 64];
+                let result = ww.get(&mut t, flags, a, len, &mut out[..count as usize]);
+                self.state.watch[p] = ww;
+                WatchText {
+                    state: &self.state,
+                    proc: p,
+                    result,
+                    addrs: &out,
+                }
+                .to_string()
+            }
+            Op::ResetWriteWatch { addr, len } => {
+                let a = self.state.resolve(addr);
+                let mut ww = self.state.watch[p];
+                let mut t = Through {
+                    b: &mut self.backend,
+                    proc: p,
+                };
+                let result = ww.reset(&mut t, a, len).map(|()| (0, 0));
+                self.state.watch[p] = ww;
+                WatchText {
+                    state: &self.state,
+                    proc: p,
+                    result,
+                    addrs: &[],
                 }
                 .to_string()
             }

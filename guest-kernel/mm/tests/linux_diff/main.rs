@@ -20,6 +20,8 @@ mod random;
 #[allow(dead_code)]
 mod script;
 mod sim;
+#[path = "../../../user/src/writewatch.rs"]
+mod writewatch;
 
 use backend::Runner;
 use script::Step;

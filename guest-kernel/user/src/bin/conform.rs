@@ -29,6 +29,8 @@ use guest_user::script::{
     SYS_PREAD64, ScanText, State, Step, UffdResultText, cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
+use guest_user::watch::Syscalls;
+use guest_user::writewatch::{WatchError, WatchText};
 use guest_user::*;
 
 guest_user::entry!(main);
@@ -245,6 +247,16 @@ fn run_case(case: &Case<'_>) -> i32 {
                 Done::Huge(c) => write!(out, "{}", HugeCountersText(c)),
                 Done::Opened => write!(out, "fd"),
                 Done::Uffd(req, r, a, b) => write!(out, "{}", UffdResultText { req, r, a, b }),
+                Done::Watch(result, n) => write!(
+                    out,
+                    "{}",
+                    WatchText {
+                        state: &ctrl.state,
+                        proc: step.proc,
+                        result,
+                        addrs: &ctrl.entries[..n],
+                    }
+                ),
                 Done::Pagemap(n) => write!(out, "{}", PagemapLine(&ctrl.entries[..n])),
                 Done::Scan(r, walk_end, n) => write!(
                     out,
@@ -304,6 +316,9 @@ enum Done {
     Opened,
     /// A userfaultfd ioctl: the request, its result and output words.
     Uffd(guest_user::script::UffdReq, i64, u64, u64),
+    /// A GetWriteWatch or ResetWriteWatch result (addresses in
+    /// `Control::entries`).
+    Watch(Result<(usize, u64), WatchError>, usize),
     /// Pagemap entries (the first `n` of `Control::entries`).
     Pagemap(usize),
     /// `PAGEMAP_SCAN`: result, `walk_end`, and the first `n` of
@@ -428,6 +443,29 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
             call6(SYS_CLOSE, [pm as u64, 0, 0, 0, 0, 0]);
             let n = (r.max(0) as usize).min(regions.len());
             Done::Scan(r, arg[4], n)
+        }
+        Op::WwAlloc { addr, len } => {
+            let a = ctrl.state.resolve(addr);
+            let r = ctrl.state.watch[*me].alloc(&mut Syscalls, a, len);
+            ctrl.state.mapped(k, *me, r, len.div_ceil(PAGE) * PAGE);
+            Done::Call(r)
+        }
+        Op::GetWriteWatch {
+            flags,
+            addr,
+            len,
+            count,
+        } => {
+            let a = ctrl.state.resolve(addr);
+            let out = &mut ctrl.entries[..count as usize];
+            let result = ctrl.state.watch[*me].get(&mut Syscalls, flags, a, len, out);
+            let n = result.map_or(0, |(n, _)| n);
+            Done::Watch(result, n)
+        }
+        Op::ResetWriteWatch { addr, len } => {
+            let a = ctrl.state.resolve(addr);
+            let result = ctrl.state.watch[*me].reset(&mut Syscalls, a, len);
+            Done::Watch(result.map(|()| (0, 0)), 0)
         }
         _ => unreachable!("calls are handled above"),
     })
