@@ -56,6 +56,15 @@ impl<H: Hw> MemSystem<H> {
                 {
                     bad.push(format!("mm {id:?}: bad vma {:#x}..{:#x}", v.start, v.end));
                 }
+                // A registered VMA has modes and a live context of its own
+                // address space (the BUG_ON of userfaultfd_register).
+                let ctx_ok = match v.uffd {
+                    Some(c) => self.uffds.get(&c).is_some_and(|u| u.mm == id),
+                    None => true,
+                };
+                if v.uffd.is_some() != v.flags.has(VmFlags::UFFD_FLAGS) || !ctx_ok {
+                    bad.push(format!("mm {id:?}: vma {:#x} userfaultfd state", v.start));
+                }
                 prev_end = v.end;
                 for av in v.backing.anon_chain() {
                     if !self

@@ -515,22 +515,20 @@ impl<H: Hw> MemSystem<H> {
     /// `userfaultfd_release`: the last descriptor of `ctx` is gone; every
     /// range registered with it is unregistered.
     pub(crate) fn uffd_release(&mut self, ctx: UffdId) {
-        let Some(u) = self.uffds.remove(&ctx) else {
+        let Some(mm) = self.uffds.get(&ctx).map(|u| u.mm) else {
             return;
         };
-        if !self.mms.contains_key(&u.mm) {
-            return;
-        }
-        self.uffds.insert(ctx, u.clone());
-        let regs: alloc::vec::Vec<(u64, u64)> = self
-            .mm(u.mm)
-            .vmas
-            .iter()
-            .filter(|v| v.uffd == Some(ctx))
-            .map(|v| (v.start, v.end))
-            .collect();
-        for (s, e) in regs {
-            self.userfaultfd_clear_range(u.mm, s, e);
+        if self.mms.contains_key(&mm) {
+            let regs: alloc::vec::Vec<(u64, u64)> = self
+                .mm(mm)
+                .vmas
+                .iter()
+                .filter(|v| v.uffd == Some(ctx))
+                .map(|v| (v.start, v.end))
+                .collect();
+            for (s, e) in regs {
+                self.userfaultfd_clear_range(mm, s, e);
+            }
         }
         self.uffds.remove(&ctx);
     }

@@ -174,3 +174,25 @@ fn a_write_clears_the_pagemap_bit_of_its_page_only() {
         assert_eq!(e & PM_UFFD_WP == 0, i == 3, "page {i}: {e:#x}");
     }
 }
+
+#[test]
+fn the_checker_refuses_broken_tracking_state() {
+    // A registration whose context is gone.
+    let (mut s, p, _) = tracked(false);
+    let mm = s.procs[&p].mm.unwrap();
+    s.mm_mut(mm).vmas.get_mut(A).unwrap().uffd = Some(crate::ids::UffdId(999_999));
+    assert!(s.check().is_err());
+    // A page writable while protected: its write would go unseen.
+    let (mut s, p, _) = tracked(false);
+    write(&mut s, p, A, &[1]);
+    let root = s.mm(s.procs[&p].mm.unwrap()).root;
+    let slot = crate::pgtable::pte_slot(&s.hw, root, A).unwrap();
+    let crate::pte::Pte::Mapped { pfn, flags } = crate::pgtable::read_pte(&s.hw, slot) else {
+        panic!("page mapped");
+    };
+    let bad = flags
+        .with(crate::pte::PteFlags::UFFD_WP)
+        .with(crate::pte::PteFlags::WRITE);
+    crate::pgtable::write_pte(&mut s.hw, slot, crate::pte::Pte::Mapped { pfn, flags: bad });
+    assert!(s.check().is_err());
+}
