@@ -34,8 +34,6 @@ const O_CLOEXEC: u64 = 0o2000000;
 
 /// `UFFD_FEATURE_EVENT_FORK`.
 pub const FEATURE_EVENT_FORK: u64 = 1 << 1;
-/// `UFFD_FEATURE_MISSING_HUGETLBFS`.
-pub const FEATURE_MISSING_HUGETLBFS: u64 = 1 << 4;
 /// `UFFD_FEATURE_MISSING_SHMEM`.
 pub const FEATURE_MISSING_SHMEM: u64 = 1 << 5;
 /// `UFFD_FEATURE_SIGBUS`: faults raise SIGBUS instead of waiting.
@@ -50,7 +48,6 @@ pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
 /// `EVENT_FORK` is offered but needs CAP_SYS_PTRACE, which no guest
 /// process has.
 pub const FEATURES: u64 = FEATURE_EVENT_FORK
-    | FEATURE_MISSING_HUGETLBFS
     | FEATURE_MISSING_SHMEM
     | FEATURE_SIGBUS
     | FEATURE_WP_HUGETLBFS_SHMEM
@@ -267,9 +264,9 @@ impl<H: Hw> MemSystem<H> {
             if cur.uffd.is_some_and(|c| c != ctx) {
                 return Err(Errno::EBUSY);
             }
-            // Not yet: write-protecting huge entries (the MM refuses
-            // rather than track them wrongly).
-            if cur.is_hugetlb() && uflags & VmFlags::UFFD_WP != 0 {
+            // Not yet: hugetlb ranges, whose faults do not reach the
+            // context (the MM refuses rather than miss a fault).
+            if cur.is_hugetlb() {
                 return Err(Errno::EINVAL);
             }
         }

@@ -418,7 +418,7 @@ pub struct ScanArgs {
 /// The features of `UFFDIO_API`'s answer a transcript shows: those the
 /// guest implements (Linux offers more, docs/CONFORMANCE.md).
 pub const SHOWN_UFFD_FEATURES: u64 =
-    (1 << 1) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 15);
+    (1 << 1) | (1 << 5) | (1 << 7) | (1 << 12) | (1 << 13) | (1 << 15);
 /// The ioctl bits a transcript shows: `_UFFDIO_REGISTER`,
 /// `_UFFDIO_UNREGISTER`, `_UFFDIO_WRITEPROTECT` and `_UFFDIO_API`.
 pub const SHOWN_UFFD_IOCTLS: u64 = 1 | 2 | (1 << 6) | (1 << 63);
