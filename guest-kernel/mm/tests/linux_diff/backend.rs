@@ -177,14 +177,9 @@ impl<B: Backend> Runner<B> {
             }
             Op::WwAlloc { addr, len } => {
                 let a = self.state.resolve(addr);
-                let mut ww = self.state.watch[p];
-                let mut t = Through {
-                    b: &mut self.backend,
-                    proc: p,
-                };
-                let r = ww.alloc(&mut t, a, len);
-                self.state.watch[p] = ww;
-                self.state.mapped(k, p, r, len.div_ceil(4096) * 4096);
+                let r = self.with_watch(p, |ww, t| ww.alloc(t, a, len));
+                let rounded = step.op.maps_len().expect("an allocation maps");
+                self.state.mapped(k, p, r, rounded);
                 if r >= 0 {
                     self.state.show(p, r as u64).to_string()
                 } else {
@@ -198,14 +193,10 @@ impl<B: Backend> Runner<B> {
                 count,
             } => {
                 let a = self.state.resolve(addr);
-                let mut ww = self.state.watch[p];
-                let mut t = Through {
-                    b: &mut self.backend,
-                    proc: p,
-                };
                 let mut out = [0u64; 64];
-                let result = ww.get(&mut t, flags, a, len, &mut out[..count as usize]);
-                self.state.watch[p] = ww;
+                let result = self.with_watch(p, |ww, t| {
+                    ww.get(t, flags, a, len, &mut out[..count as usize])
+                });
                 WatchText {
                     state: &self.state,
                     proc: p,
@@ -216,13 +207,7 @@ impl<B: Backend> Runner<B> {
             }
             Op::ResetWriteWatch { addr, len } => {
                 let a = self.state.resolve(addr);
-                let mut ww = self.state.watch[p];
-                let mut t = Through {
-                    b: &mut self.backend,
-                    proc: p,
-                };
-                let result = ww.reset(&mut t, a, len).map(|()| (0, 0));
-                self.state.watch[p] = ww;
+                let result = self.with_watch(p, |ww, t| ww.reset(t, a, len).map(|()| (0, 0)));
                 WatchText {
                     state: &self.state,
                     proc: p,
@@ -233,6 +218,19 @@ impl<B: Backend> Runner<B> {
             }
             _ => unreachable!("calls are handled above"),
         }
+    }
+
+    /// Runs `f` on process `p`'s write-watch state, through this backend.
+    fn with_watch<R>(
+        &mut self,
+        p: usize,
+        f: impl FnOnce(&mut crate::writewatch::WriteWatch, &mut Through<'_, B>) -> R,
+    ) -> R {
+        let mut t = Through {
+            b: &mut self.backend,
+            proc: p,
+        };
+        f(&mut self.state.watch[p], &mut t)
     }
 
     /// Runs step `k` and renders its transcript lines: the result, then

@@ -145,8 +145,9 @@ pub fn reset_pool() -> Option<u64> {
         let read = |name: &str| std::fs::read_to_string(format!("{HUGE_SYSFS}/{name}")).ok();
         let saved = (read("nr_hugepages"), read("nr_overcommit_hugepages"));
         let _ = ORIGINAL_POOL.set(saved);
-        // SAFETY: `restore` only makes async-signal-safe calls; the
-        // handler runs it, then dies of the signal as it would have.
+        // The handler runs `restore_pool`, then dies of the signal as it
+        // would have.
+        // SAFETY: `restore_pool` only makes async-signal-safe calls.
         unsafe {
             libc::atexit(restore_pool);
             for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
@@ -500,8 +501,8 @@ impl Proc {
                 };
                 let mut vec = vec![[0u64; 3]; a[8] as usize];
                 let mut arg = scan.words(a[0], a[1], vec.as_mut_ptr() as u64);
-                // SAFETY: PAGEMAP_SCAN on our own pagemap, with a vector
-                // of `vec_len` regions and the 96-byte pm_scan_arg.
+                // Our own pagemap, a vector of `vec_len` regions.
+                // SAFETY: `arg` is the 96-byte pm_scan_arg, `vec` as long as it says.
                 let r = unsafe {
                     libc::ioctl(
                         std::os::fd::AsRawFd::as_raw_fd(&self.pagemap),
