@@ -316,3 +316,61 @@ fn bad_init_files_get_one_line_errors() {
     let out = run(&["selftest", "--init", hello_c().to_str().unwrap()]);
     assert_one_line_error(&out, 125, "mode=run");
 }
+
+/// `cat` without a C library: standard input to standard output in
+/// 1000-byte reads; exits 0 at the end of its input.
+const CAT_C: &[u8] = br#"
+typedef unsigned long u64; typedef long i64;
+static i64 sys3(u64 nr, u64 a, u64 b, u64 c) {
+	i64 r;
+	__asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+	return r;
+}
+static char buf[1000];
+void _start(void) {
+	i64 n;
+	while ((n = sys3(0, 0, (u64)buf, sizeof buf)) > 0)
+		if (sys3(1, 1, (u64)buf, n) != n)
+			sys3(231, 1, 0, 0);
+	sys3(231, n < 0 ? 2 : 0, 0, 0);
+}
+"#;
+
+#[test]
+fn stdin_hands_a_file_to_the_guest_processes() {
+    if !kvm_available() {
+        return;
+    }
+    let cat = cc("cat-c", STATIC_NOLIBC, CAT_C);
+    // More than one read's worth, in lines a console keeps whole.
+    let text: String = (0..400)
+        .map(|i| format!("line {i} of the input\n"))
+        .collect();
+    let input = scratch().join("cat-input.txt");
+    std::fs::write(&input, &text).unwrap();
+    let (status, console) = run_init(&cat, &["--stdin", input.to_str().unwrap()]);
+    assert_eq!(status, 0, "{console}");
+    assert!(
+        console.contains(&text),
+        "the guest's cat printed:\n{console}"
+    );
+    // Without --stdin, standard input is at its end at once.
+    let (status, console) = run_init(&cat, &[]);
+    assert_eq!(status, 0, "{console}");
+    assert!(!console.contains("line 0"), "{console}");
+}
+
+#[test]
+fn bad_stdin_files_are_one_line_errors() {
+    if !kvm_available() {
+        return;
+    }
+    let out = run(&["run", "--stdin", "/nonexistent/input"]);
+    assert_one_line_error(&out, 125, "cannot read the --stdin file /nonexistent/input");
+    let huge = scratch().join("huge-input");
+    let file = std::fs::File::create(&huge).unwrap();
+    file.set_len(300 << 20).unwrap();
+    let out = run(&["run", "--stdin", huge.to_str().unwrap()]);
+    assert_one_line_error(&out, 125, "--stdin takes at most");
+    let _ = std::fs::remove_file(&huge);
+}

@@ -34,6 +34,12 @@ pub enum BuildError {
     MemTooSmall(String),
     #[error("--init runs its program in the guest's mode=run, not mode={0}")]
     InitNeedsRunMode(String),
+    #[error("cannot read the --stdin file {path}: {source}")]
+    StdinFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the --init program {path}: {source}")]
     InitFile {
         path: String,
@@ -209,7 +215,31 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
                         .map_err(BuildError::from)
                 })
                 .transpose()?;
-            Some((kernel.entry.0, init))
+            let input = config
+                .stdin
+                .as_ref()
+                .map(|path| {
+                    let shown = path.display().to_string();
+                    let too_large = |size| loader::LoadError::InputTooLarge {
+                        name: shown.clone(),
+                        size,
+                        max: INIT_MAX_BYTES,
+                    };
+                    // A size check first, so that an absurd file is not read.
+                    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                    if size > INIT_MAX_BYTES {
+                        return Err(BuildError::from(too_large(size)));
+                    }
+                    let bytes = std::fs::read(path).map_err(|source| BuildError::StdinFile {
+                        path: shown.clone(),
+                        source,
+                    })?;
+                    let after = init.map_or(kernel.end, |m| m.end());
+                    loader::load_input(&memory, &bytes, &shown, after, config.mem_bytes)
+                        .map_err(BuildError::from)
+                })
+                .transpose()?;
+            Some((kernel.entry.0, init, input))
         }
         Start::Restore => None,
     };
@@ -236,7 +266,7 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
         })
         .transpose()?;
     let tsc_khz = vcpus[0].fd.get_tsc_khz().ok().filter(|&khz| khz > 0);
-    if let Some((entry, init)) = entry {
+    if let Some((entry, init, input)) = entry {
         vcpus[0].set_pvh_entry(entry)?;
         // The guest learns its CPUs from the ACPI MADT, and the TSC rate
         // from the command line.
@@ -250,6 +280,7 @@ fn assemble(config: &VmConfig, stdout: Arc<Sink>, start: Start) -> Result<Machin
             config.vcpus,
             cmdline.trim(),
             init,
+            input,
         )?;
     }
     let xsave_size = vm.xsave_size();

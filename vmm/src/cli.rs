@@ -46,6 +46,37 @@ pub enum Command {
     /// Run experiments on this machine and report what they measured.
     #[command(subcommand)]
     Experiment(ExperimentCommand),
+    /// Run scenario files (docs/SCENARIOS.md) in a guest process, or with --host as Linux
+    /// processes on this machine's kernel; check the results they expect.
+    Scenario(ScenarioArgs),
+}
+
+/// The guest kernel mode a scenario run asks for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ScenarioMode {
+    /// Kernel work in a ring-3 context (the fast one on kvm_pvm).
+    Ring3,
+    /// Kernel work in ring 0 (as on hardware KVM).
+    Ring0,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ScenarioArgs {
+    /// Scenario files (e.g. resources/scenarios/*.scn).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Run them as Linux processes on the host kernel instead of in the guest.
+    #[arg(long)]
+    pub host: bool,
+    /// Print every scenario's transcript on stdout (the verdicts go to stderr).
+    #[arg(long)]
+    pub transcript: bool,
+    /// The guest kernel's mode (default: the one it picks for this machine).
+    #[arg(long, value_enum, conflicts_with = "host")]
+    pub mode: Option<ScenarioMode>,
+    /// Stop the guest after SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, conflicts_with = "host")]
+    pub timeout: Option<f64>,
 }
 
 /// How a migration converges (every option has QEMU's or Cloud Hypervisor's default).
@@ -404,6 +435,9 @@ pub struct VmArgs {
     /// runs as its first process instead of the built-in init (docs/GUEST_ABI.md).
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
+    /// A file whose bytes the guest's processes read from standard input (docs/GUEST_ABI.md).
+    #[arg(long, value_name = "FILE")]
+    pub stdin: Option<PathBuf>,
     /// Number of vCPUs (1..=64, and no more than KVM allows).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub vcpus: u32,
@@ -440,6 +474,7 @@ impl VmArgs {
                 .clone()
                 .map_or(KernelSource::BuiltIn, KernelSource::File),
             init: self.init.clone(),
+            stdin: self.stdin.clone(),
             vcpus: self.vcpus,
             mem_bytes: self.mem,
             backing: self.backing,

@@ -35,6 +35,9 @@ pub struct VmConfig {
     /// A static x86-64 ELF program the guest runs as its first process
     /// (`--init`), handed over as a PVH module.
     pub init: Option<PathBuf>,
+    /// A file whose bytes the guest's processes read from standard input
+    /// (`--stdin`), handed over as a PVH module.
+    pub stdin: Option<PathBuf>,
     pub vcpus: u32,
     pub mem_bytes: u64,
     pub backing: Backing,
@@ -50,6 +53,7 @@ impl Default for VmConfig {
         VmConfig {
             kernel: KernelSource::BuiltIn,
             init: None,
+            stdin: None,
             vcpus: 1,
             mem_bytes: DEFAULT_MEM,
             backing: Backing::Anon,

@@ -7,9 +7,9 @@
 pub const PVH_START_INFO: u64 = 0x6000;
 /// Where the PVH memory map (an array of `hvm_memmap_table_entry`) follows it.
 pub const PVH_MEMMAP: u64 = 0x6040;
-/// Where the PVH module list (one `hvm_modlist_entry`: the `--init`
-/// program) is written, between the memory map and the guest's SMP
-/// trampoline at 0x8000.
+/// Where the PVH module list (`hvm_modlist_entry`s: the `--init` program,
+/// the `--stdin` bytes) is written, between the memory map and the guest's
+/// SMP trampoline at 0x8000.
 pub const PVH_MODLIST: u64 = 0x7000;
 /// Largest `--init` program accepted.
 pub const INIT_MAX_BYTES: u64 = 256 << 20;

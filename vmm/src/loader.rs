@@ -63,6 +63,10 @@ pub enum LoadError {
         "{name} is too large: {size} bytes; --init takes at most {max} bytes here (at most 256 MiB, and --mem must leave the kernel its working set)"
     )]
     InitTooLarge { name: String, size: u64, max: u64 },
+    #[error(
+        "{name} is too large: {size} bytes; --stdin takes at most {max} bytes here (at most 256 MiB with --init, and --mem must leave the kernel its working set)"
+    )]
+    InputTooLarge { name: String, size: u64, max: u64 },
     #[error("{0} {1}; the guest runs static x86-64 Linux executables in user space")]
     InitBadLayout(String, &'static str),
     #[error("the command line is too long or has characters a kernel cannot take: {0}")]
@@ -130,11 +134,58 @@ pub fn load_kernel(
     })
 }
 
-/// Where an `--init` program was placed in guest memory.
+/// Where a PVH module (the `--init` program, the `--stdin` bytes) was
+/// placed in guest memory.
 #[derive(Clone, Copy, Debug)]
-pub struct InitModule {
+pub struct BootModule {
     pub paddr: u64,
     pub size: u64,
+}
+
+impl BootModule {
+    /// The first page after the module.
+    pub fn end(&self) -> u64 {
+        (self.paddr + self.size).next_multiple_of(4096)
+    }
+}
+
+/// The module command line that tells the writewatch kernel a module is
+/// standard input, not a program (docs/GUEST_ABI.md).
+const INPUT_MODULE_CMDLINE: &[u8] = b"stdin\0";
+/// Where that command line is written: after the module list's entries,
+/// in the same page.
+const INPUT_MODULE_CMDLINE_AT: u64 = PVH_MODLIST + 0x100;
+
+/// The most a module starting at `paddr` may hold: it must leave the
+/// kernel its working set below the end of low RAM.
+fn module_room(paddr: u64, mem_bytes: u64) -> u64 {
+    let low_ram_end = ram_ranges(mem_bytes)[0].1;
+    low_ram_end
+        .saturating_sub(paddr + KERNEL_MIN_WORKING_SET)
+        .min(INIT_MAX_BYTES)
+}
+
+/// Copies `bytes` (named `name`), which the guest's processes read from
+/// standard input, to the first page at or after `after`.
+pub fn load_input(
+    mem: &GuestMemoryMmap,
+    bytes: &[u8],
+    name: &str,
+    after: u64,
+    mem_bytes: u64,
+) -> Result<BootModule, LoadError> {
+    let paddr = after.next_multiple_of(4096);
+    let (size, max) = (bytes.len() as u64, module_room(paddr, mem_bytes));
+    if size > max {
+        return Err(LoadError::InputTooLarge {
+            name: name.to_string(),
+            size,
+            max,
+        });
+    }
+    mem.write_slice(bytes, GuestAddress(paddr))
+        .map_err(|e| LoadError::BootInfo(format!("writing {name}: {e}")))?;
+    Ok(BootModule { paddr, size })
 }
 
 /// Checks that `image` (named `name`) is a static x86-64 executable and
@@ -146,7 +197,7 @@ pub fn load_init(
     name: &str,
     kernel_end: u64,
     mem_bytes: u64,
-) -> Result<InitModule, LoadError> {
+) -> Result<BootModule, LoadError> {
     const ET_EXEC: u16 = 2;
     const ET_DYN: u16 = 3;
     const PT_LOAD: u32 = 1;
@@ -224,10 +275,7 @@ pub fn load_init(
         ));
     }
     let paddr = kernel_end.next_multiple_of(4096);
-    let low_ram_end = ram_ranges(mem_bytes)[0].1;
-    let max = low_ram_end
-        .saturating_sub(paddr + KERNEL_MIN_WORKING_SET)
-        .min(INIT_MAX_BYTES);
+    let max = module_room(paddr, mem_bytes);
     let size = image.len() as u64;
     if size > max {
         return Err(LoadError::InitTooLarge {
@@ -238,17 +286,19 @@ pub fn load_init(
     }
     mem.write_slice(image, GuestAddress(paddr))
         .map_err(|e| LoadError::BootInfo(format!("writing {name}: {e}")))?;
-    Ok(InitModule { paddr, size })
+    Ok(BootModule { paddr, size })
 }
 
 /// Writes the command line, the memory map, the ACPI tables for `vcpus`,
-/// the module list (the `--init` program) and `hvm_start_info`.
+/// the module list (the `--init` program, then the `--stdin` bytes) and
+/// `hvm_start_info`.
 pub fn write_boot_info(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
     vcpus: u32,
     cmdline: &str,
-    init: Option<InitModule>,
+    init: Option<BootModule>,
+    input: Option<BootModule>,
 ) -> Result<(), LoadError> {
     let mut line = Cmdline::new(CMDLINE_CAPACITY).map_err(|e| LoadError::Cmdline(e.to_string()))?;
     if !cmdline.is_empty() {
@@ -264,6 +314,21 @@ pub fn write_boot_info(
             .map_err(|e| LoadError::BootInfo(format!("writing the ACPI tables: {e}")))?;
     }
     let memmap = memory_map(mem_bytes);
+    if input.is_some() {
+        mem.write_slice(INPUT_MODULE_CMDLINE, GuestAddress(INPUT_MODULE_CMDLINE_AT))
+            .map_err(|e| LoadError::BootInfo(format!("writing the module list: {e}")))?;
+    }
+    let entry = |m: BootModule, cmdline_paddr| hvm_modlist_entry {
+        paddr: m.paddr,
+        size: m.size,
+        cmdline_paddr,
+        ..Default::default()
+    };
+    let modules: Vec<_> = init
+        .map(|m| entry(m, 0))
+        .into_iter()
+        .chain(input.map(|m| entry(m, INPUT_MODULE_CMDLINE_AT)))
+        .collect();
     let start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
@@ -271,19 +336,14 @@ pub fn write_boot_info(
         rsdp_paddr: acpi[0].0,
         memmap_paddr: PVH_MEMMAP,
         memmap_entries: memmap.len() as u32,
-        nr_modules: u32::from(init.is_some()),
-        modlist_paddr: if init.is_some() { PVH_MODLIST } else { 0 },
+        nr_modules: modules.len() as u32,
+        modlist_paddr: if modules.is_empty() { 0 } else { PVH_MODLIST },
         ..Default::default()
     };
     let mut params = BootParams::new::<hvm_start_info>(&start_info, GuestAddress(PVH_START_INFO));
     params.set_sections::<hvm_memmap_table_entry>(&memmap, GuestAddress(PVH_MEMMAP));
-    if let Some(init) = init {
-        let entry = hvm_modlist_entry {
-            paddr: init.paddr,
-            size: init.size,
-            ..Default::default()
-        };
-        params.set_modules::<hvm_modlist_entry>(&[entry], GuestAddress(PVH_MODLIST));
+    if !modules.is_empty() {
+        params.set_modules::<hvm_modlist_entry>(&modules, GuestAddress(PVH_MODLIST));
     }
     PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, mem)
         .map_err(|e| LoadError::BootInfo(e.to_string()))

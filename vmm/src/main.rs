@@ -22,6 +22,10 @@ fn main() -> ExitCode {
         eprintln!("writewatch: internal error: {message}");
         std::process::exit(VMM_ERROR.into());
     }));
+    // `scenario --host` starts this program again as its Linux oracle.
+    if std::env::args().nth(1).as_deref() == Some(writewatch::scenario::host::ORACLE_ARG) {
+        writewatch::scenario::host::serve_oracle();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

@@ -89,7 +89,12 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     };
     let (kernel_start, kernel_end) = kernel_image();
     debug_assert!(kernel_end < KERNEL_VMA);
-    memory::frames::init(&info.memmap, kernel_start, kernel_end, info.init_module);
+    memory::frames::init(
+        &info.memmap,
+        kernel_start,
+        kernel_end,
+        [info.init_module, info.input_module],
+    );
     if let Err(e) = memory::kmap::init(&info.memmap) {
         panic!("mapping RAM: {e:?}");
     }

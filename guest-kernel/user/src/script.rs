@@ -1091,10 +1091,12 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
     Ok(Step { proc, op })
 }
 
-/// One case of a case table.
+/// One case of a case table, or one scenario (`resources/scenarios/`,
+/// docs/SCENARIOS.md: the same language, plus what it requires and the
+/// results its steps must give).
 #[derive(Debug, Clone, Copy)]
 pub struct Case<'a> {
-    /// Its name (`case NAME`).
+    /// Its name (`case NAME` or `scenario NAME`).
     pub name: &'a str,
     /// Where it comes from (`source ...`).
     pub source: &'a str,
@@ -1103,24 +1105,47 @@ pub struct Case<'a> {
     /// Why it is too slow for an emulated ring 0 (`heavy ...`), if it is:
     /// runs only where kernel work is native (the ring-3 kernel mode here).
     pub heavy: Option<&'a str>,
-    /// The step lines.
+    /// What a run needs from the kernel beyond the basics (`requires
+    /// WORD...`, e.g. `hugetlb`), space-separated; empty if nothing.
+    pub requires: &'a str,
+    /// The step lines, and the expected results (`= TEXT` lines, each
+    /// after the step it is about).
     pub body: &'a str,
 }
 
 impl<'a> Case<'a> {
-    /// The steps, in order.
-    pub fn steps(&self) -> impl Iterator<Item = Result<Step, ParseError>> + 'a {
+    /// The body's lines without comments, blank lines or the indentation.
+    fn lines(&self) -> impl Iterator<Item = &'a str> + 'a {
         self.body
             .lines()
             .map(|l| l.split('#').next().unwrap_or("").trim())
             .filter(|l| !l.is_empty())
-            .map(parse_step)
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> impl Iterator<Item = Result<Step, ParseError>> + 'a {
+        self.lines().filter(|l| !l.starts_with('=')).map(parse_step)
+    }
+
+    /// The expected results: `(k, text)` says step `k` (from 0) must give
+    /// `text`, as the transcript shows a result after ` = `. An `=` line
+    /// before any step is `(usize::MAX, text)`, which no step matches.
+    pub fn expected(&self) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+        let mut step = usize::MAX;
+        self.lines().filter_map(move |l| match l.strip_prefix('=') {
+            Some(text) => Some((step, text.trim())),
+            None => {
+                step = step.wrapping_add(1);
+                None
+            }
+        })
     }
 }
 
-/// The cases of a table (`resources/conformance/cases.txt`): `case NAME`,
-/// `source ...`, optionally `later ...`, then the steps, indented; lines
-/// starting with `#` are comments.
+/// The cases of a table (`resources/conformance/cases.txt`): `case NAME`
+/// (or `scenario NAME`), `source ...`, optionally `later ...`, `heavy ...`
+/// and `requires ...`, then the steps, indented; lines starting with `#`
+/// are comments.
 pub fn cases(text: &str) -> impl Iterator<Item = Case<'_>> {
     let mut rest = text;
     core::iter::from_fn(move || {
@@ -1130,7 +1155,10 @@ pub fn cases(text: &str) -> impl Iterator<Item = Case<'_>> {
                 return None;
             }
             rest = tail;
-            let Some(name) = line.strip_prefix("case ") else {
+            let Some(name) = line
+                .strip_prefix("case ")
+                .or_else(|| line.strip_prefix("scenario "))
+            else {
                 continue;
             };
             let mut case = Case {
@@ -1138,6 +1166,7 @@ pub fn cases(text: &str) -> impl Iterator<Item = Case<'_>> {
                 source: "",
                 later: None,
                 heavy: None,
+                requires: "",
                 body: "",
             };
             let body_start;
@@ -1149,6 +1178,8 @@ pub fn cases(text: &str) -> impl Iterator<Item = Case<'_>> {
                     case.later = Some(s.trim());
                 } else if let Some(s) = l.strip_prefix("heavy ") {
                     case.heavy = Some(s.trim());
+                } else if let Some(s) = l.strip_prefix("requires ") {
+                    case.requires = s.split('#').next().unwrap_or("").trim();
                 } else {
                     body_start = rest;
                     break;

@@ -76,5 +76,6 @@ pub fn execute(command: Command, process_start: Instant) -> Result<u8, AppError>
         Command::Migrate(args) => Ok(migrate::run(&args)),
         Command::Snapshot(args) => Ok(ctl::snapshot(&args)),
         Command::Experiment(ExperimentCommand::Migrate(args)) => experiment::migrate(&args),
+        Command::Scenario(args) => crate::scenario::run(&args),
     }
 }

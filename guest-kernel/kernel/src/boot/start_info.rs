@@ -32,10 +32,19 @@ pub struct BootInfo {
     /// CPUs the ACPI MADT lists, if the loader gave an RSDP and the MADT
     /// names them as this kernel starts them (APIC IDs 0..n).
     pub acpi_cpus: Option<u32>,
-    /// The first PVH module `(paddr, size)`: the program `mode=run` runs
-    /// instead of the built-in `init` (`writewatch run --init FILE`).
+    /// The first PVH module `(paddr, size)` of another command line: the
+    /// program `mode=run` runs instead of the built-in `init` (`writewatch
+    /// run --init FILE`).
     pub init_module: Option<(u64, u64)>,
+    /// The first PVH module whose command line is [`INPUT_MODULE`]: bytes
+    /// the processes read from standard input (`writewatch run --stdin`).
+    pub input_module: Option<(u64, u64)>,
 }
+
+/// The command line that makes a module standard input, not a program.
+const INPUT_MODULE: &str = "stdin";
+/// Modules looked at (a program and an input).
+const MAX_MODULES: u32 = 2;
 
 impl BootInfo {
     /// The CPUs to start: `cpus=N` if given (an override), else what the
@@ -67,26 +76,40 @@ pub fn parse(phys: u64) -> Result<BootInfo, StartInfoError> {
     let rsdp_paddr: u64 = read_phys(phys + 32);
     let nr_modules: u32 = read_phys(phys + 12);
     let modlist_paddr: u64 = read_phys(phys + 16);
-    // `hvm_modlist_entry`: paddr, size, cmdline_paddr, reserved.
-    let init_module = (nr_modules > 0 && modlist_paddr != 0 && readable(modlist_paddr, 32))
-        .then(|| (read_phys(modlist_paddr), read_phys(modlist_paddr + 8)))
-        .filter(|&(paddr, size): &(u64, u64)| {
-            size > 0
-                && paddr
-                    .checked_add(size)
-                    .is_some_and(|end| memmap.covers_ram(paddr, end))
-        });
+    let (mut init_module, mut input_module) = (None, None);
+    for i in 0..nr_modules.min(MAX_MODULES) {
+        // `hvm_modlist_entry`: paddr, size, cmdline_paddr, reserved.
+        let entry = modlist_paddr + 32 * u64::from(i);
+        if modlist_paddr == 0 || !readable(entry, 32) {
+            break;
+        }
+        let (paddr, size): (u64, u64) = (read_phys(entry), read_phys(entry + 8));
+        let in_ram = size > 0
+            && paddr
+                .checked_add(size)
+                .is_some_and(|end| memmap.covers_ram(paddr, end));
+        if !in_ram {
+            continue;
+        }
+        let slot = if read_cmdline(read_phys(entry + 16)) == INPUT_MODULE {
+            &mut input_module
+        } else {
+            &mut init_module
+        };
+        slot.get_or_insert((paddr, size));
+    }
     Ok(BootInfo {
         cmdline: Cmdline::parse(read_cmdline(cmdline_paddr)),
         memmap,
         acpi_cpus: acpi::cpus(rsdp_paddr),
         init_module,
+        input_module,
     })
 }
 
 /// The NUL-terminated command line at `paddr` (empty when absent or not UTF-8).
 fn read_cmdline(paddr: u64) -> &'static str {
-    if paddr == 0 {
+    if paddr == 0 || !readable(paddr, CMDLINE_MAX as u64) {
         return "";
     }
     let base = phys_to_virt(paddr) as *const u8;

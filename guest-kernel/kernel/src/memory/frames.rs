@@ -23,7 +23,7 @@ pub struct FrameAllocator {
     map: MemMap,
     /// Never handed out: the kernel image, the memory map's own table and
     /// the init module.
-    holes: [(u64, u64); 3],
+    holes: [(u64, u64); 4],
     /// The memory-map entry the bump pointer is in.
     region: usize,
     /// Its usable `[start, end)`, once read (the map is not re-read for
@@ -43,7 +43,7 @@ pub struct FrameAllocator {
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {
     map: MemMap::in_place(0, 0),
-    holes: [(0, 0); 3],
+    holes: [(0, 0); 4],
     region: 0,
     bounds: None,
     next: 0,
@@ -54,16 +54,23 @@ static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {
 
 /// Hands the RAM of `memmap`, minus `[0, 1 MiB)`, the kernel image
 /// `[kernel_start, kernel_end)` and the map's own table, to the allocator.
-pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64, module: Option<(u64, u64)>) {
+pub fn init(memmap: &MemMap, kernel_start: u64, kernel_end: u64, modules: [Option<(u64, u64)>; 2]) {
     let mut frames = FRAMES.lock();
     frames.map = *memmap;
-    let module = module.map_or((0, 0), |(paddr, size)| {
-        (
-            paddr & !(PAGE_SIZE - 1),
-            (paddr + size).next_multiple_of(PAGE_SIZE),
-        )
-    });
-    frames.holes = [(kernel_start, kernel_end), memmap.table(), module];
+    let hole = |module: Option<(u64, u64)>| {
+        module.map_or((0, 0), |(paddr, size)| {
+            (
+                paddr & !(PAGE_SIZE - 1),
+                (paddr + size).next_multiple_of(PAGE_SIZE),
+            )
+        })
+    };
+    frames.holes = [
+        (kernel_start, kernel_end),
+        memmap.table(),
+        hole(modules[0]),
+        hole(modules[1]),
+    ];
     frames.region = 0;
     frames.bounds = None;
     frames.next = 0;

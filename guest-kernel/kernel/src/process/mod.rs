@@ -16,6 +16,7 @@ pub mod report;
 pub mod sched;
 pub mod signal;
 mod start_stack;
+mod stdin;
 pub mod syscall;
 pub mod task;
 pub mod trap;

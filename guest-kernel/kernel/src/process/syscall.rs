@@ -122,8 +122,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
         // Files are the MM core's (below).
         SYS_WRITE if matches!(args[0], 1 | 2) => console_write(pid, args[0], args[1], args[2]),
         SYS_WRITEV => writev(pid, args[0], args[1], args[2]),
-        // No console input: standard input is at its end.
-        SYS_READ if args[0] == 0 => 0,
+        SYS_READ if args[0] == 0 => super::stdin::read(pid, args[1], args[2]),
         SYS_BRK => brk(pid, args[0]) as i64,
         SYS_ARCH_PRCTL => arch_prctl(pid, args[0], args[1]),
         SYS_SET_TID_ADDRESS | SYS_GETTID => i64::from(pid),

@@ -5,7 +5,9 @@
 //! canonical text the differential test prints for guest-mm and Linux
 //! (tests/guest_conformance.rs compares it with Linux's). Argument 0 runs
 //! every case, `N` only the N-th (from 1), [`LIGHT`] every case not marked
-//! `heavy`.
+//! `heavy`, [`STDIN`] every case of the table on standard input instead
+//! (`writewatch scenario`: the VMM hands the scenario files over as the
+//! input module).
 //!
 //! A case runs in a child of its own, so it starts with an empty window.
 //! Its processes share a control page (outside the window) that says whose
@@ -26,7 +28,7 @@ use guest_user::script::{
     Access, AccessResult, CallResult, Case, Digest, HUGE_2M_LOG, HugeCountersText, MAX_PROCS,
     MAX_SCAN_REGIONS, MAX_STEPS, MapLine, MapsEntry, Op, PAGE, PAGEMAP_SCAN, PagemapLine,
     SYS_CLOSE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL, SYS_IOCTL, SYS_MEMFD_CREATE, SYS_OPEN,
-    SYS_PREAD64, ScanText, State, Step, UffdResultText, cases,
+    SYS_PREAD64, SYS_READ, ScanText, State, Step, UffdResultText, cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
 use guest_user::watch::Syscalls;
@@ -38,6 +40,11 @@ guest_user::entry!(main);
 const TABLE: &str = include_str!("../../../../resources/conformance/cases.txt");
 /// The argument that runs every case but the `heavy` ones.
 const LIGHT: u64 = 1 << 32;
+/// The argument that runs every case of the table on standard input.
+const STDIN: u64 = 1 << 33;
+/// Where a table read from standard input goes, and the most it may hold.
+const INPUT: u64 = 0x5100_0000_0000;
+const INPUT_MAX: u64 = 16 << 20;
 /// The control page: far from the window, the program and its stack.
 const CONTROL: u64 = 0x5000_0000_0000;
 const MAP_FIXED: u64 = 0x10;
@@ -126,8 +133,23 @@ fn main(which: u64) -> i32 {
         buf: [0; 4096],
         len: 0,
     };
-    let count = cases(TABLE).count() as u64;
-    if which != LIGHT && which > count {
+    let table = if which == STDIN {
+        match read_stdin() {
+            Some(t) => t,
+            None => {
+                let _ = writeln!(
+                    out,
+                    "conform: standard input is not a table of at most {INPUT_MAX} bytes of UTF-8"
+                );
+                out.flush();
+                return 2;
+            }
+        }
+    } else {
+        TABLE
+    };
+    let count = cases(table).count() as u64;
+    if !matches!(which, LIGHT | STDIN) && which > count {
         let _ = writeln!(
             out,
             "conform: no case {which}; the table has {count} (arg=0: all)"
@@ -135,9 +157,9 @@ fn main(which: u64) -> i32 {
         out.flush();
         return 2;
     }
-    for (i, case) in cases(TABLE).enumerate() {
+    for (i, case) in cases(table).enumerate() {
         let wanted = match which {
-            0 => true,
+            0 | STDIN => true,
             LIGHT => case.heavy.is_none(),
             n => n == i as u64 + 1,
         };
@@ -166,6 +188,42 @@ fn main(which: u64) -> i32 {
         out.flush();
     }
     0
+}
+
+/// All of standard input, in memory mapped for it that stays for the
+/// program's life.
+fn read_stdin() -> Option<&'static str> {
+    let rw = PROT_READ | PROT_WRITE;
+    if mmap(
+        INPUT,
+        INPUT_MAX,
+        rw,
+        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+    ) < 0
+    {
+        return None;
+    }
+    // SAFETY: the region was just mapped, private and writable, and
+    // nothing else in this program uses it.
+    let buf = unsafe { core::slice::from_raw_parts_mut(INPUT as *mut u8, INPUT_MAX as usize) };
+    let mut len = 0;
+    loop {
+        let n = call3(
+            SYS_READ,
+            0,
+            buf[len..].as_ptr() as u64,
+            (buf.len() - len) as u64,
+        );
+        match n {
+            0 => break,
+            1.. => len += n as usize,
+            _ => return None,
+        }
+        if len == buf.len() {
+            return None;
+        }
+    }
+    core::str::from_utf8(&buf[..len]).ok()
 }
 
 /// Runs one case as its process 0; every process of the case returns here.

@@ -1,0 +1,109 @@
+//! Scenarios in the guest: one VM of this same binary (`writewatch run`)
+//! whose `conform` program reads them from standard input (`--stdin`)
+//! and runs each as a process of the guest kernel, printing its
+//! transcript between `case NAME` and `end NAME`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use super::{Outcome, Run, Scenario};
+
+/// `conform`'s argument for "every case on standard input".
+const CONFORM_STDIN: u64 = 1 << 33;
+/// vCPUs of the VM: a scenario's processes take turns, and two CPUs show
+/// what one would hide (a step of one process seen from another CPU).
+const VCPUS: &str = "2";
+
+/// The host's lowest mappable address: the guest takes the same, so that
+/// both sides refuse the same low mappings.
+pub fn host_mmap_min_addr() -> u64 {
+    std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65536)
+}
+
+/// Runs `scenarios` in one guest; `mode` picks the kernel mode (the
+/// kernel's own choice if `None`).
+pub fn run(
+    scenarios: &[Scenario],
+    mode: Option<&str>,
+    timeout: Option<f64>,
+) -> Result<Run, String> {
+    let mut input = tempfile::NamedTempFile::new()
+        .map_err(|e| format!("cannot create a temporary file for the scenarios: {e}"))?;
+    for s in scenarios {
+        input
+            .write_all(s.text.as_bytes())
+            .map_err(|e| format!("cannot write the scenarios to a temporary file: {e}"))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mode_word = mode
+        .map(|m| format!(" kernel_mode={m}"))
+        .unwrap_or_default();
+    // No swap: the host has none, and pages that go to swap show there.
+    let cmdline = format!(
+        "mode=run program=conform swap=0 mmap_min_addr={}{mode_word} arg={CONFORM_STDIN}",
+        host_mmap_min_addr()
+    );
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", "--vcpus", VCPUS, "--cmdline", &cmdline, "--stdin"])
+        .arg(input.path());
+    if let Some(t) = timeout {
+        cmd.args(["--timeout", &t.to_string()]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot start the guest: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        let last = why
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(format!(
+            "the guest that ran the scenarios ended with {}: {last}",
+            out.status
+        ));
+    }
+    let banner = text.lines().next().unwrap_or("");
+    let side = match banner.split(", kernel mode ").nth(1) {
+        Some(rest) => format!(
+            "the guest kernel ({})",
+            rest.split(',').next().unwrap_or(rest)
+        ),
+        None => "the guest kernel".into(),
+    };
+    let mut transcripts = transcripts(&text);
+    let outcomes = scenarios
+        .iter()
+        .map(|s| match transcripts.remove(&s.name) {
+            Some(lines) => Outcome::Ran(lines),
+            None => Outcome::NotRun("the guest printed no transcript for it".into()),
+        })
+        .collect();
+    Ok(Run { side, outcomes })
+}
+
+/// The transcripts `conform` printed, by scenario name.
+fn transcripts(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut all = BTreeMap::new();
+    let mut current: Option<(String, Vec<String>)> = None;
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("case ") {
+            current = Some((name.to_string(), Vec::new()));
+        } else if let Some(name) = line.strip_prefix("end ") {
+            if let Some((n, lines)) = current.take().filter(|(n, _)| n == name) {
+                all.insert(n, lines);
+            }
+        } else if let Some((_, lines)) = current.as_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    all
+}

@@ -1,0 +1,74 @@
+//! Scenarios on the host: each one as Linux processes of this machine's
+//! kernel making the real calls (the conformance oracle,
+//! docs/CONFORMANCE.md), which this binary serves when started again with
+//! `--oracle`.
+
+use super::{Outcome, Requirement, Run, Scenario};
+use crate::backend::Runner;
+use crate::oracle::{self, Oracle};
+use crate::script;
+
+/// The argument that makes this binary the oracle process.
+pub const ORACLE_ARG: &str = "--oracle";
+
+/// Serves the oracle's protocol on stdin and stdout, for the process that
+/// started this one; never returns.
+pub fn serve_oracle() -> ! {
+    oracle::serve_stdio()
+}
+
+/// The host kernel's release, recorded with every comparison.
+pub fn kernel_release() -> String {
+    oracle::host_kernel()
+}
+
+/// Why the host cannot run a scenario that needs `r`, if it cannot.
+fn missing(r: Requirement) -> Option<String> {
+    match r {
+        Requirement::Hugetlb => {
+            let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            if !std::path::Path::new(knob).exists() {
+                Some("requires hugetlb: this kernel has no 2 MiB hugetlb pool".into())
+            } else if !root {
+                Some(format!(
+                    "requires hugetlb: sizing the host's pool ({knob}) needs root"
+                ))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The transcript Linux gives for the scenario whose text is `text`.
+pub fn transcript(text: &str) -> Vec<String> {
+    let Some(case) = script::cases(text).next() else {
+        return Vec::new();
+    };
+    let mut linux = Runner::new(Oracle::start());
+    let mut lines = Vec::new();
+    for (k, step) in case.steps().enumerate() {
+        match step {
+            Ok(step) => lines.extend(linux.step_lines(k, &step)),
+            Err(why) => lines.push(format!("{k}: cannot parse: {why}")),
+        }
+    }
+    lines
+}
+
+/// Runs `scenarios` one after another, each in Linux processes of its own.
+pub fn run(scenarios: &[Scenario]) -> Run {
+    let outcomes = scenarios
+        .iter()
+        .map(|s| match s.requires.iter().find_map(|&r| missing(r)) {
+            Some(why) => Outcome::NotRun(why),
+            None => Outcome::Ran(transcript(&s.text)),
+        })
+        .collect();
+    Run {
+        side: format!("Linux {}", kernel_release()),
+        outcomes,
+    }
+}
