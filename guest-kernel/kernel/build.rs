@@ -28,6 +28,7 @@ const USER_PROGRAMS: &[&str] = &[
     "wwprobe",
     "forkwork",
     "conform",
+    "trackbench",
 ];
 
 include!("../build-support/scrubbed_env.rs");

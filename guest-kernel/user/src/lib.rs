@@ -12,6 +12,7 @@ pub mod mm;
 pub mod probe;
 pub mod script;
 pub mod signal;
+pub mod trackbench;
 pub mod watch;
 pub mod writewatch;
 

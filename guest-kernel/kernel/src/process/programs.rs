@@ -36,6 +36,8 @@ pub static COWFORK: Program = program!("cowfork");
 pub static MMTEST: Program = program!("mmtest");
 /// The MM benchmarks of `mode=bench`.
 pub static MMBENCH: Program = program!("mmbench");
+/// The write-tracking benchmarks (vmm/benches/tracking.rs).
+pub static TRACKBENCH: Program = program!("trackbench");
 /// Checks the host write watch's view of a process (tests/write_watch_va.rs).
 pub static WWPROBE: Program = program!("wwprobe");
 
@@ -44,9 +46,20 @@ pub static WWPROBE: Program = program!("wwprobe");
 pub static CONFORM: Program = program!("conform");
 
 /// The programs `mode=run program=NAME` may name.
-static ALL: [&Program; 12] = [
-    &INIT, &EXIT42, &GETPID, &BADACCESS, &MEMSLOT, &SYSABI, &COWFORK, &MMTEST, &MMBENCH, &WWPROBE,
-    &FORKWORK, &CONFORM,
+static ALL: [&Program; 13] = [
+    &INIT,
+    &EXIT42,
+    &GETPID,
+    &BADACCESS,
+    &MEMSLOT,
+    &SYSABI,
+    &COWFORK,
+    &MMTEST,
+    &MMBENCH,
+    &WWPROBE,
+    &FORKWORK,
+    &CONFORM,
+    &TRACKBENCH,
 ];
 
 /// Copy-on-write churn for write-watch experiments (`--workload fork`).
