@@ -27,10 +27,10 @@ use std::collections::BTreeMap;
 
 const TABLE: &str = include_str!("../resources/conformance/cases.txt");
 
-/// The transcripts the guest printed, by case name.
 /// `conform`'s argument for every case but the heavy ones.
 const LIGHT: u64 = 1 << 32;
 
+/// The transcripts the guest printed, by case name.
 fn guest_transcripts(kernel_mode: &str, only: Option<usize>) -> BTreeMap<String, Vec<String>> {
     let light = kernel_mode == "ring0";
     let arg = match only {
@@ -40,10 +40,7 @@ fn guest_transcripts(kernel_mode: &str, only: Option<usize>) -> BTreeMap<String,
     };
     // No swap: the host has none, and pages that go to swap show there.
     // The host's lowest mappable address.
-    let min_addr = std::fs::read_to_string("/proc/sys/vm/mmap_min_addr")
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .unwrap_or(65536);
+    let min_addr = ::writewatch::scenario::host_mmap_min_addr();
     // HVO on in one mode, off in the other: it must change nothing.
     let hvo = if kernel_mode == "ring3" {
         " hugetlb_free_vmemmap=on"
@@ -54,28 +51,13 @@ fn guest_transcripts(kernel_mode: &str, only: Option<usize>) -> BTreeMap<String,
         "mode=run program=conform kernel_mode={kernel_mode} swap=0 mmap_min_addr={min_addr}{hvo}{arg}"
     );
     let out = common::run(&["run", "--vcpus", "2", "--cmdline", &cmdline]);
-    let text = common::stdout(&out);
     assert_eq!(
         common::code(&out),
         0,
         "conform failed; stderr: {}",
         common::stderr(&out)
     );
-    let mut all = BTreeMap::new();
-    let mut current: Option<(String, Vec<String>)> = None;
-    for line in text.lines() {
-        if let Some(name) = line.strip_prefix("case ") {
-            current = Some((name.to_string(), Vec::new()));
-        } else if let Some(name) = line.strip_prefix("end ") {
-            if let Some((n, lines)) = current.take() {
-                assert_eq!(n, name, "interleaved transcripts");
-                all.insert(n, lines);
-            }
-        } else if let Some((_, lines)) = current.as_mut() {
-            lines.push(line.to_string());
-        }
-    }
-    all
+    ::writewatch::scenario::transcripts(&common::stdout(&out))
 }
 
 /// The transcript Linux gives for `case`.

@@ -37,7 +37,6 @@ mod support;
 
 use support::median;
 
-use std::process::Command;
 use std::time::Instant;
 
 const PAGE: usize = 4096;
@@ -148,60 +147,26 @@ fn main() {
 /// Boots the guest in benchmark mode `rounds` times and collects its
 /// `bench` records, converting guest TSC cycles with the reported TSC rate.
 fn guest_samples(rounds: usize) -> Vec<(String, Sample)> {
-    let scratch = tempfile::tempdir().expect("creating a scratch directory");
-    let dir = scratch.path();
-    let (records_path, report_path) = (dir.join("records.jsonl"), dir.join("report.json"));
-    let mut samples = Vec::new();
-    for _ in 0..rounds {
-        let status = Command::new(env!("CARGO_BIN_EXE_writewatch"))
-            .args([
-                "run",
-                "--mem",
-                "512M",
-                "--timeout",
-                "300",
-                "--cmdline",
-                "mode=bench",
-                "--records",
-            ])
-            .arg(&records_path)
-            .arg("--report")
-            .arg(&report_path)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("running writewatch");
-        assert!(status.success(), "the guest benchmark failed: {status}");
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
-                .expect("report JSON");
-        let khz = report["tsc_khz"]
-            .as_f64()
-            .expect("the report has no tsc_khz");
-        for line in std::fs::read_to_string(&records_path)
-            .expect("records")
-            .lines()
-        {
-            let record: serde_json::Value = serde_json::from_str(line).expect("record JSON");
-            if record["type"] != "bench" {
-                continue;
-            }
-            let (Some(name), Some(ops), Some(cycles)) = (
-                record["name"].as_str(),
-                record["ops"].as_u64(),
-                record["cycles"].as_f64(),
-            ) else {
-                panic!("malformed bench record: {line}");
-            };
-            samples.push((
-                name.to_string(),
+    let run = [
+        "--mem",
+        "512M",
+        "--timeout",
+        "300",
+        "--cmdline",
+        "mode=bench",
+    ];
+    (0..rounds)
+        .flat_map(|_| support::guest_bench_records(&run))
+        .map(|r| {
+            (
+                r.name,
                 Sample {
-                    ops,
-                    ns: cycles * 1e6 / khz,
+                    ops: r.ops,
+                    ns: r.ns,
                 },
-            ));
-        }
-    }
-    samples
+            )
+        })
+        .collect()
 }
 
 fn host_sample(name: &str) -> Sample {

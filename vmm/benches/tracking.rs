@@ -28,7 +28,6 @@ mod watch;
 mod writewatch;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Instant;
 
 use support::median;
@@ -98,52 +97,14 @@ fn host_round() -> BTreeMap<&'static str, f64> {
 
 /// ns per page, by operation, from `rounds` guest boots.
 fn guest_rounds(rounds: usize, kernel_mode: Option<&str>) -> BTreeMap<String, Vec<f64>> {
-    let scratch = tempfile::tempdir().expect("a scratch directory");
-    let (records, report) = (
-        scratch.path().join("records"),
-        scratch.path().join("report"),
-    );
     let cmdline = match kernel_mode {
         Some(m) => format!("mode=run program=trackbench kernel_mode={m}"),
         None => "mode=run program=trackbench".into(),
     };
+    let run = ["--mem", "512M", "--timeout", "1200", "--cmdline", &cmdline];
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for _ in 0..rounds {
-        let status = Command::new(env!("CARGO_BIN_EXE_writewatch"))
-            .args([
-                "run",
-                "--mem",
-                "512M",
-                "--timeout",
-                "1200",
-                "--cmdline",
-                &cmdline,
-            ])
-            .arg("--records")
-            .arg(&records)
-            .arg("--report")
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("running writewatch");
-        assert!(status.success(), "the guest benchmark failed: {status}");
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
-        let khz = report["tsc_khz"].as_f64().expect("the report has tsc_khz");
-        for line in std::fs::read_to_string(&records).expect("records").lines() {
-            let r: serde_json::Value = serde_json::from_str(line).expect("record JSON");
-            if r["type"] != "bench" {
-                continue;
-            }
-            let (Some(name), Some(pages), Some(cycles)) =
-                (r["name"].as_str(), r["ops"].as_f64(), r["cycles"].as_f64())
-            else {
-                panic!("malformed bench record: {line}");
-            };
-            out.entry(name.to_string())
-                .or_default()
-                .push(cycles * 1e6 / khz / pages);
-        }
+    for r in (0..rounds).flat_map(|_| support::guest_bench_records(&run)) {
+        out.entry(r.name).or_default().push(r.ns / r.ops as f64);
     }
     out
 }

@@ -90,8 +90,9 @@ pub fn run(
     Ok(Run { side, outcomes })
 }
 
-/// The transcripts `conform` printed, by scenario name.
-fn transcripts(text: &str) -> BTreeMap<String, Vec<String>> {
+/// The transcripts `conform` printed (between `case NAME` and `end
+/// NAME`), by case or scenario name.
+pub fn transcripts(text: &str) -> BTreeMap<String, Vec<String>> {
     let mut all = BTreeMap::new();
     let mut current: Option<(String, Vec<String>)> = None;
     for line in text.lines() {

@@ -16,6 +16,7 @@ use std::io::Write;
 use crate::app::AppError;
 use crate::cli::{ScenarioArgs, ScenarioMode};
 pub use file::{Requirement, Scenario, load};
+pub use guest::{host_mmap_min_addr, transcripts};
 
 /// One scenario's transcript: its lines, or why it did not run here.
 pub enum Outcome {
