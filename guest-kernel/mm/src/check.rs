@@ -177,6 +177,14 @@ impl<H: Hw> MemSystem<H> {
                             // A write would go unseen by the tracker.
                             bad.push(format!("mm {id:?}: {va:#x} writable and uffd-wp protected"));
                         }
+                        if flags.contains(PteFlags::WRITE) && self.soft_dirty_needs_fault(v, flags)
+                        {
+                            // The CPU sets only the dirty bit: soft-dirty
+                            // would miss the write.
+                            bad.push(format!(
+                                "mm {id:?}: {va:#x} writable but not soft-dirty in a cleaned vma"
+                            ));
+                        }
                         if flags.contains(PteFlags::WRITE) && !v.is_shared() && !f.anon_exclusive {
                             bad.push(format!(
                                 "mm {id:?}: {va:#x} writable private page not anon-exclusive"

@@ -129,7 +129,8 @@ impl<H: Hw> MemSystem<H> {
                 // Spurious (stale TLB entry): mark young/dirty, flush locally.
                 let nf = flags
                     .with(PteFlags::ACCESSED)
-                    .set(PteFlags::DIRTY, ff.write || flags.contains(PteFlags::DIRTY));
+                    .set(PteFlags::DIRTY, ff.write || flags.contains(PteFlags::DIRTY))
+                    .with(self.soft_dirty_if(ff.write));
                 pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                 self.flush_tlb(
                     mm,
@@ -247,7 +248,7 @@ impl<H: Hw> MemSystem<H> {
         let head = self.new_anon_folio(mm, va, vma.page_index(base), order)?;
         let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
         if !unshare {
-            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            flags = flags.with(PteFlags::WRITE).with(self.dirty_bits());
         }
         for i in 0..nr {
             self.hw.zero_frame(head.offset(i));
@@ -298,7 +299,7 @@ impl<H: Hw> MemSystem<H> {
             self.frames.get_mut(head).flags.set(FolioFlags::DIRTY, true);
             let nf = flags
                 .with(PteFlags::WRITE)
-                .with(PteFlags::DIRTY)
+                .with(self.dirty_bits())
                 .with(PteFlags::ACCESSED);
             pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
             return Ok(());
@@ -333,7 +334,7 @@ impl<H: Hw> MemSystem<H> {
                 }
                 let nf = flags
                     .with(PteFlags::WRITE)
-                    .with(PteFlags::DIRTY)
+                    .with(self.dirty_bits())
                     .with(PteFlags::ACCESSED);
                 pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                 self.counters.cow_reuses += 1;
@@ -349,7 +350,7 @@ impl<H: Hw> MemSystem<H> {
         }
         let mut nf = vma.base_pte_flags().with(PteFlags::ACCESSED);
         if !unshare {
-            nf = nf.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            nf = nf.with(PteFlags::WRITE).with(self.dirty_bits());
         }
         // ptep_clear_flush, then set the new PTE, then drop the old rmap.
         pgtable::write_pte(&mut self.hw, slot, Pte::None);
@@ -406,9 +407,13 @@ impl<H: Hw> MemSystem<H> {
         // takes do_wp_page's path, which the async mode resolves at once.
         let wp = e.uffd_wp && vma.flags.has(VmFlags::UFFD_WP);
         let sync_wp = wp && write && !self.uffd_wp_async(vma);
-        let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
+        // pte_swp_soft_dirty: the bit comes back with the page.
+        let mut flags = vma
+            .base_pte_flags()
+            .with(PteFlags::ACCESSED)
+            .with(self.soft_dirty_if(e.soft_dirty));
         if write && !sync_wp {
-            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            flags = flags.with(PteFlags::WRITE).with(self.dirty_bits());
         } else if wp {
             flags = flags.with(PteFlags::UFFD_WP);
         }
@@ -434,7 +439,7 @@ impl<H: Hw> MemSystem<H> {
             .base_pte_flags()
             .with(PteFlags::ACCESSED)
             .with(PteFlags::WRITE)
-            .with(PteFlags::DIRTY);
+            .with(self.dirty_bits());
         pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: new, flags });
         self.map_ptes(new, 1);
         self.frames.put_folio(&mut self.hw, new, 1);
@@ -457,7 +462,7 @@ impl<H: Hw> MemSystem<H> {
         let page = self.shmem_get_page(obj, vma.page_index(va), Sgp::Cache)?;
         let mut flags = vma.base_pte_flags().with(PteFlags::ACCESSED);
         if write {
-            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            flags = flags.with(PteFlags::WRITE).with(self.dirty_bits());
             self.frames.get_mut(page).flags.set(FolioFlags::DIRTY, true);
         }
         pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn: page, flags });

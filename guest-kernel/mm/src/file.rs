@@ -141,7 +141,7 @@ impl<H: Hw> MemSystem<H> {
                 self.shmem_release_if_unused(obj);
             }
             FileObj::Uffd(ctx) => self.uffd_release(ctx),
-            FileObj::Pagemap(_) => {}
+            FileObj::Pagemap(_) | FileObj::ClearRefs(_) => {}
         }
     }
 
@@ -252,6 +252,9 @@ impl<H: Hw> MemSystem<H> {
         at: Option<u64>,
     ) -> Result<u64, Errno> {
         let (id, mut pos) = self.rw_verify(pid, fd, buf, count, at, true)?;
+        if let FileObj::ClearRefs(owner) = self.files[&id].obj {
+            return self.clear_refs_write(pid, owner, buf, count);
+        }
         let f = &self.files[&id];
         let (obj, append) = (f.shmem(Errno::EINVAL)?, f.flags & O_APPEND != 0);
         let mut count = count.min(MAX_RW_COUNT);

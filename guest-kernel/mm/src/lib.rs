@@ -75,6 +75,7 @@ pub mod pgtable;
 mod process;
 pub mod pte;
 mod rmap;
+mod softdirty;
 mod stack;
 pub mod swap;
 pub mod syscall;
@@ -100,5 +101,5 @@ pub use hw::{
 pub use ids::Pid;
 pub use process::{MmStats, SIGBUS, SIGKILL, SIGSEGV, SigReport};
 pub use syscall::Outcome;
-pub use system::{Config, Counters, InitError, MemSystem, ProcState};
+pub use system::{Config, Counters, InitError, MemSystem, ProcState, SoftDirty};
 pub use view::{MapEntry, PageView};

@@ -259,7 +259,9 @@ impl<H: Hw> MemSystem<H> {
     /// Links and inserts a new VMA, merges it with its neighbours, and
     /// populates it as `do_mmap`'s `*populate` says: for `VM_LOCKED`, or
     /// `MAP_POPULATE` without `MAP_NONBLOCK` (`mm_populate` ignores errors).
-    fn install_vma(&mut self, mm: MmId, v: Vma, flags: u64) -> Result<u64, Errno> {
+    fn install_vma(&mut self, mm: MmId, mut v: Vma, flags: u64) -> Result<u64, Errno> {
+        // __mmap_complete: a new VMA is soft-dirty, also where it merges.
+        v.flags = VmFlags(self.new_vma_flags(v.flags.0));
         let (start, end, vf) = (v.start, v.end, v.flags.0);
         self.vma_link(mm, &v);
         self.mm_mut(mm).vmas.insert(v);
@@ -377,7 +379,7 @@ impl<H: Hw> MemSystem<H> {
         let v = Vma {
             start,
             end: start + len,
-            flags: VmFlags(vf),
+            flags: VmFlags(self.new_vma_flags(vf)),
             pgoff,
             backing,
             uffd: None,
@@ -636,7 +638,8 @@ impl<H: Hw> MemSystem<H> {
         else {
             return;
         };
-        if let Some(gone) = self.mm_mut(mm).vmas.merge_at(addr) {
+        let ignore = self.merge_ignores();
+        if let Some(gone) = self.mm_mut(mm).vmas.merge_at(addr, ignore) {
             // The survivor may have adopted the absorbed VMA's anon_vma chain.
             let kept = self
                 .mm(mm)

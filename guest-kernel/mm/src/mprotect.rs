@@ -131,10 +131,13 @@ impl<H: Hw> MemSystem<H> {
                 .base_pte_flags()
                 .set(PteFlags::ACCESSED, keep != 0)
                 .set(PteFlags::DIRTY, flags.contains(PteFlags::DIRTY))
+                .set(PteFlags::SOFT_DIRTY, flags.contains(PteFlags::SOFT_DIRTY))
                 .set(PteFlags::UFFD_WP, flags.contains(PteFlags::UFFD_WP));
-            // can_change_pte_writable: uffd-wp tracking needs the fault.
+            // can_change_pte_writable: uffd-wp and soft-dirty tracking need
+            // the fault.
             let writable = v.flags.has(VmFlags::WRITE)
                 && !nf.contains(PteFlags::UFFD_WP)
+                && !self.soft_dirty_needs_fault(&v, nf)
                 && !nf.contains(PteFlags::PROTNONE)
                 && (v.is_shared() || (pfn != self.zero && self.frames.at(pfn).anon_exclusive));
             nf = nf.set(PteFlags::WRITE, writable);

@@ -333,6 +333,7 @@ impl<H: Hw> MemSystem<H> {
             } else {
                 pte
             };
+            let pte = self.move_soft_dirty_pte(pte);
             if level == 1 {
                 pgtable::write_pte(&mut self.hw, d, pte);
                 pgtable::write_pte(&mut self.hw, slot, Pte::None);

@@ -271,15 +271,32 @@ impl<H: Hw> MemSystem<H> {
             .contains(FolioFlags::ANON)
     }
 
-    /// The pagemap entry of the page at `va` in `mm` (no frame number).
+    /// The pagemap entry of the page at `va` in `mm` (no frame number):
+    /// [`Self::pagemap_bits`], plus `PM_SOFT_DIRTY` when the VMA or the
+    /// entry is soft-dirty.
     pub(crate) fn pagemap_entry(&self, mm: MmId, va: u64) -> u64 {
         let Some(v) = self.mm(mm).vmas.find(va) else {
             return 0;
         };
         let root = self.mm(mm).root;
+        let pte = if v.is_hugetlb() {
+            pgtable::lookup_page(&self.hw, root, va)
+        } else {
+            pgtable::lookup(&self.hw, root, va)
+        };
+        let sd = if self.page_soft_dirty(Some(v), pte) {
+            PM_SOFT_DIRTY
+        } else {
+            0
+        };
+        self.pagemap_bits(v, pte) | sd
+    }
+
+    /// The pagemap bits of entry `pte` of `v` but soft-dirty.
+    fn pagemap_bits(&self, v: &Vma, pte: Pte) -> u64 {
         if v.is_hugetlb() {
             // pagemap_hugetlb_range: markers show as uffd-wp only.
-            return match pgtable::lookup_page(&self.hw, root, va) {
+            return match pte {
                 Pte::Mapped { pfn, flags } => {
                     let head = self.frames.folio_of(pfn);
                     let mut e = PM_PRESENT;
@@ -298,7 +315,7 @@ impl<H: Hw> MemSystem<H> {
                 _ => 0,
             };
         }
-        match pgtable::lookup(&self.hw, root, va) {
+        match pte {
             Pte::Mapped { pfn, flags } => {
                 let mut e = PM_PRESENT;
                 if flags.contains(PteFlags::UFFD_WP) {
@@ -501,7 +518,11 @@ impl<H: Hw> MemSystem<H> {
                     continue;
                 }
             }
-            let vc = if wp_allowed { PAGE_IS_WPALLOWED } else { 0 };
+            let mut vc = if wp_allowed { PAGE_IS_WPALLOWED } else { 0 };
+            if self.page_soft_dirty(Some(&v), Pte::None) {
+                // The VMA's VM_SOFTDIRTY: every page of it.
+                vc |= PAGE_IS_SOFT_DIRTY;
+            }
             if !p.interesting_vma(vc) {
                 continue;
             }
@@ -571,7 +592,14 @@ impl<H: Hw> MemSystem<H> {
                 if pfn == self.zero {
                     c |= PAGE_IS_PFNZERO;
                 }
+                if self.page_soft_dirty(None, pte) {
+                    c |= PAGE_IS_SOFT_DIRTY;
+                }
                 c
+            }
+            Pte::Swap(e) if e.soft_dirty && self.cfg.soft_dirty.enabled() => {
+                let written = if e.uffd_wp { 0 } else { PAGE_IS_WRITTEN };
+                PAGE_IS_SWAPPED | PAGE_IS_SOFT_DIRTY | written
             }
             Pte::Swap(e) if e.uffd_wp => PAGE_IS_SWAPPED,
             Pte::Swap(_) | Pte::Marker(MarkerKind::Poisoned) => PAGE_IS_SWAPPED | PAGE_IS_WRITTEN,
@@ -685,6 +713,9 @@ impl<H: Hw> MemSystem<H> {
                             }
                             if self.is_file_page(pfn) {
                                 c |= PAGE_IS_FILE;
+                            }
+                            if self.page_soft_dirty(None, pte) {
+                                c |= PAGE_IS_SOFT_DIRTY;
                             }
                         }
                         Pte::Marker(MarkerKind::UffdWp) => c |= PAGE_IS_SWAPPED,

@@ -413,7 +413,8 @@ impl<H: Hw> MemSystem<H> {
                     if ok {
                         let nf = flags
                             .with(PteFlags::ACCESSED)
-                            .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY));
+                            .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY))
+                            .with(self.soft_dirty_if(write));
                         let new = Pte::Mapped { pfn, flags: nf };
                         let span = if level == 1 {
                             PAGE_SIZE

@@ -6,12 +6,13 @@
 //!
 //! # x86-64 encoding
 //! ```text
-//! present (P=1):  63 NX | 51..12 PFN | 10 UFFD_WP | 6 D | 5 A | 2 U/S |
-//!                 1 R/W | 0 P=1
+//! present (P=1):  63 NX | 58 SOFT_DIRTY | 51..12 PFN | 10 UFFD_WP | 6 D |
+//!                 5 A | 2 U/S | 1 R/W | 0 P=1
 //! PROT_NONE map:  same as present but P=0 and bit 8 (_PAGE_PROTNONE) = 1;
 //!                 the CPU faults on it, the MM still sees the mapping
 //! software entry: P=0, bit 8 = 0, bit 9 (SWP_VALID) = 1,
-//!                 bits 5..1 = type, bits 57..12 = offset
+//!                 bits 5..1 = type, bits 57..12 = offset, 10 UFFD_WP and
+//!                 58 SOFT_DIRTY as in a present entry (swap entries only)
 //!                   type 0..=30 : swap entry (device index, slot offset)
 //!                   type 31     : PTE marker, offset = marker kind code
 //! none:           all zero
@@ -39,6 +40,11 @@ impl PteFlags {
     /// userfaultfd write-protected (`_PAGE_UFFD_WP`): never with
     /// [`PteFlags::WRITE`]; a write faults so the MM can note it.
     pub const UFFD_WP: PteFlags = PteFlags(1 << 6);
+    /// Soft-dirty (`_PAGE_SOFT_DIRTY`): written since the last
+    /// `clear_refs` 4. Software-set with [`PteFlags::DIRTY`] (x86's
+    /// `pte_mkdirty` sets both); the CPU sets only the dirty bit, which
+    /// is why `clear_refs` write-protects the entries it cleans.
+    pub const SOFT_DIRTY: PteFlags = PteFlags(1 << 7);
 
     /// No flags.
     pub const fn empty() -> Self {
@@ -79,6 +85,9 @@ pub struct SwapEntry {
     /// The entry's uffd-wp bit (`pte_swp_uffd_wp`): a PTE's, not the
     /// slot's; shmem's page cache never sets it.
     pub uffd_wp: bool,
+    /// The entry's soft-dirty bit (`pte_swp_soft_dirty`), carried from
+    /// the PTE it replaced and back.
+    pub soft_dirty: bool,
 }
 
 /// Number of swap device types the encoding leaves room for.
@@ -149,6 +158,8 @@ const PROTNONE: u64 = 1 << 8;
 const SWP_VALID: u64 = 1 << 9;
 /// `_PAGE_UFFD_WP` (`_PAGE_BIT_SOFTW2`), in present entries.
 const UFFD_WP: u64 = 1 << 10;
+/// `_PAGE_SOFT_DIRTY` (`_PAGE_BIT_SOFTW3`): a bit the CPU ignores.
+const SOFT_DIRTY: u64 = 1 << 58;
 const NX: u64 = 1 << 63;
 /// Physical-address bits of an entry (51..12).
 pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -185,6 +196,9 @@ impl Pte {
                 if flags.contains(PteFlags::UFFD_WP) {
                     v |= UFFD_WP;
                 }
+                if flags.contains(PteFlags::SOFT_DIRTY) {
+                    v |= SOFT_DIRTY;
+                }
                 if !flags.contains(PteFlags::EXEC) {
                     v |= NX;
                 }
@@ -193,7 +207,8 @@ impl Pte {
             Pte::Swap(e) => {
                 debug_assert!(e.dev < MAX_SWAP_TYPES && e.offset < (1 << OFFSET_BITS));
                 let wp = if e.uffd_wp { UFFD_WP } else { 0 };
-                SWP_VALID | wp | ((e.dev as u64) << 1) | (e.offset << 12)
+                let sd = if e.soft_dirty { SOFT_DIRTY } else { 0 };
+                SWP_VALID | wp | sd | ((e.dev as u64) << 1) | (e.offset << 12)
             }
             Pte::Marker(k) => SWP_VALID | (MARKER_TYPE << 1) | (k.code() << 12),
         }
@@ -233,7 +248,8 @@ impl Pte {
                 .set(PteFlags::USER, raw & US != 0)
                 .set(PteFlags::ACCESSED, raw & A != 0)
                 .set(PteFlags::DIRTY, raw & D != 0)
-                .set(PteFlags::UFFD_WP, raw & UFFD_WP != 0);
+                .set(PteFlags::UFFD_WP, raw & UFFD_WP != 0)
+                .set(PteFlags::SOFT_DIRTY, raw & SOFT_DIRTY != 0);
             if raw & NX == 0 {
                 f = f.with(PteFlags::EXEC);
             }
@@ -253,6 +269,7 @@ impl Pte {
                 dev: ty as u8,
                 offset: off,
                 uffd_wp: raw & UFFD_WP != 0,
+                soft_dirty: raw & SOFT_DIRTY != 0,
             }))
         }
     }
@@ -303,20 +320,23 @@ mod tests {
             Pte::Swap(SwapEntry {
                 dev: 0,
                 offset: 0,
-                uffd_wp: false
+                uffd_wp: false,
+                soft_dirty: false,
             }),
             Pte::Swap(SwapEntry {
                 dev: 30,
                 offset: (1 << 46) - 1,
                 uffd_wp: false,
+                soft_dirty: true,
             }),
             Pte::Swap(SwapEntry {
                 dev: 3,
                 offset: 77,
                 uffd_wp: true,
+                soft_dirty: true,
             }),
         ];
-        for bits in 0..64u8 {
+        for bits in 0..=255u8 {
             cases.push(Pte::Mapped {
                 pfn: Pfn(0x12345),
                 flags: PteFlags(bits),
@@ -369,6 +389,7 @@ mod tests {
             dev: 0,
             offset: 0,
             uffd_wp: false,
+            soft_dirty: false,
         })
         .encode();
         assert!(s != 0 && s & P == 0);

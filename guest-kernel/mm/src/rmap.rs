@@ -186,9 +186,11 @@ impl<H: Hw> MemSystem<H> {
                 let new = match swap {
                     Some(s) => {
                         self.swap_dup(s[i as usize]);
-                        // try_to_unmap_one: the protection moves to the entry.
+                        // try_to_unmap_one: the protection and soft-dirty
+                        // move to the entry.
                         Pte::Swap(SwapEntry {
                             uffd_wp: h.flags.contains(PteFlags::UFFD_WP),
+                            soft_dirty: h.flags.contains(PteFlags::SOFT_DIRTY),
                             ..s[i as usize]
                         })
                     }

@@ -124,6 +124,7 @@ impl<H: Hw> MemSystem<H> {
         let entries: Vec<SwapEntry> = (0..nr)
             .map(|_| SwapEntry {
                 uffd_wp: false,
+                soft_dirty: false,
                 dev: 0,
                 offset: dev.alloc().expect("checked free slots"),
             })

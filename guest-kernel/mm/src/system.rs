@@ -38,6 +38,33 @@ pub struct Config {
     /// `hugetlb_free_vmemmap=on` (HVO): the tail metadata of huge pages
     /// free in a hugetlb pool is given back (`frame::vmemmap`).
     pub hugetlb_vmemmap_optimize: bool,
+    /// Soft-dirty tracking (`CONFIG_MEM_SOFT_DIRTY`, and whether VMAs
+    /// that differ in `VM_SOFTDIRTY` merge).
+    pub soft_dirty: SoftDirty,
+}
+
+/// How soft-dirty tracking works (the `soft_dirty=` boot option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SoftDirty {
+    /// No soft-dirty (`CONFIG_MEM_SOFT_DIRTY=n`, like the host here):
+    /// pagemap bit 55 is never set and `clear_refs` 4 changes nothing.
+    #[default]
+    Off,
+    /// Linux's: `VM_SOFTDIRTY` does not keep VMAs from merging, so a new
+    /// mapping merged into a cleaned neighbour makes the whole VMA
+    /// soft-dirty (over-reporting, never missing a write).
+    On,
+    /// writewatch's precise mode (the fix discussed on linux-mm,
+    /// docs/KERNEL.md): VMAs that differ in `VM_SOFTDIRTY` do not merge,
+    /// and `clear_refs` 4 merges what it made equal again.
+    Precise,
+}
+
+impl SoftDirty {
+    /// Whether soft-dirty is tracked at all.
+    pub fn enabled(self) -> bool {
+        self != SoftDirty::Off
+    }
 }
 
 impl Default for Config {
@@ -50,6 +77,7 @@ impl Default for Config {
             check_every_op: false,
             mmap_min_addr: crate::vma::MMAP_MIN_ADDR,
             hugetlb_vmemmap_optimize: false,
+            soft_dirty: SoftDirty::Off,
         }
     }
 }
@@ -153,6 +181,8 @@ pub(crate) enum FileObj {
     Uffd(crate::ids::UffdId),
     /// `/proc/self/pagemap` of the address space that opened it.
     Pagemap(MmId),
+    /// `/proc/self/clear_refs` of the process that opened it.
+    ClearRefs(Pid),
 }
 
 impl OpenFile {
@@ -160,7 +190,7 @@ impl OpenFile {
     pub fn shmem(&self, not_file: Errno) -> Result<ShmemId, Errno> {
         match self.obj {
             FileObj::Shmem(s) => Ok(s),
-            FileObj::Uffd(_) | FileObj::Pagemap(_) => Err(not_file),
+            FileObj::Uffd(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) => Err(not_file),
         }
     }
 

@@ -57,6 +57,9 @@ impl<H: Hw> MemSystem<H> {
         if path == b"/proc/self/pagemap" {
             return self.open_pagemap(pid, flags);
         }
+        if path == b"/proc/self/clear_refs" {
+            return self.open_clear_refs(pid, flags);
+        }
         if path.first() != Some(&b'/') && dirfd != AT_FDCWD {
             // Relative to a descriptor: none of ours is a directory.
             self.open_file(pid, dirfd as u64)?;

@@ -135,7 +135,7 @@ impl<H: Hw> MemSystem<H> {
     fn uffd_of(&self, pid: Pid, fd: u64) -> Result<UffdId, Errno> {
         match self.files[&self.open_file(pid, fd)?].obj {
             FileObj::Uffd(ctx) => Ok(ctx),
-            FileObj::Shmem(_) | FileObj::Pagemap(_) => Err(Errno::ENOTTY),
+            FileObj::Shmem(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) => Err(Errno::ENOTTY),
         }
     }
 
@@ -437,6 +437,7 @@ impl<H: Hw> MemSystem<H> {
                         && self.frames.at(pfn).anon_exclusive;
                     let writable = v.flags.has(VmFlags::WRITE)
                         && !f.contains(PteFlags::PROTNONE)
+                        && !self.soft_dirty_needs_fault(v, f)
                         && if v.is_shared() {
                             f.contains(PteFlags::DIRTY)
                         } else {

@@ -78,6 +78,9 @@ impl VmFlags {
     pub const WIPEONFORK: u64 = 0x200_0000;
     /// `VM_DONTDUMP` (`MADV_DONTDUMP`).
     pub const DONTDUMP: u64 = 0x400_0000;
+    /// `VM_SOFTDIRTY`: every page of the VMA counts as soft-dirty (a new
+    /// or grown VMA, until `clear_refs` 4).
+    pub const SOFTDIRTY: u64 = 0x800_0000;
     /// `VM_HUGETLB`: hugetlb memory (`MAP_HUGETLB`).
     pub const HUGETLB: u64 = 0x40_0000;
     /// `VM_HUGEPAGE` (`MADV_HUGEPAGE`).
@@ -262,9 +265,10 @@ impl Vma {
 /// object, and compatible anon_vmas (`is_mergeable_anon_vma`: when only one
 /// side has an anon_vma, it must not have been inherited by fork with its
 /// parent's still in the chain, `vma_had_uncowed_parents`).
-pub fn mergeable(a: &Vma, b: &Vma) -> bool {
+/// Flags in `ignore` may differ (`VM_SOFTDIRTY`, unless in precise mode).
+pub fn mergeable(a: &Vma, b: &Vma, ignore: u64) -> bool {
     if a.end != b.start
-        || a.flags != b.flags
+        || (a.flags.0 ^ b.flags.0) & !ignore != 0
         || a.uffd != b.uffd
         || a.pgoff + (a.end - a.start) / PAGE_SIZE != b.pgoff
     {
@@ -348,16 +352,18 @@ impl VmaTree {
         self.map.get(&s)
     }
     /// Merges the VMA ending at `addr` with the one starting there if they
-    /// are compatible. Returns the absorbed (removed) VMA.
-    pub fn merge_at(&mut self, addr: u64) -> Option<Vma> {
+    /// are compatible (flags in `ignore` may differ; the merged VMA has
+    /// those either had). Returns the absorbed (removed) VMA.
+    pub fn merge_at(&mut self, addr: u64, ignore: u64) -> Option<Vma> {
         let prev = self.find(addr.checked_sub(1)?)?.clone();
         let next = self.map.get(&addr)?;
-        if prev.end != addr || !mergeable(&prev, next) {
+        if prev.end != addr || !mergeable(&prev, next, ignore) {
             return None;
         }
         let next = self.map.remove(&addr)?;
         let p = self.map.get_mut(&prev.start)?;
         p.end = next.end;
+        p.flags = VmFlags(p.flags.0 | (next.flags.0 & ignore));
         match (&mut p.backing, &next.backing) {
             (Backing::Anon { chain }, Backing::Anon { chain: nc })
             | (Backing::PrivateFile { chain, .. }, Backing::PrivateFile { chain: nc, .. })
@@ -460,7 +466,7 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.find(0x14000).unwrap().pgoff, 0x14);
         assert_eq!(t.find(0x13fff).unwrap().end, 0x14000);
-        assert!(t.merge_at(0x14000).is_some());
+        assert!(t.merge_at(0x14000, 0).is_some());
         assert_eq!(
             t.iter().cloned().collect::<Vec<_>>(),
             [anon(0x10000, 0x20000)]
@@ -474,10 +480,10 @@ mod tests {
         let mut b = anon(0x20000, 0x30000);
         b.flags.0 &= !VmFlags::WRITE;
         t.insert(b);
-        assert!(t.merge_at(0x20000).is_none());
+        assert!(t.merge_at(0x20000, 0).is_none());
         let mut c = anon(0x30000, 0x40000);
         c.pgoff = 7;
-        assert!(!mergeable(&anon(0x20000, 0x30000), &c));
+        assert!(!mergeable(&anon(0x20000, 0x30000), &c, 0));
     }
 
     #[test]

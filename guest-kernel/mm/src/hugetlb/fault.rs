@@ -53,7 +53,8 @@ impl<H: Hw> MemSystem<H> {
                 }
                 let nf = flags
                     .with(PteFlags::ACCESSED)
-                    .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY));
+                    .set(PteFlags::DIRTY, write || flags.contains(PteFlags::DIRTY))
+                    .with(self.soft_dirty_if(write));
                 pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                 self.flush_tlb(
                     mm,
@@ -90,10 +91,10 @@ impl<H: Hw> MemSystem<H> {
 
     /// `make_huge_pte`: the entry for a folio, writable (and dirty) when
     /// asked and the VMA allows it.
-    fn huge_pte(v: &Vma, pfn: Pfn, writable: bool) -> Pte {
+    fn huge_pte(&self, v: &Vma, pfn: Pfn, writable: bool) -> Pte {
         let mut flags = v.base_pte_flags().with(PteFlags::ACCESSED);
         if writable && v.flags.has(VmFlags::WRITE) {
-            flags = flags.with(PteFlags::WRITE).with(PteFlags::DIRTY);
+            flags = flags.with(PteFlags::WRITE).with(self.dirty_bits());
         }
         Pte::Mapped { pfn, flags }
     }
@@ -131,7 +132,8 @@ impl<H: Hw> MemSystem<H> {
                     head
                 }
             };
-            pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, true));
+            let pte = self.huge_pte(v, head, true);
+            pgtable::write_huge(&mut self.hw, slot, pte);
             self.huge_map(head);
             return Ok(());
         }
@@ -148,7 +150,8 @@ impl<H: Hw> MemSystem<H> {
         let head = self.alloc_hugetlb_folio(v, idx, false).ok_or(Fault::Bus)?;
         self.zero_huge(head);
         self.huge_add_new_anon(mm, v, haddr, head);
-        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, head, write));
+        let pte = self.huge_pte(v, head, write);
+        pgtable::write_huge(&mut self.hw, slot, pte);
         self.huge_map(head);
         self.huge_put(head, 1);
         self.counters.anon_allocs += 1;
@@ -191,7 +194,7 @@ impl<H: Hw> MemSystem<H> {
             pfn: old,
             flags: flags
                 .with(PteFlags::WRITE)
-                .with(PteFlags::DIRTY)
+                .with(self.dirty_bits())
                 .with(PteFlags::ACCESSED),
         };
         if v.flags.has(VmFlags::MAYSHARE) {
@@ -246,7 +249,8 @@ impl<H: Hw> MemSystem<H> {
                 end: haddr + size,
             },
         );
-        pgtable::write_huge(&mut self.hw, slot, Self::huge_pte(v, new, true));
+        let pte = self.huge_pte(v, new, true);
+        pgtable::write_huge(&mut self.hw, slot, pte);
         self.huge_map(new);
         self.huge_put(new, 1);
         self.huge_unmap(old);

@@ -38,6 +38,7 @@ fn none_mostly_covers_every_marker_and_nothing_else() {
         dev: 0,
         offset: 3,
         uffd_wp: false,
+        soft_dirty: false,
     });
     assert!(!swap.is_none_mostly());
     assert_eq!(swap.marker(), None);

@@ -11,6 +11,7 @@ mod mapping;
 mod markers;
 mod memfd;
 mod prop;
+mod soft_dirty;
 mod swap;
 mod syscalls;
 mod tlb;
