@@ -147,6 +147,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
         swap_frames: info.cmdline.swap_frames.unwrap_or(memory::mm::SWAP_FRAMES),
         mmap_min_addr: info.cmdline.mmap_min_addr,
         hugetlb_free_vmemmap: info.cmdline.hugetlb_free_vmemmap,
+        soft_dirty: info.cmdline.soft_dirty,
     };
     if let Err(e) = memory::mm::init(mm_cfg) {
         panic!("MM core: {e:?}");

@@ -325,6 +325,9 @@ pub enum Op {
     Uffd { fd: FdArg, req: UffdReq },
     /// Reads the pagemap entries of `pages` pages from `addr`.
     Pagemap { addr: Addr, pages: u64 },
+    /// Writes `ty` and a newline to `/proc/self/clear_refs` (4: clear
+    /// soft-dirty); the result of the write.
+    ClearRefs { ty: u64 },
     /// `ioctl(pagemap, PAGEMAP_SCAN)` over `[addr, addr + len)`, with a
     /// vector of `scan.vec_len` regions (0: none).
     PagemapScan {
@@ -630,6 +633,7 @@ impl Op {
             | Op::HugeCounters
             | Op::Uffd { .. }
             | Op::Pagemap { .. }
+            | Op::ClearRefs { .. }
             | Op::PagemapScan { .. }
             | Op::WwAlloc { .. }
             | Op::GetWriteWatch { .. }
@@ -1045,6 +1049,9 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
             }
             Op::Pagemap { addr, pages }
         }
+        "clear_refs" => Op::ClearRefs {
+            ty: opt(1).map_or(Ok(4), num)?,
+        },
         "pagemap_scan" => {
             let (addr, len) = range()?;
             let cats = |i: usize| opt(i).map_or(Ok(0), |a| flags(a, CATEGORIES));
@@ -1314,6 +1321,7 @@ impl fmt::Display for Step {
                 }
             },
             Op::Pagemap { addr, pages } => write!(f, "pagemap {addr} {pages}"),
+            Op::ClearRefs { ty } => write!(f, "clear_refs {ty}"),
             Op::WwAlloc { addr, len } => write!(f, "ww_alloc {addr} {len:#x}"),
             Op::GetWriteWatch {
                 flags,

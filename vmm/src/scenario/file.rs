@@ -16,13 +16,39 @@ pub enum Requirement {
     /// It sizes or reads the 2 MiB hugetlb pool (on the host: root, to
     /// write `/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages`).
     Hugetlb,
+    /// It tracks soft-dirty pages: the guest boots with `soft_dirty=on`;
+    /// the host needs `CONFIG_MEM_SOFT_DIRTY`.
+    SoftDirty,
+    /// It needs writewatch's precise soft-dirty mode (`soft_dirty=precise`),
+    /// which Linux does not have.
+    SoftDirtyPrecise,
 }
+
+/// The words `requires` takes.
+const KNOWN: &str = "hugetlb, soft_dirty, soft_dirty_precise";
 
 impl Requirement {
     fn parse(word: &str) -> Option<Self> {
         match word {
             "hugetlb" => Some(Requirement::Hugetlb),
+            "soft_dirty" => Some(Requirement::SoftDirty),
+            "soft_dirty_precise" => Some(Requirement::SoftDirtyPrecise),
             _ => None,
+        }
+    }
+}
+
+impl Scenario {
+    /// The guest's `soft_dirty=` for this scenario: `off` unless it asks
+    /// for soft-dirty (the host here has none, and the transcripts of the
+    /// others must match it).
+    pub fn guest_soft_dirty(&self) -> &'static str {
+        if self.requires.contains(&Requirement::SoftDirtyPrecise) {
+            "precise"
+        } else if self.requires.contains(&Requirement::SoftDirty) {
+            "on"
+        } else {
+            "off"
         }
     }
 }
@@ -139,7 +165,7 @@ fn parse(file: &str, text: &str) -> Result<Vec<Scenario>, String> {
                 "requires" => {
                     for w in rest.split_ascii_whitespace() {
                         let r = Requirement::parse(w).ok_or_else(|| {
-                            format!("{at}: unknown requirement {w:?} (known: hugetlb)")
+                            format!("{at}: unknown requirement {w:?} (known: {KNOWN})")
                         })?;
                         s.requires.push(r);
                     }

@@ -24,16 +24,52 @@ pub fn host_mmap_min_addr() -> u64 {
         .unwrap_or(65536)
 }
 
-/// Runs `scenarios` in one guest; `mode` picks the kernel mode (the
-/// kernel's own choice if `None`).
+/// Runs `scenarios` in the guest, one VM per `soft_dirty=` setting they
+/// need; `mode` picks the kernel mode (the kernel's own choice if `None`).
 pub fn run(
     scenarios: &[Scenario],
     mode: Option<&str>,
     timeout: Option<f64>,
 ) -> Result<Run, String> {
+    let mut transcripts = BTreeMap::new();
+    let mut side = String::from("the guest kernel");
+    for soft_dirty in ["off", "on", "precise"] {
+        let group: Vec<&Scenario> = scenarios
+            .iter()
+            .filter(|s| s.guest_soft_dirty() == soft_dirty)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let (text, banner) = boot(&group, soft_dirty, mode, timeout)?;
+        if let Some(rest) = banner.split(", kernel mode ").nth(1) {
+            side = format!(
+                "the guest kernel ({})",
+                rest.split(',').next().unwrap_or(rest)
+            );
+        }
+        transcripts.append(&mut self::transcripts(&text));
+    }
+    let outcomes = scenarios
+        .iter()
+        .map(|s| match transcripts.remove(&s.name) {
+            Some(lines) => Outcome::Ran(lines),
+            None => Outcome::NotRun("the guest printed no transcript for it".into()),
+        })
+        .collect();
+    Ok(Run { side, outcomes })
+}
+
+/// Boots one VM that runs `group`; its console and first line.
+fn boot(
+    group: &[&Scenario],
+    soft_dirty: &str,
+    mode: Option<&str>,
+    timeout: Option<f64>,
+) -> Result<(String, String), String> {
     let mut input = tempfile::NamedTempFile::new()
         .map_err(|e| format!("cannot create a temporary file for the scenarios: {e}"))?;
-    for s in scenarios {
+    for s in group {
         input
             .write_all(s.text.as_bytes())
             .map_err(|e| format!("cannot write the scenarios to a temporary file: {e}"))?;
@@ -44,7 +80,7 @@ pub fn run(
         .unwrap_or_default();
     // No swap: the host has none, and pages that go to swap show there.
     let cmdline = format!(
-        "mode=run program=conform swap=0 mmap_min_addr={}{mode_word} arg={CONFORM_STDIN}",
+        "mode=run program=conform swap=0 mmap_min_addr={} soft_dirty={soft_dirty}{mode_word} arg={CONFORM_STDIN}",
         host_mmap_min_addr()
     );
     let mut cmd = Command::new(exe);
@@ -58,7 +94,7 @@ pub fn run(
         .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("cannot start the guest: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         let last = why
@@ -71,23 +107,8 @@ pub fn run(
             out.status
         ));
     }
-    let banner = text.lines().next().unwrap_or("");
-    let side = match banner.split(", kernel mode ").nth(1) {
-        Some(rest) => format!(
-            "the guest kernel ({})",
-            rest.split(',').next().unwrap_or(rest)
-        ),
-        None => "the guest kernel".into(),
-    };
-    let mut transcripts = transcripts(&text);
-    let outcomes = scenarios
-        .iter()
-        .map(|s| match transcripts.remove(&s.name) {
-            Some(lines) => Outcome::Ran(lines),
-            None => Outcome::NotRun("the guest printed no transcript for it".into()),
-        })
-        .collect();
-    Ok(Run { side, outcomes })
+    let banner = text.lines().next().unwrap_or("").to_string();
+    Ok((text, banner))
 }
 
 /// The transcripts `conform` printed (between `case NAME` and `end

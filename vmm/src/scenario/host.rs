@@ -25,6 +25,13 @@ pub fn kernel_release() -> String {
 /// Why the host cannot run a scenario that needs `r`, if it cannot.
 fn missing(r: Requirement) -> Option<String> {
     match r {
+        Requirement::SoftDirty if !soft_dirty_supported() => Some(
+            "requires soft_dirty: this kernel has no CONFIG_MEM_SOFT_DIRTY (a new mapping's pagemap entry lacks bit 55)".into(),
+        ),
+        Requirement::SoftDirty => None,
+        Requirement::SoftDirtyPrecise => Some(
+            "requires soft_dirty_precise: writewatch's precise soft-dirty mode, which Linux does not have".into(),
+        ),
         Requirement::Hugetlb => {
             let knob = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages";
             // SAFETY: geteuid has no preconditions.
@@ -40,6 +47,36 @@ fn missing(r: Requirement) -> Option<String> {
             }
         }
     }
+}
+
+/// Whether this kernel tracks soft-dirty: a page written in a new mapping
+/// has pagemap bit 55 where it does (`VM_SOFTDIRTY`, and the PTE's bit).
+fn soft_dirty_supported() -> bool {
+    use std::os::unix::fs::FileExt;
+    const PAGE: usize = 4096;
+    // SAFETY: a fresh private anonymous page, unmapped below; nothing
+    // else refers to it.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        return false;
+    }
+    // SAFETY: inside the page just mapped.
+    unsafe { page.cast::<u8>().write_volatile(1) };
+    let mut entry = [0u8; 8];
+    let read = std::fs::File::open("/proc/self/pagemap")
+        .and_then(|f| f.read_exact_at(&mut entry, page as u64 / PAGE as u64 * 8));
+    // SAFETY: unmaps exactly the page mapped above.
+    unsafe { libc::munmap(page, PAGE) };
+    read.is_ok() && u64::from_le_bytes(entry) & (1 << 55) != 0
 }
 
 /// The transcript Linux gives for the scenario whose text is `text`.

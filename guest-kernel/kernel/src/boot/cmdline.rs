@@ -60,6 +60,10 @@ pub struct Cmdline {
     /// `hugetlb_free_vmemmap=on`: HVO, the metadata of pooled huge pages
     /// given back (Linux's word).
     pub hugetlb_free_vmemmap: bool,
+    /// `soft_dirty=off|on|precise`: soft-dirty tracking (default off, as
+    /// on a kernel without `CONFIG_MEM_SOFT_DIRTY`; `precise` keeps VMAs
+    /// that differ in `VM_SOFTDIRTY` apart).
+    pub soft_dirty: guest_mm::SoftDirty,
 }
 
 impl Cmdline {
@@ -78,6 +82,7 @@ impl Cmdline {
             mmap_min_addr: None,
             hugepages: [None; 2],
             hugetlb_free_vmemmap: false,
+            soft_dirty: guest_mm::SoftDirty::Off,
         };
         let mut huge_size = 0;
         for word in raw.split_ascii_whitespace() {
@@ -93,6 +98,13 @@ impl Cmdline {
                 Some(("hugepagesz", _)) => huge_size = 0,
                 Some(("hugepages", n)) => cmdline.hugepages[huge_size] = n.parse().ok(),
                 Some(("hugetlb_free_vmemmap", v)) => cmdline.hugetlb_free_vmemmap = v == "on",
+                Some(("soft_dirty", v)) => {
+                    cmdline.soft_dirty = match v {
+                        "on" => guest_mm::SoftDirty::On,
+                        "precise" => guest_mm::SoftDirty::Precise,
+                        _ => guest_mm::SoftDirty::Off,
+                    }
+                }
                 Some(("tsc_khz", k)) => cmdline.tsc_khz = k.parse().ok().filter(|&k| k > 0),
                 None if word == "mm_check" => cmdline.mm_check = true,
                 _ => {}

@@ -141,6 +141,8 @@ pub struct Settings {
     pub mmap_min_addr: Option<u64>,
     /// HVO for pooled huge pages (`hugetlb_free_vmemmap=on`).
     pub hugetlb_free_vmemmap: bool,
+    /// Soft-dirty tracking (`soft_dirty=`).
+    pub soft_dirty: guest_mm::SoftDirty,
 }
 
 /// Builds the MM core over the RAM the boot allocator does not keep.
@@ -160,6 +162,7 @@ pub fn init(settings: Settings) -> Result<(), MmInitError> {
         check_every_op: settings.mm_check,
         mmap_min_addr: settings.mmap_min_addr.unwrap_or(defaults.mmap_min_addr),
         hugetlb_vmemmap_optimize: settings.hugetlb_free_vmemmap,
+        soft_dirty: settings.soft_dirty,
         ..defaults
     };
     let sys = kctx::call(|| MemSystem::new(KernelHw, &[(start, cut)], cfg))

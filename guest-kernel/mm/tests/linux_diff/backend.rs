@@ -48,6 +48,9 @@ pub trait Backend {
     fn uffd(&mut self, proc: usize, fd: u64, call: UffdCall) -> (i64, u64, u64);
     /// The pagemap entries of `n` pages from `va`.
     fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64>;
+    /// Writes `ty` and a newline to `/proc/self/clear_refs`: the write's
+    /// result (or the open's error).
+    fn clear_refs(&mut self, proc: usize, ty: u64) -> i64;
     /// `PAGEMAP_SCAN` of `[start, start + len)`.
     fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, scan: ScanArgs) -> ScanOut;
 }
@@ -163,6 +166,7 @@ impl<B: Backend> Runner<B> {
                 let va = self.state.resolve(addr);
                 PagemapLine(&self.backend.pagemap(p, va, pages)).to_string()
             }
+            Op::ClearRefs { ty } => CallResult(self.backend.clear_refs(p, ty)).to_string(),
             Op::PagemapScan { addr, len, scan } => {
                 let va = self.state.resolve(addr);
                 let (r, regions, walk_end) = self.backend.pagemap_scan(p, va, len, scan);

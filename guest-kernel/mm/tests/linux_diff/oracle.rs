@@ -479,6 +479,21 @@ impl Proc {
                 format!("{} {} {} {}", c[0], c[1], c[2], c[3])
             }
             "uffd" => uffd_ioctl(n(1) as i32, w[2], n(3), n(4), n(5)),
+            "clear_refs" => {
+                let line = format!("{}\n", n(1));
+                // SAFETY: a NUL-terminated path.
+                let fd = unsafe { libc::open(c"/proc/self/clear_refs".as_ptr(), libc::O_WRONLY) };
+                if fd < 0 {
+                    (-errno()).to_string()
+                } else {
+                    // SAFETY: `line` is live for the call.
+                    let r = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+                    let r = if r < 0 { -errno() } else { r as i64 };
+                    // SAFETY: the descriptor was opened just above.
+                    unsafe { libc::close(fd) };
+                    r.to_string()
+                }
+            }
             "pagemap" => {
                 let mut raw = vec![0u8; n(2) as usize * 8];
                 let r = self.pagemap.read_at(&mut raw, n(1) / PAGE * 8);
@@ -793,6 +808,12 @@ impl Backend for Oracle {
             .map(|x| x.parse::<i128>().expect("uffd answer") as i64)
             .collect();
         (w[0], w[1] as u64, w[2] as u64)
+    }
+
+    fn clear_refs(&mut self, proc: usize, ty: u64) -> i64 {
+        self.ask(proc, &format!("clear_refs {ty}"))
+            .parse()
+            .expect("clear_refs answer")
     }
 
     fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64> {

@@ -173,6 +173,26 @@ impl Backend for Sim {
         }
     }
 
+    fn clear_refs(&mut self, proc: usize, ty: u64) -> i64 {
+        use guest_mm::testing::user::user_write;
+        let (pid, path, text) = (self.pids[proc], NAME + 128, NAME + 192);
+        user_write(&mut self.sys, pid, 0, path, b"/proc/self/clear_refs\0").expect("path");
+        let line = format!("{ty}\n");
+        user_write(&mut self.sys, pid, 0, text, line.as_bytes()).expect("text");
+        let fd = self.syscall(proc, crate::script::SYS_OPEN, [path, 1, 0, 0, 0, 0]);
+        if fd < 0 {
+            return fd;
+        }
+        let len = line.len() as u64;
+        let r = self.syscall(
+            proc,
+            crate::script::SYS_WRITE,
+            [fd as u64, text, len, 0, 0, 0],
+        );
+        self.syscall(proc, crate::script::SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0]);
+        r
+    }
+
     fn pagemap(&mut self, proc: usize, va: u64, n: u64) -> Vec<u64> {
         self.sys.pagemap(self.pids[proc], va, n).expect("pagemap")
     }

@@ -475,6 +475,21 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
             let (a, b) = call.outputs(&w);
             Done::Uffd(req, r, a, b)
         }
+        Op::ClearRefs { ty } => {
+            let fd = call6(
+                SYS_OPEN,
+                [c"/proc/self/clear_refs".as_ptr() as u64, 1, 0, 0, 0, 0],
+            );
+            if fd < 0 {
+                return Ran::Done(Done::Call(fd));
+            }
+            // The type in decimal and a newline, as `echo N >` writes it.
+            let mut b = guest_user::fmt::Buf::new();
+            let _ = writeln!(b, "{ty}");
+            let r = write(fd as u64, b.as_bytes());
+            call6(SYS_CLOSE, [fd as u64, 0, 0, 0, 0, 0]);
+            Done::Call(r)
+        }
         Op::Pagemap { addr, pages } => {
             let e = &mut ctrl.entries;
             let pm = open_pagemap();
