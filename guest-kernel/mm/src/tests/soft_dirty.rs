@@ -9,17 +9,14 @@ use alloc::vec::Vec;
 
 use proptest::prelude::*;
 
+use super::workload::{A, Effect, PAGES, PG, Step, apply, step};
 use super::*;
 use crate::SoftDirty;
-use crate::madvise::{MADV_DONTNEED, MADV_PAGEOUT};
+use crate::madvise::MADV_PAGEOUT;
 use crate::mmap::MAP_FIXED;
 use crate::pagemap::PM_SOFT_DIRTY;
-use crate::testing::user::user_write;
 use crate::tmpfs::AT_FDCWD;
 
-const A: u64 = 0x4000_0000;
-const PG: u64 = 4096;
-const PAGES: u64 = 24;
 /// A page outside the region for paths and buffers.
 const SCRATCH: u64 = A + 0x10_0000;
 
@@ -57,33 +54,6 @@ fn soft_dirty(s: &Sys, p: Pid) -> BTreeSet<u64> {
         .collect()
 }
 
-#[derive(Debug, Clone)]
-enum Step {
-    Write(u64),
-    Read(u64),
-    /// `pread` from a memfd into the page: the kernel writes it.
-    KernelWrite(u64),
-    Dontneed(u64),
-    Pageout(u64),
-    ReadOnlyAndBack(u64),
-    ForkAndExit,
-    Clear,
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    let page = 0..PAGES;
-    prop_oneof![
-        4 => page.clone().prop_map(Step::Write),
-        2 => page.clone().prop_map(Step::Read),
-        1 => page.clone().prop_map(Step::KernelWrite),
-        1 => page.clone().prop_map(Step::Dontneed),
-        1 => page.clone().prop_map(Step::Pageout),
-        1 => page.prop_map(Step::ReadOnlyAndBack),
-        1 => Just(Step::ForkAndExit),
-        2 => Just(Step::Clear),
-    ]
-}
-
 fn run(mode: SoftDirty, shared: bool, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let (mut s, p) = system(mode);
     let flags = if shared { SHARED } else { PRIV } | MAP_FIXED;
@@ -95,63 +65,45 @@ fn run(mode: SoftDirty, shared: bool, steps: Vec<Step>) -> Result<(), TestCaseEr
     prop_assert_eq!(soft_dirty(&s, p).len() as u64, PAGES);
     clear_refs(&mut s, p);
     let mut written = BTreeSet::new();
-    for st in steps.into_iter().chain([Step::Clear]) {
-        match st {
-            Step::Write(i) => {
-                user_write(&mut s, p, 0, A + i * PG + 8, &[i as u8 + 1]).unwrap();
-                written.insert(i);
-            }
-            Step::Read(i) => {
-                read(&mut s, p, A + i * PG, 1);
-            }
-            Step::KernelWrite(i) => {
-                assert_eq!(s.file_read(p, file, A + i * PG, 16, Some(0)), Ok(16));
-                written.insert(i);
-            }
-            Step::Dontneed(i) => {
-                s.madvise(p, A + i * PG, PG, MADV_DONTNEED).unwrap();
+    for st in steps.into_iter().chain([Step::Check]) {
+        if !matches!(st, Step::Check) {
+            match apply(&mut s, p, file, &st) {
+                Effect::Written(i) => {
+                    written.insert(i);
+                }
                 // The page and its bit are gone; what was written there
                 // is too.
-                written.remove(&i);
-            }
-            Step::Pageout(i) => {
-                s.madvise(p, A + i * PG, PG, MADV_PAGEOUT).unwrap();
-                if shared {
-                    // Linux's gap: reclaim unmaps a shared-memory page
-                    // without a trace in the PTE (try_to_unmap_one keeps
-                    // soft-dirty only in anonymous swap entries), so its
-                    // bit is lost; uffd-wp keeps a marker instead.
+                Effect::Dropped(i) => {
                     written.remove(&i);
                 }
+                // Linux's gap: reclaim unmaps a shared-memory page
+                // without a trace in the PTE (try_to_unmap_one keeps
+                // soft-dirty only in anonymous swap entries), so its bit
+                // is lost; uffd-wp keeps a marker instead.
+                Effect::PagedOut(i) if shared => {
+                    written.remove(&i);
+                }
+                Effect::PagedOut(_) | Effect::Nothing => {}
             }
-            Step::ReadOnlyAndBack(i) => {
-                s.mprotect(p, A + i * PG, PG, u64::from(PROT_READ)).unwrap();
-                s.mprotect(p, A + i * PG, PG, u64::from(RW)).unwrap();
-            }
-            Step::ForkAndExit => {
-                let c = s.fork(p).unwrap();
-                s.exit(c, 0).unwrap();
-                s.wait(p, i64::from(c)).unwrap();
-            }
-            Step::Clear => {
-                let got = soft_dirty(&s, p);
-                let missed: Vec<_> = written.difference(&got).collect();
-                prop_assert!(
-                    missed.is_empty(),
-                    "written pages not soft-dirty: {:?}",
-                    missed
-                );
-                let extra: Vec<_> = got.difference(&written).collect();
-                prop_assert!(
-                    extra.is_empty(),
-                    "soft-dirty pages not written: {:?}",
-                    extra
-                );
-                clear_refs(&mut s, p);
-                prop_assert!(soft_dirty(&s, p).is_empty());
-                written.clear();
-            }
+            ok(&s);
+            continue;
         }
+        let got = soft_dirty(&s, p);
+        let missed: Vec<_> = written.difference(&got).collect();
+        prop_assert!(
+            missed.is_empty(),
+            "written pages not soft-dirty: {:?}",
+            missed
+        );
+        let extra: Vec<_> = got.difference(&written).collect();
+        prop_assert!(
+            extra.is_empty(),
+            "soft-dirty pages not written: {:?}",
+            extra
+        );
+        clear_refs(&mut s, p);
+        prop_assert!(soft_dirty(&s, p).is_empty());
+        written.clear();
         ok(&s);
     }
     Ok(())
