@@ -1,6 +1,5 @@
 //! What the kernel does after boot, per `mode=` (docs/GUEST_ABI.md).
 
-use crate::arch::x86_64::paging::phys_to_virt;
 use crate::arch::x86_64::{cpu, idt};
 use crate::exit::{ExitCode, exit, exit_raw};
 use crate::process::programs::{self, Program};
@@ -13,16 +12,10 @@ pub fn run_init() -> ! {
     let cmdline = &info.cmdline;
     let module;
     let program = match (info.init_module, cmdline.program) {
-        (Some((paddr, size)), _) => {
-            // SAFETY: the loader placed the module in RAM (checked against
-            // the memory map) and the frame allocator never hands it out, so
-            // the bytes stay as they are for the kernel's lifetime.
-            let image = unsafe {
-                core::slice::from_raw_parts(phys_to_virt(paddr) as *const u8, size as usize)
-            };
+        (Some(m), _) => {
             module = Program {
                 name: "init",
-                image,
+                image: crate::boot::start_info::module_bytes(m),
             };
             &module
         }

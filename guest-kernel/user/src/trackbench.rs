@@ -79,8 +79,8 @@ pub fn run(p: &mut impl Platform, report: &mut impl FnMut(Sample)) -> u32 {
 }
 
 fn write(addr: u64, val: u8) {
-    // SAFETY: only called on pages of a mapping this module made, which
-    // is readable and writable and not otherwise referenced.
+    // Only called on pages of a mapping this module made.
+    // SAFETY: the page is readable, writable and not otherwise referenced.
     unsafe { core::ptr::write_volatile(addr as *mut u8, val) };
 }
 

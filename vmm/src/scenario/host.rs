@@ -50,12 +50,19 @@ fn missing(r: Requirement) -> Option<String> {
 }
 
 /// Whether this kernel tracks soft-dirty: a page written in a new mapping
-/// has pagemap bit 55 where it does (`VM_SOFTDIRTY`, and the PTE's bit).
+/// has pagemap bit 55 where it does (`VM_SOFTDIRTY`, and the PTE's bit);
+/// probed once per run.
 fn soft_dirty_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(probe_soft_dirty)
+}
+
+/// Maps, writes and unmaps one page, reading its pagemap entry between.
+fn probe_soft_dirty() -> bool {
     use std::os::unix::fs::FileExt;
     const PAGE: usize = 4096;
-    // SAFETY: a fresh private anonymous page, unmapped below; nothing
-    // else refers to it.
+    // A fresh private anonymous page, unmapped below.
+    // SAFETY: mmap with no address hint aliases nothing.
     let page = unsafe {
         libc::mmap(
             std::ptr::null_mut(),

@@ -124,3 +124,13 @@ fn read_cmdline(paddr: u64) -> &'static str {
     let bytes = unsafe { core::slice::from_raw_parts(base, len) };
     core::str::from_utf8(bytes).unwrap_or("")
 }
+
+/// The bytes of a PVH module `(paddr, size)` from [`BootInfo`].
+pub fn module_bytes((paddr, size): (u64, u64)) -> &'static [u8] {
+    let base = phys_to_virt(paddr) as *const u8;
+    // The loader placed the module in RAM (checked against the memory map
+    // in `parse`) and the frame allocator never hands it out, so the bytes
+    // stay as they are for the kernel's lifetime.
+    // SAFETY: `[paddr, paddr + size)` is RAM in the direct map, never written.
+    unsafe { core::slice::from_raw_parts(base, size as usize) }
+}

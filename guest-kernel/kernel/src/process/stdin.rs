@@ -5,7 +5,6 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::x86_64::paging::phys_to_virt;
 use crate::memory::mm;
 use guest_mm::Pid;
 
@@ -14,14 +13,11 @@ static CURSOR: AtomicU64 = AtomicU64::new(0);
 
 /// `read(0, buf, len)`: the next bytes of the input module, 0 at its end.
 pub fn read(pid: Pid, buf: u64, len: u64) -> i64 {
-    let Some((paddr, size)) = crate::boot::info().input_module else {
+    let Some(module) = crate::boot::info().input_module else {
         return 0;
     };
-    // SAFETY: the loader placed the module in RAM (checked against the
-    // memory map) and the frame allocator never hands it out, so the bytes
-    // stay as they are for the kernel's lifetime.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(phys_to_virt(paddr) as *const u8, size as usize) };
+    let bytes = crate::boot::start_info::module_bytes(module);
+    let size = bytes.len() as u64;
     // One reader at a time takes its span, so no byte is read twice.
     let mut at = CURSOR.load(Ordering::Acquire);
     let span = loop {

@@ -203,8 +203,8 @@ fn read_stdin() -> Option<&'static str> {
     {
         return None;
     }
-    // SAFETY: the region was just mapped, private and writable, and
-    // nothing else in this program uses it.
+    // Mapped just above, private and writable; nothing else here uses it.
+    // SAFETY: the region is this program's and nothing aliases it.
     let buf = unsafe { core::slice::from_raw_parts_mut(INPUT as *mut u8, INPUT_MAX as usize) };
     let mut len = 0;
     loop {
