@@ -9,6 +9,17 @@ use std::process::{Command, Stdio};
 
 use super::{Outcome, Run, Scenario};
 
+const SIGINT: i32 = 2;
+const SIGTERM: i32 = 15;
+
+/// Why the guest did not run the scenarios to the end.
+pub enum Stopped {
+    /// It could not start or failed: one line.
+    Failed(String),
+    /// SIGINT or SIGTERM stopped it (cleanly).
+    Signal(i32),
+}
+
 /// `conform`'s argument for "every case on standard input".
 const CONFORM_STDIN: u64 = 1 << 33;
 /// vCPUs of the VM: a scenario's processes take turns, and two CPUs show
@@ -30,7 +41,7 @@ pub fn run(
     scenarios: &[Scenario],
     mode: Option<&str>,
     timeout: Option<f64>,
-) -> Result<Run, String> {
+) -> Result<Run, Stopped> {
     let mut transcripts = BTreeMap::new();
     let mut side = String::from("the guest kernel");
     for soft_dirty in ["off", "on", "precise"] {
@@ -66,15 +77,22 @@ fn boot(
     soft_dirty: &str,
     mode: Option<&str>,
     timeout: Option<f64>,
-) -> Result<(String, String), String> {
-    let mut input = tempfile::NamedTempFile::new()
-        .map_err(|e| format!("cannot create a temporary file for the scenarios: {e}"))?;
+) -> Result<(String, String), Stopped> {
+    let failed = Stopped::Failed;
+    let mut input = tempfile::NamedTempFile::new().map_err(|e| {
+        failed(format!(
+            "cannot create a temporary file for the scenarios: {e}"
+        ))
+    })?;
     for s in group {
-        input
-            .write_all(s.text.as_bytes())
-            .map_err(|e| format!("cannot write the scenarios to a temporary file: {e}"))?;
+        input.write_all(s.text.as_bytes()).map_err(|e| {
+            failed(format!(
+                "cannot write the scenarios to a temporary file: {e}"
+            ))
+        })?;
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| failed(format!("cannot find this program: {e}")))?;
     let mode_word = mode
         .map(|m| format!(" kernel_mode={m}"))
         .unwrap_or_default();
@@ -93,8 +111,12 @@ fn boot(
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("cannot start the guest: {e}"))?;
+        .map_err(|e| failed(format!("cannot start the guest: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // Ctrl-C or SIGTERM: the VM stopped cleanly with 128 + the signal.
+    if let Some(sig @ (SIGINT | SIGTERM)) = out.status.code().map(|c| c - 128) {
+        return Err(Stopped::Signal(sig));
+    }
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
         let last = why
@@ -102,10 +124,10 @@ fn boot(
             .rev()
             .find(|l| !l.trim().is_empty())
             .unwrap_or("");
-        return Err(format!(
+        return Err(failed(format!(
             "the guest that ran the scenarios ended with {}: {last}",
             out.status
-        ));
+        )));
     }
     let banner = text.lines().next().unwrap_or("").to_string();
     Ok((text, banner))

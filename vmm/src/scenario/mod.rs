@@ -72,7 +72,16 @@ pub fn run(args: &ScenarioArgs) -> Result<u8, AppError> {
             ScenarioMode::Ring3 => "ring3",
             ScenarioMode::Ring0 => "ring0",
         });
-        guest::run(&scenarios, mode, args.timeout).map_err(AppError::Arrival)?
+        match guest::run(&scenarios, mode, args.timeout) {
+            Ok(run) => run,
+            Err(guest::Stopped::Failed(why)) => return Err(AppError::Arrival(why)),
+            Err(guest::Stopped::Signal(sig)) => {
+                eprintln!(
+                    "writewatch: scenario: stopped by signal {sig}; the guest was stopped cleanly"
+                );
+                return Ok(crate::signals::exit_code(sig));
+            }
+        }
     };
     Ok(report(&scenarios, &run, args.transcript))
 }
