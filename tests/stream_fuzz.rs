@@ -3,10 +3,13 @@
 //! migration stream recorded in flight by a relay, mutated (bits flipped,
 //! bytes overwritten, cut short, frames duplicated, dropped or swapped)
 //! and fed to exactly what a destination runs on what it reads: the header
-//! checks, then every frame applied to guest memory. Whatever the bytes,
-//! the parser returns (never panics, never writes outside guest RAM), and
-//! any change to the bytes of a stream is an error. CI runs the default
-//! case counts; `PROPTEST_CASES=N` runs longer.
+//! checks, then every frame applied to guest memory, then (for a file) the
+//! check that nothing follows the end frame. Whatever the bytes, the parser
+//! returns (never panics, never writes outside guest RAM), and any change
+//! to the bytes a destination reads is an error. A migration's destination
+//! stops reading at the end frame, so bytes a mutation leaves after it are
+//! never read. CI runs the default case counts; `PROPTEST_CASES=N` runs
+//! longer.
 
 mod common;
 
@@ -29,6 +32,7 @@ fn cases(default: u32) -> u32 {
 
 /// Real streams: [a snapshot file, a migration as it crossed the socket,
 /// up to its end frame].
+const SNAPSHOT: usize = 0;
 fn corpus() -> &'static [Vec<u8>] {
     static CORPUS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     CORPUS.get_or_init(|| {
@@ -53,8 +57,9 @@ fn corpus() -> &'static [Vec<u8>] {
     })
 }
 
-/// What a destination does with what it reads, short of KVM.
-fn parse(bytes: &[u8]) -> Result<u64, String> {
+/// What a destination does with what it reads, short of KVM: a restore
+/// reads a file to its end, a migration's destination up to the end frame.
+fn parse(bytes: &[u8], file: bool) -> Result<u64, String> {
     let (mut reader, header) = Reader::start(bytes).map_err(|e| e.to_string())?;
     receive::check_header(&header).map_err(|e| e.to_string())?;
     if header.mem_bytes > 256 << 20 {
@@ -66,6 +71,9 @@ fn parse(bytes: &[u8]) -> Result<u64, String> {
         create_guest_memory(header.mem_bytes, Backing::Anon, 46).map_err(|e| e.to_string())?;
     let applied =
         receive::apply(&mut reader, &mem, &header, true, &|_, _| {}).map_err(|e| e.to_string())?;
+    if file {
+        receive::expect_eof(&mut reader).map_err(|e| e.to_string())?;
+    }
     Ok(applied.pages)
 }
 
@@ -80,6 +88,15 @@ fn frames(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         at = end;
     }
     out
+}
+
+/// Where a migration's destination stops reading: the end of the first
+/// end frame (all of `bytes` if there is none).
+fn read_end(bytes: &[u8]) -> usize {
+    frames(bytes)
+        .into_iter()
+        .find(|f| bytes[f.start] == b'E')
+        .map_or(bytes.len(), |f| f.end)
 }
 
 #[derive(Debug, Clone)]
@@ -107,28 +124,31 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Applies `m`; true if the result must be refused (its bytes changed in
-/// place: a checksum or a length no longer holds).
-fn mutate(bytes: &[u8], m: &Mutation) -> (Vec<u8>, bool) {
+/// Applies `m`; true if the result must be refused (bytes the
+/// destination reads changed in place: a checksum or a length no longer
+/// holds). `read` is how many bytes the destination reads: all of a
+/// file, a migration up to its end frame.
+fn mutate(bytes: &[u8], m: &Mutation, read: usize) -> (Vec<u8>, bool) {
     let mut out = bytes.to_vec();
     let spans = frames(bytes);
     let pick = |i: usize| spans[i % spans.len()].clone();
     match m {
         Mutation::Flip { at, bit } => {
-            out[at % bytes.len()] ^= 1 << bit;
-            (out, true)
+            let at = at % bytes.len();
+            out[at] ^= 1 << bit;
+            (out, at < read)
         }
         Mutation::Overwrite { at, bytes: new } => {
             let at = at % bytes.len();
             let end = (at + new.len()).min(out.len());
             out[at..end].copy_from_slice(&new[..end - at]);
-            let changed = out != bytes;
+            let changed = out[..read] != bytes[..read];
             (out, changed)
         }
         Mutation::Cut { len } => {
             let len = len % bytes.len();
             out.truncate(len);
-            (out, true)
+            (out, len < read)
         }
         Mutation::Duplicate { frame } => {
             let span = pick(*frame);
@@ -161,10 +181,26 @@ fn the_real_streams_parse_whole() {
     if !kvm_available() {
         return;
     }
-    for stream in corpus() {
-        let pages = parse(stream).unwrap();
+    for (which, stream) in corpus().iter().enumerate() {
+        let pages = parse(stream, which == SNAPSHOT).unwrap();
         assert!(pages > 0);
     }
+}
+
+#[test]
+fn a_file_with_bytes_after_its_end_frame_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let mut file = corpus()[SNAPSHOT].clone();
+    let end = frames(&file).last().unwrap().clone();
+    assert_eq!(file[end.start], b'E');
+    file.push(0);
+    let err = parse(&file, true).unwrap_err();
+    assert!(err.contains("after the end frame"), "{err}");
+    // The same stream over a socket: the destination stops at the end
+    // frame and never reads the byte.
+    assert!(parse(&file, false).is_ok());
 }
 
 proptest! {
@@ -188,11 +224,12 @@ proptest! {
             if bytes.is_empty() {
                 break;
             }
-            let (next, changed) = mutate(&bytes, m);
+            let read = if which == SNAPSHOT { bytes.len() } else { read_end(&bytes) };
+            let (next, changed) = mutate(&bytes, m, read);
             must_fail |= changed;
             bytes = next;
         }
-        let result = parse(&bytes);
+        let result = parse(&bytes, which == SNAPSHOT);
         if must_fail {
             prop_assert!(result.is_err(), "{mutations:?} was accepted");
         }
