@@ -152,6 +152,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     if let Err(e) = memory::mm::init(mm_cfg) {
         panic!("MM core: {e:?}");
     }
+    memory::mm::on_woken(process::task::uffd_wake);
     memory::mm::boot_hugepages(info.cmdline.hugepages);
     match info.cmdline.mode {
         Ok(Mode::Run) => modes::run_init(),

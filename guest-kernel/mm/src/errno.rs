@@ -84,12 +84,16 @@ pub enum Fault {
     Oom,
     /// `VM_FAULT_RETRY`: try the access again.
     Retry,
+    /// `handle_userfault` without `UFFD_FEATURE_SIGBUS`: a handler must
+    /// resolve the fault; the faulting task waits for it (ring-3 faults
+    /// only: a kernel access to user memory gets `EFAULT`).
+    Userfault(crate::uffd_wait::FaultMsg),
 }
 
 impl From<Fault> for Errno {
     fn from(f: Fault) -> Self {
         match f {
-            Fault::Segv(_) | Fault::Bus => Errno::EFAULT,
+            Fault::Segv(_) | Fault::Bus | Fault::Userfault(_) => Errno::EFAULT,
             Fault::Oom => Errno::ENOMEM,
             Fault::Retry => Errno::EAGAIN,
         }

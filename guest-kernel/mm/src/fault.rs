@@ -89,7 +89,7 @@ impl<H: Hw> MemSystem<H> {
             }
             orig @ (Pte::None | Pte::Marker(MarkerKind::UffdWp)) => {
                 if vma.flags.has(VmFlags::UFFD_MISSING) && self.is_missing(&vma, va) {
-                    return Err(self.handle_userfault(&vma));
+                    return Err(self.handle_userfault(&vma, va, ff.write, false));
                 }
                 self.do_pte_missing(mm, &vma, va, slot, ff)?;
                 if orig == Pte::None {
@@ -107,7 +107,7 @@ impl<H: Hw> MemSystem<H> {
                 let wp = flags.without(PteFlags::WRITE).with(PteFlags::UFFD_WP);
                 pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags: wp });
                 if ff.write {
-                    return Err(self.handle_userfault(&vma));
+                    return Err(self.handle_userfault(&vma, va, true, true));
                 }
                 Ok(())
             }
@@ -288,7 +288,7 @@ impl<H: Hw> MemSystem<H> {
         if !unshare && flags.contains(PteFlags::UFFD_WP) && vma.flags.has(VmFlags::UFFD_WP) {
             // userfaultfd_pte_wp: the write is what the tracker waits for.
             if !self.uffd_wp_async(vma) {
-                return Err(self.handle_userfault(vma));
+                return Err(self.handle_userfault(vma, va, true, true));
             }
             flags = flags.without(PteFlags::UFFD_WP);
             pgtable::write_pte(&mut self.hw, slot, Pte::Mapped { pfn, flags });
@@ -422,7 +422,7 @@ impl<H: Hw> MemSystem<H> {
         self.frames.put_folio(&mut self.hw, new, 1);
         self.swap_free(e);
         if sync_wp {
-            return Err(self.handle_userfault(vma));
+            return Err(self.handle_userfault(vma, va, true, true));
         }
         Ok(())
     }

@@ -81,6 +81,7 @@ pub mod swap;
 pub mod syscall;
 mod system;
 pub mod tmpfs;
+pub mod uffd_wait;
 pub mod userfaultfd;
 pub mod view;
 pub mod vma;
@@ -99,7 +100,7 @@ pub use hw::{
     CpuId, CpuSet, CurrentCpu, FlushRange, FlushRequest, Hw, PAGE_SIZE, Pfn, PhysMem, Release, Tlb,
 };
 pub use ids::Pid;
-pub use process::{MmStats, SIGBUS, SIGKILL, SIGSEGV, SigReport};
+pub use process::{FaultStop, MmStats, SIGBUS, SIGKILL, SIGSEGV, SigReport};
 pub use syscall::Outcome;
 pub use system::{Config, Counters, InitError, MemSystem, ProcState, SoftDirty};
 pub use view::{MapEntry, PageView};

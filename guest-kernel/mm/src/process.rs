@@ -39,6 +39,16 @@ pub struct SigReport {
     pub code: Option<SegvCode>,
 }
 
+/// Why a ring-3 fault did not end in a mapped page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultStop {
+    /// The access earns a signal.
+    Signal(SigReport),
+    /// A userfaultfd handler must resolve it: the task sleeps until
+    /// [`MemSystem::take_woken`] names it, then retries the access.
+    Userfault,
+}
+
 /// A snapshot for the MM-statistics syscall.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MmStats {
@@ -281,6 +291,7 @@ impl<H: Hw> MemSystem<H> {
     /// number). Children are reparented to pid 1.
     pub fn exit(&mut self, pid: Pid, wait_status: i32) -> Result<(), Errno> {
         let mm = self.proc_mm(pid)?;
+        self.uffd_forget(pid);
         self.exit_mmap(mm);
         self.close_all_files(pid);
         let p = self.procs.get_mut(&pid).ok_or(Errno::ESRCH)?;
@@ -329,9 +340,9 @@ impl<H: Hw> MemSystem<H> {
         pid: Pid,
         va: u64,
         ff: FaultFlags,
-    ) -> Result<(), SigReport> {
+    ) -> Result<(), FaultStop> {
         let r = self.user_fault(pid, va, ff);
-        if let Err(report) = r {
+        if let Err(FaultStop::Signal(report)) = r {
             let _ = self.exit(pid, report.signal);
         }
         r
@@ -341,15 +352,15 @@ impl<H: Hw> MemSystem<H> {
     /// acting on a failure: the report says which signal the access earns,
     /// and the kernel delivers it (to a handler, or by killing the process
     /// with [`MemSystem::exit`]).
-    pub fn user_fault(&mut self, pid: Pid, va: u64, mut ff: FaultFlags) -> Result<(), SigReport> {
+    pub fn user_fault(&mut self, pid: Pid, va: u64, mut ff: FaultFlags) -> Result<(), FaultStop> {
         ff.user = true;
         let Ok(mm) = self.proc_mm(pid) else {
-            return Err(SigReport {
+            return Err(FaultStop::Signal(SigReport {
                 pid,
                 signal: SIGSEGV,
                 addr: va,
                 code: None,
-            });
+            }));
         };
         let r = match self.handle_mm_fault(mm, va, ff) {
             Err(Fault::Retry) => self.handle_mm_fault(mm, va, ff),
@@ -357,6 +368,10 @@ impl<H: Hw> MemSystem<H> {
         };
         let report = match r {
             Ok(()) | Err(Fault::Retry) => return Ok(()),
+            Err(Fault::Userfault(msg)) => {
+                self.uffd_wait_fault(pid, msg);
+                return Err(FaultStop::Userfault);
+            }
             Err(Fault::Segv(code)) => SigReport {
                 pid,
                 signal: SIGSEGV,
@@ -377,7 +392,7 @@ impl<H: Hw> MemSystem<H> {
                 code: None,
             },
         };
-        Err(report)
+        Err(FaultStop::Signal(report))
     }
 
     /// Resolves `va` for a kernel access (`get_user_pages`-like): faults the

@@ -107,6 +107,9 @@ pub enum Outcome {
     Exited,
     /// `wait` must sleep until a child exits, then retry the call.
     Block,
+    /// A `read` of a userfaultfd must sleep until the MM core names the
+    /// task in [`MemSystem::take_woken`], then retry the call.
+    WaitUffd,
 }
 
 /// `UFFDIO_API`: `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
@@ -115,6 +118,8 @@ pub const UFFDIO_API: u64 = 0xC018_AA3F;
 pub const UFFDIO_REGISTER: u64 = 0xC020_AA00;
 /// `UFFDIO_UNREGISTER`: `_IOR(0xAA, 0x01, struct uffdio_range)`.
 pub const UFFDIO_UNREGISTER: u64 = 0x8010_AA01;
+/// `UFFDIO_WAKE`: `_IOR(0xAA, 0x02, struct uffdio_range)`.
+pub const UFFDIO_WAKE: u64 = 0x8010_AA02;
 /// `UFFDIO_WRITEPROTECT`: `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)`.
 pub const UFFDIO_WRITEPROTECT: u64 = 0xC018_AA06;
 
@@ -145,6 +150,11 @@ impl<H: Hw> MemSystem<H> {
                 ret(self.file_write(pid, a0, a1, a2, None))
             }
             SYS_WRITE => ret(self.write(pid, a0 as i32, a1, a2, &mut *console)),
+            SYS_READ if self.is_uffd(pid, a0) => match self.uffd_read(pid, a0, a1, a2) {
+                Ok(Some(n)) => Outcome::Return(n as i64),
+                Ok(None) => Outcome::WaitUffd,
+                Err(e) => Outcome::Return(e.to_ret()),
+            },
             SYS_READ => ret(self.file_read(pid, a0, a1, a2, None)),
             SYS_PREAD64 => ret(self.file_read(pid, a0, a1, a2, Some(a3))),
             SYS_PWRITE64 => ret(self.file_write(pid, a0, a1, a2, Some(a3))),
@@ -321,6 +331,10 @@ impl<H: Hw> MemSystem<H> {
             UFFDIO_UNREGISTER => {
                 let [start, len] = self.user_words::<2>(pid, arg)?;
                 self.uffdio_unregister(pid, fd, start, len).map(|()| 0)
+            }
+            UFFDIO_WAKE => {
+                let [start, len] = self.user_words::<2>(pid, arg)?;
+                self.uffdio_wake(pid, fd, start, len).map(|()| 0)
             }
             UFFDIO_WRITEPROTECT => {
                 let [start, len, mode] = self.user_words::<3>(pid, arg)?;

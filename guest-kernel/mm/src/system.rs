@@ -263,6 +263,8 @@ pub struct MemSystem<H: Hw> {
     pub(crate) files: BTreeMap<FileId, OpenFile>,
     /// userfaultfd contexts, alive while a descriptor refers to them.
     pub(crate) uffds: BTreeMap<crate::ids::UffdId, crate::userfaultfd::Userfault>,
+    /// Tasks a userfaultfd woke, for the kernel to run again.
+    pub(crate) woken: Vec<Pid>,
     /// The tmpfs directory: names to inodes.
     pub(crate) names: BTreeMap<Vec<u8>, ShmemId>,
     pub(crate) huge: crate::hugetlb::Hugetlb,
@@ -326,6 +328,7 @@ impl<H: Hw> MemSystem<H> {
             shmems: BTreeMap::new(),
             files: BTreeMap::new(),
             uffds: BTreeMap::new(),
+            woken: Vec::new(),
             names: BTreeMap::new(),
             huge: crate::hugetlb::Hugetlb::default(),
             swap,

@@ -9,15 +9,15 @@
 //! work of `change_pte_range` under `MM_CP_UFFD_WP(_RESOLVE)`.
 //!
 //! A context belongs to the address space that opened it (`ctx->mm`):
-//! a descriptor inherited by a fork child still acts on the parent.
-//! Faults a handler would resolve (synchronous write-protect, missing
-//! pages) are delivered as SIGBUS, which is what `UFFD_FEATURE_SIGBUS`
-//! asks for; blocking the faulting thread until a handler reads a
-//! `uffd_msg` is not implemented (docs/CONFORMANCE.md). With
-//! `UFFD_FEATURE_WP_ASYNC` the MM resolves write-protect faults itself,
-//! and that is what GetWriteWatch and `PAGEMAP_SCAN` build on.
+//! a descriptor inherited by a fork child still acts on the parent, which
+//! is how a handler process serves the faults of the process it forked
+//! from. Faults a handler resolves (synchronous write-protect, missing
+//! pages) wait for it as `uffd_msg`s (`uffd_wait.rs`), or raise SIGBUS
+//! with `UFFD_FEATURE_SIGBUS`. With `UFFD_FEATURE_WP_ASYNC` the MM
+//! resolves write-protect faults itself, and that is what GetWriteWatch
+//! and `PAGEMAP_SCAN` build on.
 
-use crate::errno::{Errno, Fault};
+use crate::errno::Errno;
 use crate::hw::{FlushRange, Hw, PAGE_SIZE};
 use crate::ids::{FileId, MmId, Pid, UffdId};
 use crate::pgtable;
@@ -58,12 +58,13 @@ pub const FEATURES: u64 = FEATURE_EVENT_FORK
 /// `_UFFDIO_API` bit numbers of the `ioctls` masks.
 const IOC_REGISTER: u64 = 1 << 0x00;
 const IOC_UNREGISTER: u64 = 1 << 0x01;
+const IOC_WAKE: u64 = 1 << 0x02;
 const IOC_WRITEPROTECT: u64 = 1 << 0x06;
 const IOC_API: u64 = 1 << 0x3F;
 /// `UFFD_API_IOCTLS`.
 pub const API_IOCTLS: u64 = IOC_REGISTER | IOC_UNREGISTER | IOC_API;
 /// The range ioctls this MM implements (of `UFFD_API_RANGE_IOCTLS`).
-pub const RANGE_IOCTLS: u64 = IOC_WRITEPROTECT;
+pub const RANGE_IOCTLS: u64 = IOC_WAKE | IOC_WRITEPROTECT;
 
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 pub const MODE_MISSING: u64 = 1;
@@ -83,6 +84,8 @@ pub(crate) struct Userfault {
     pub mm: MmId,
     /// Features enabled by `UFFDIO_API`; `None` before it.
     pub features: Option<u64>,
+    /// Who waits on it.
+    pub queues: crate::uffd_wait::WaitQueues,
 }
 
 /// `pte` without its uffd-wp protection: the bit of a mapped entry, or
@@ -116,7 +119,14 @@ impl<H: Hw> MemSystem<H> {
         }
         let mm = self.proc_mm(pid)?;
         let ctx = UffdId(self.new_id());
-        self.uffds.insert(ctx, Userfault { mm, features: None });
+        self.uffds.insert(
+            ctx,
+            Userfault {
+                mm,
+                features: None,
+                queues: Default::default(),
+            },
+        );
         let file = FileId(self.new_id());
         self.files.insert(
             file,
@@ -309,6 +319,11 @@ impl<H: Hw> MemSystem<H> {
             // Only the context's own ranges are undone.
             if v.uffd == Some(ctx) {
                 self.userfaultfd_clear_range(mm, lo, hi);
+                // Missing faults waiting there would hang: they are woken
+                // (write-protect ones are not, as in Linux).
+                if v.flags.has(VmFlags::UFFD_MISSING) {
+                    self.uffd_wake(ctx, lo, hi - lo);
+                }
             }
             at = hi;
         }
@@ -391,7 +406,18 @@ impl<H: Hw> MemSystem<H> {
             self.uffd_wp_range(mm, &v, lo, hi, enable);
             result = Ok(());
         }
+        if result.is_ok() && !enable && mode & WP_MODE_DONTWAKE == 0 {
+            self.uffd_wake(ctx, start, len);
+        }
         result
+    }
+
+    /// `UFFDIO_WAKE`: wakes the faults waiting in the range.
+    pub fn uffdio_wake(&mut self, pid: Pid, fd: u64, start: u64, len: u64) -> Result<(), Errno> {
+        let (ctx, _) = self.uffd_ready(pid, fd)?;
+        self.uffd_validate_range(start, len)?;
+        self.uffd_wake(ctx, start, len);
+        Ok(())
     }
 
     /// `uffd_wp_range`: write-protects (or unprotects) `[start, end)` of
@@ -491,13 +517,6 @@ impl<H: Hw> MemSystem<H> {
         self.uffd_features(v) & FEATURE_WP_ASYNC != 0
     }
 
-    /// `handle_userfault`: the fault a handler would resolve. Here it is
-    /// always SIGBUS: asked for with `UFFD_FEATURE_SIGBUS`, and the only
-    /// answer without a way to wait for a handler.
-    pub(crate) fn handle_userfault(&mut self, _v: &Vma) -> Fault {
-        Fault::Bus
-    }
-
     /// Whether the page at `va` is missing for `VM_UFFD_MISSING`: no
     /// page in an anonymous VMA, none in the page cache for a file.
     pub(crate) fn is_missing(&self, v: &Vma, va: u64) -> bool {
@@ -528,6 +547,7 @@ impl<H: Hw> MemSystem<H> {
                 self.userfaultfd_clear_range(mm, s, e);
             }
         }
+        self.uffd_wake_all(ctx);
         self.uffds.remove(&ctx);
     }
 

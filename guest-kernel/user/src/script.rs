@@ -69,6 +69,8 @@ pub const UFFDIO_UNREGISTER: u64 = 0x8010_AA01;
 /// See [`UFFDIO_API`].
 pub const UFFDIO_WRITEPROTECT: u64 = 0xC018_AA06;
 /// See [`UFFDIO_API`].
+pub const UFFDIO_WAKE: u64 = 0x8010_AA02;
+/// See [`UFFDIO_API`].
 pub const PAGEMAP_SCAN: u64 = 0xC060_6610;
 
 impl UffdCall {
@@ -82,6 +84,7 @@ impl UffdCall {
             UffdCall::Writeprotect { start, len, mode } => {
                 (UFFDIO_WRITEPROTECT, [start, len, mode, 0])
             }
+            UffdCall::Wake { start, len } => (UFFDIO_WAKE, [start, len, 0, 0]),
         }
     }
 
@@ -266,6 +269,15 @@ pub enum Op {
     Munlock { addr: Addr, len: u64 },
     /// A ring-3 one-byte write.
     Write { addr: Addr, val: u8 },
+    /// A ring-3 one-byte write the process starts and the script does not
+    /// wait for (`write ADDR VAL &`): it may wait for a userfaultfd
+    /// handler, which later steps of other processes are. Until its
+    /// `join`, the process runs no other step and its state is not shown.
+    WriteBg { addr: Addr, val: u8 },
+    /// The process's background write has ended: its result.
+    Join,
+    /// `read(fd, msg, 32)` of a userfaultfd: one `uffd_msg`.
+    UffdRead { fd: FdArg },
     /// A ring-3 one-byte read.
     Read { addr: Addr },
     /// The process forks; the child is the next process number.
@@ -360,6 +372,8 @@ pub enum UffdReq {
     Unregister { addr: Addr, len: u64 },
     /// `UFFDIO_WRITEPROTECT`.
     Writeprotect { addr: Addr, len: u64, mode: u64 },
+    /// `UFFDIO_WAKE`.
+    Wake { addr: Addr, len: u64 },
 }
 
 /// A [`UffdReq`] with its addresses resolved, as a backend makes it.
@@ -373,6 +387,8 @@ pub enum UffdCall {
     Unregister { start: u64, len: u64 },
     /// `UFFDIO_WRITEPROTECT`.
     Writeprotect { start: u64, len: u64, mode: u64 },
+    /// `UFFDIO_WAKE`.
+    Wake { start: u64, len: u64 },
 }
 
 impl UffdReq {
@@ -394,7 +410,83 @@ impl UffdReq {
                 len,
                 mode,
             },
+            UffdReq::Wake { addr, len } => UffdCall::Wake {
+                start: resolve(addr),
+                len,
+            },
         }
+    }
+}
+
+/// `UFFD_EVENT_PAGEFAULT`.
+const UFFD_EVENT_PAGEFAULT: u64 = 0x12;
+
+/// What a `uffd_read` step read: `pagefault FLAGS ADDR` (FLAGS `write`,
+/// `wp` joined by `|`, or `read`), another event by number, or the error.
+pub struct UffdMsgText<'a> {
+    pub state: &'a State,
+    pub proc: usize,
+    /// The read's result.
+    pub r: i64,
+    /// The message's event byte, `pagefault.flags` and `.address`.
+    pub msg: [u64; 3],
+}
+
+impl fmt::Display for UffdMsgText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [event, flags, address] = self.msg;
+        if self.r != 32 {
+            return write!(f, "{}", CallResult(self.r));
+        }
+        if event != UFFD_EVENT_PAGEFAULT {
+            return write!(f, "event {event:#x}");
+        }
+        let names: &[(u64, &str)] = &[(1, "write"), (2, "wp"), (4, "minor")];
+        let mut first = true;
+        write!(f, "pagefault ")?;
+        for &(bit, name) in names {
+            if flags & bit != 0 {
+                write!(f, "{}{name}", if first { "" } else { "|" })?;
+                first = false;
+            }
+        }
+        if flags & !7 != 0 {
+            write!(f, "{}{:#x}", if first { "" } else { "|" }, flags & !7)?;
+            first = false;
+        }
+        if first {
+            write!(f, "read")?;
+        }
+        write!(f, " {}", self.state.show(self.proc, address))
+    }
+}
+
+/// Checks the background writes of a script: a process that started one
+/// (`write ADDR VAL &`) runs nothing but its `join` until then, joins only
+/// a write it started, and every write is joined before the end. The
+/// error names the step.
+pub fn check_background(steps: &[Step]) -> Result<(), (usize, &'static str)> {
+    let mut busy = [false; MAX_PROCS];
+    for (k, step) in steps.iter().enumerate() {
+        let Some(b) = busy.get_mut(step.proc) else {
+            continue;
+        };
+        match step.op {
+            Op::Join if !*b => return Err((k, "join without a background write")),
+            Op::Join => *b = false,
+            _ if *b => {
+                return Err((
+                    k,
+                    "a step of a process whose background write is not joined",
+                ));
+            }
+            Op::WriteBg { .. } => *b = true,
+            _ => {}
+        }
+    }
+    match busy.iter().position(|&b| b) {
+        Some(_) => Err((steps.len(), "a background write is never joined")),
+        None => Ok(()),
     }
 }
 
@@ -627,6 +719,9 @@ impl Op {
             Op::HugePool { knob, value } => (SYS_HUGETLB_POOL, [HUGE_2M_LOG, knob, value, 0, 0, 0]),
             Op::Userfaultfd { flags } => (SYS_USERFAULTFD, [flags, 0, 0, 0, 0, 0]),
             Op::Write { .. }
+            | Op::WriteBg { .. }
+            | Op::Join
+            | Op::UffdRead { .. }
             | Op::Read { .. }
             | Op::Fork
             | Op::Exit
@@ -940,9 +1035,17 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
             let (addr, len) = range()?;
             Op::Munlock { addr, len }
         }
+        "write" if opt(3) == Some("&") => Op::WriteBg {
+            addr: addr(arg(1)?)?,
+            val: num(arg(2)?)? as u8,
+        },
         "write" => Op::Write {
             addr: addr(arg(1)?)?,
             val: num(arg(2)?)? as u8,
+        },
+        "join" => Op::Join,
+        "uffd_read" => Op::UffdRead {
+            fd: fd_arg(arg(1)?)?,
         },
         "read" => Op::Read {
             addr: addr(arg(1)?)?,
@@ -1030,6 +1133,13 @@ pub fn parse_step(line: &str) -> Result<Step, ParseError> {
         "uffd_unregister" => Op::Uffd {
             fd: fd_arg(arg(1)?)?,
             req: UffdReq::Unregister {
+                addr: addr(arg(2)?)?,
+                len: num(arg(3)?)?,
+            },
+        },
+        "uffd_wake" => Op::Uffd {
+            fd: fd_arg(arg(1)?)?,
+            req: UffdReq::Wake {
                 addr: addr(arg(2)?)?,
                 len: num(arg(3)?)?,
             },
@@ -1283,6 +1393,9 @@ impl fmt::Display for Step {
             Op::Mlock2 { addr, len, flags } => write!(f, "mlock2 {addr} {len:#x} {flags}"),
             Op::Munlock { addr, len } => write!(f, "munlock {addr} {len:#x}"),
             Op::Write { addr, val } => write!(f, "write {addr} {val:#x}"),
+            Op::WriteBg { addr, val } => write!(f, "write {addr} {val:#x} &"),
+            Op::Join => write!(f, "join"),
+            Op::UffdRead { fd } => write!(f, "uffd_read {fd}"),
             Op::Read { addr } => write!(f, "read {addr}"),
             Op::Fork => write!(f, "fork"),
             Op::Exit => write!(f, "exit"),
@@ -1319,6 +1432,7 @@ impl fmt::Display for Step {
                 UffdReq::Writeprotect { addr, len, mode } => {
                     write!(f, "uffd_wp {fd} {addr} {len:#x} {mode}")
                 }
+                UffdReq::Wake { addr, len } => write!(f, "uffd_wake {fd} {addr} {len:#x}"),
             },
             Op::Pagemap { addr, pages } => write!(f, "pagemap {addr} {pages}"),
             Op::ClearRefs { ty } => write!(f, "clear_refs {ty}"),
@@ -1462,6 +1576,8 @@ pub struct State {
     named: [Option<Named>; 16],
     /// Each process's write-watch allocations (GetWriteWatch steps).
     pub watch: [crate::writewatch::WriteWatch; MAX_PROCS],
+    /// Which processes have a background write not joined yet.
+    busy: [bool; MAX_PROCS],
 }
 
 impl Default for State {
@@ -1474,6 +1590,7 @@ impl Default for State {
             procs: 1,
             named: [None; 16],
             watch: Default::default(),
+            busy: [false; MAX_PROCS],
         }
     }
 }
@@ -1482,6 +1599,19 @@ impl State {
     /// Whether process `p` lives.
     pub fn alive(&self, p: usize) -> bool {
         p < self.procs && self.alive[p]
+    }
+
+    /// Whether process `p` has a background write not joined yet (its
+    /// memory may change under a reader: its state is not shown).
+    pub fn busy(&self, p: usize) -> bool {
+        self.busy.get(p).copied().unwrap_or(false)
+    }
+
+    /// Process `p` started (`true`) or joined its background write.
+    pub fn set_busy(&mut self, p: usize, busy: bool) {
+        if let Some(b) = self.busy.get_mut(p) {
+            *b = busy;
+        }
     }
 
     /// The live processes, in order.

@@ -235,6 +235,18 @@ fn finish(s: Scenario) -> Result<Scenario, String> {
             s.origin, s.name
         ));
     }
+    let steps: Vec<script::Step> = s
+        .steps
+        .iter()
+        .filter_map(|t| script::parse_step(t).ok())
+        .collect();
+    if let Err((k, why)) = script::check_background(&steps) {
+        let at = s
+            .steps
+            .get(k)
+            .map_or("the end".to_string(), |t| format!("step {k} ({t})"));
+        return Err(format!("{}: scenario {}, {at}: {why}", s.origin, s.name));
+    }
     Ok(s)
 }
 
@@ -278,6 +290,31 @@ mod tests {
             assert!(e.starts_with(at), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
+    }
+
+    #[test]
+    fn background_writes_are_joined_and_nothing_runs_in_between() {
+        let head = "scenario a\nsource x\n  mmap W 1p rw private|anon|fixed\n";
+        let cases = [
+            (
+                "  write W 1 &\n",
+                "the end: a background write is never joined",
+            ),
+            ("  join\n", "step 1 (join): join without"),
+            (
+                "  write W 1 &\n  read W\n  join\n",
+                "step 2 (read W+0p): a step of a process",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = one(&format!("{head}{body}")).unwrap_err();
+            assert!(e.contains(want), "{body:?}: {e}");
+        }
+        let s = one(&format!(
+            "{head}  fork\n  write W 1 &\n  p1 read W\n  join\n"
+        ))
+        .unwrap();
+        assert_eq!(s[0].steps[2], "write W+0p 0x1 &");
     }
 
     #[test]

@@ -175,16 +175,31 @@ pub fn init(settings: Settings) -> Result<(), MmInitError> {
     Ok(())
 }
 
+/// Who makes the tasks a userfaultfd woke runnable (the scheduler, which
+/// sits above this module, registers it at boot).
+static WAKE: spin::Once<fn(&[guest_mm::Pid])> = spin::Once::new();
+
+/// Registers what [`with`] calls with the tasks the core woke.
+pub fn on_woken(wake: fn(&[guest_mm::Pid])) {
+    WAKE.call_once(|| wake);
+}
+
 /// Runs `f` on the MM core under its lock, first adding RAM if free memory
-/// is low. Enables interrupts (see the module header).
+/// is low. Enables interrupts (see the module header). Tasks the operation
+/// woke (userfaultfd) are handed to the scheduler after the lock is
+/// released.
 pub fn with<R>(f: impl FnOnce(&mut MemSystem<KernelHw>) -> R) -> R {
     let mut guard = lock();
     let mm = guard.as_mut().expect("MM core initialised at boot");
-    let r = kctx::call(|| {
+    let (r, woken) = kctx::call(|| {
         mm.grow_to(LOW_WATER_FRAMES);
-        f(&mut mm.sys)
+        let r = f(&mut mm.sys);
+        (r, mm.sys.take_woken())
     });
     unlock(guard);
+    if let (false, Some(wake)) = (woken.is_empty(), WAKE.get()) {
+        wake(&woken);
+    }
     r
 }
 

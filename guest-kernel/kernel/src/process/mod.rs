@@ -151,6 +151,7 @@ impl Process {
                 brk: (0, 0),
                 fs_base: 0,
                 signals: signal::SignalState::default(),
+                uffd_woken: false,
             },
         );
         p.image = elf::load(pid, program.image).map_err(SpawnError::Elf)?;

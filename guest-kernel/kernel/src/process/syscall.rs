@@ -191,6 +191,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
                     stop(frame, None)
                 }
                 Outcome::Block => block(frame, child_exits),
+                Outcome::WaitUffd => wait_uffd(frame),
             }
         }
     } as u64;
@@ -409,6 +410,7 @@ fn fork_task(parent: guest_mm::Pid, child: guest_mm::Pid, frame: &TrapFrame) {
         brk,
         fs_base,
         signals,
+        uffd_woken: false,
     });
     sched::make_runnable(task);
 }
@@ -443,6 +445,19 @@ fn block(frame: &mut TrapFrame, seen: u64) -> i64 {
             drop(tasks);
             leave();
         }
+    }
+    *frame = restart;
+    frame.rax as i64
+}
+
+/// A `read` of a userfaultfd found no message: sleeps until the MM core
+/// wakes the task (a fault queued one, or the context went away), then
+/// makes the call again.
+fn wait_uffd(frame: &mut TrapFrame) -> i64 {
+    let mut restart = *frame;
+    restart.rip -= SYSCALL_BYTES;
+    if task::uffd_sleep(&restart) {
+        leave();
     }
     *frame = restart;
     frame.rax as i64

@@ -23,6 +23,9 @@ pub enum TaskState {
     Running,
     /// Blocked in `wait4` until a child exits.
     Waiting,
+    /// Blocked on a userfaultfd (a fault waiting for its handler, or a
+    /// `read` waiting for a message) until the MM core wakes it.
+    Userfault,
     /// Not running: never started, or its last run ended (how, if known).
     Stopped(Option<Exit>),
 }
@@ -54,6 +57,8 @@ pub struct Task {
     pub fs_base: u64,
     /// Signal handlers and the blocked mask.
     pub signals: super::signal::SignalState,
+    /// A userfaultfd woke it before it went to sleep: it must not.
+    pub uffd_woken: bool,
 }
 
 /// Every task.
@@ -67,6 +72,38 @@ pub fn child_exited(tasks: &mut BTreeMap<Pid, Task>, parent: Pid) {
             super::sched::make_runnable(p);
         }
     }
+}
+
+/// Wakes the tasks the MM core named (a userfaultfd resolved or released
+/// their wait); one that has not gone to sleep yet will not.
+pub fn uffd_wake(pids: &[Pid]) {
+    let mut tasks = TASKS.lock();
+    for pid in pids {
+        if let Some(t) = tasks.get_mut(pid) {
+            if t.state == TaskState::Userfault {
+                super::sched::make_runnable(t);
+            } else {
+                t.uffd_woken = true;
+            }
+        }
+    }
+}
+
+/// Puts the current task to sleep on a userfaultfd, to resume at
+/// `resume` (the faulting instruction, or the `syscall` again): unless a
+/// wake-up came first, in which case it resumes at once.
+pub fn uffd_sleep(resume: &TrapFrame) -> bool {
+    let pid = current_pid();
+    let mut tasks = TASKS.lock();
+    let Some(t) = tasks.get_mut(&pid) else {
+        return false;
+    };
+    if core::mem::take(&mut t.uffd_woken) {
+        return false;
+    }
+    t.frame = *resume;
+    t.state = TaskState::Userfault;
+    true
 }
 
 /// The pid of the task running on this CPU (0 when none).

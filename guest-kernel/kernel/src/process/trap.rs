@@ -1,5 +1,6 @@
 //! Traps from ring 3: `syscall` is a system call (`syscall`), a page
-//! fault goes to the MM core (`handle_user_fault`), and anything the MM
+//! fault goes to the MM core (`user_fault`; one a userfaultfd handler must
+//! resolve puts the task to sleep until it does), and anything the MM
 //! core cannot resolve, or any other exception (`int3` included: SIGTRAP),
 //! kills the task with a signal report on the console and a `user_fault`
 //! record. The kernel goes on (`arch/x86/mm/fault.c`: `do_user_addr_fault`,
@@ -11,7 +12,7 @@ use crate::arch::x86_64::trap_entry::{self, TrapFrame};
 use crate::arch::x86_64::{cpu, kctx, traps};
 use crate::memory::mm;
 use crate::records::JsonStr;
-use guest_mm::FaultFlags;
+use guest_mm::{FaultFlags, FaultStop};
 
 /// Page-fault error code: write access.
 const PF_WRITE: u64 = 1 << 1;
@@ -77,8 +78,17 @@ fn page_fault(frame: &mut TrapFrame, cr2: u64) {
         user: true,
         unshare: false,
     };
-    let Err(report) = mm::with(|s| s.user_fault(pid, cr2, ff)) else {
-        return;
+    let report = match mm::with(|s| s.user_fault(pid, cr2, ff)) {
+        Ok(()) => return,
+        // A userfaultfd handler resolves it: sleep, then run the access
+        // again (unless the wake-up came already).
+        Err(FaultStop::Userfault) => {
+            if task::uffd_sleep(frame) {
+                super::leave();
+            }
+            return;
+        }
+        Err(FaultStop::Signal(report)) => report,
     };
     let signal = Signal::from_number(report.signal);
     // SIGKILL (out of memory) cannot be caught.

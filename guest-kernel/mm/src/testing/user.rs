@@ -4,7 +4,7 @@
 use crate::fault::FaultFlags;
 use crate::hw::{CpuId, PAGE_SIZE, PhysMem};
 use crate::ids::Pid;
-use crate::process::{SIGSEGV, SigReport};
+use crate::process::{FaultStop, SIGSEGV, SigReport};
 use crate::system::{Config, MemSystem};
 
 use super::{Access, SimMachine};
@@ -25,14 +25,16 @@ fn walk(
     cpu: CpuId,
     va: u64,
     kind: Access,
-    fault: fn(&mut MemSystem<SimMachine>, Pid, u64, FaultFlags) -> Result<(), SigReport>,
-) -> Result<u64, SigReport> {
+    fault: fn(&mut MemSystem<SimMachine>, Pid, u64, FaultFlags) -> Result<(), FaultStop>,
+) -> Result<u64, FaultStop> {
     sys.hw.set_cpu(cpu);
-    let root = sys.activate(pid, cpu).map_err(|_| SigReport {
-        pid,
-        signal: SIGSEGV,
-        addr: va,
-        code: None,
+    let root = sys.activate(pid, cpu).map_err(|_| {
+        FaultStop::Signal(SigReport {
+            pid,
+            signal: SIGSEGV,
+            addr: va,
+            code: None,
+        })
     })?;
     let ff = FaultFlags {
         write: kind == Access::Write,
@@ -58,7 +60,16 @@ fn access(
     va: u64,
     kind: Access,
 ) -> Result<u64, SigReport> {
-    walk(sys, pid, cpu, va, kind, MemSystem::handle_user_fault)
+    signal_only(walk(sys, pid, cpu, va, kind, MemSystem::handle_user_fault))
+}
+
+/// A fault that waits for a userfaultfd handler never ends in a test that
+/// has none: those tests use [`user_try_wait`].
+fn signal_only(r: Result<u64, FaultStop>) -> Result<u64, SigReport> {
+    r.map_err(|stop| match stop {
+        FaultStop::Signal(report) => report,
+        FaultStop::Userfault => panic!("the access waits for a userfaultfd handler"),
+    })
 }
 
 /// Ring-3 write of `data` at `va` by `pid` on `cpu`.
@@ -119,5 +130,18 @@ pub fn user_try(
     va: u64,
     kind: Access,
 ) -> Result<u64, SigReport> {
+    signal_only(user_try_wait(sys, pid, cpu, va, kind))
+}
+
+/// [`user_try`] where the access may wait for a userfaultfd handler
+/// (`Err(FaultStop::Userfault)`: its message is queued; try again once
+/// [`MemSystem::take_woken`] names the process).
+pub fn user_try_wait(
+    sys: &mut MemSystem<SimMachine>,
+    pid: Pid,
+    cpu: CpuId,
+    va: u64,
+    kind: Access,
+) -> Result<u64, FaultStop> {
     walk(sys, pid, cpu, va, kind, MemSystem::user_fault)
 }

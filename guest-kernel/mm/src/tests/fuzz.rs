@@ -6,8 +6,10 @@ use alloc::vec::Vec;
 use proptest::prelude::*;
 
 use super::*;
+use crate::FaultStop;
+use crate::hw::PhysMem;
 use crate::syscall::*;
-use crate::testing::user::user_write;
+use crate::testing::user::user_try_wait;
 
 fn arg() -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -58,13 +60,21 @@ proptest! {
                     s.exit(child, 0).unwrap();
                 }
                 Outcome::Exited => live.retain(|&p| p != pid),
-                Outcome::Return(_) | Outcome::Block => {}
+                Outcome::Return(_) | Outcome::Block | Outcome::WaitUffd => {}
             }
-            // Touch memory at an argument address, as a program would.
-            if live.contains(&pid)
-                && user_write(&mut s, pid, (who % 2) as u32, args[0] & 0x7fff_ffff_ffff, &[who]).is_err()
-            {
-                live.retain(|&p| p != pid);
+            // Touch memory at an argument address, as a program would; a
+            // fatal fault kills it, one that waits for a userfaultfd
+            // handler leaves it as it is.
+            if live.contains(&pid) {
+                let va = args[0] & 0x7fff_ffff_ffff;
+                match user_try_wait(&mut s, pid, (who % 2) as u32, va, crate::testing::Access::Write) {
+                    Ok(pa) => s.hw.write_bytes(pa, &[who]),
+                    Err(FaultStop::Signal(r)) => {
+                        let _ = s.exit(pid, r.signal);
+                        live.retain(|&p| p != pid);
+                    }
+                    Err(FaultStop::Userfault) => {}
+                }
             }
             if let Err(e) = s.check() {
                 prop_assert!(false, "after {n} {args:x?}: {}", e.violations.join("\n"));

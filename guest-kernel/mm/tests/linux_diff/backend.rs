@@ -13,7 +13,7 @@
 pub use crate::script::MapLine;
 use crate::script::{
     Access, AccessResult, CallResult, FileName, HugeCountersText, MapsEntry, Op, PagemapLine,
-    ScanArgs, ScanText, State, Step, UffdCall, UffdResultText,
+    ScanArgs, ScanText, State, Step, UffdCall, UffdMsgText, UffdResultText,
 };
 use crate::writewatch::{Tracking, WatchText};
 
@@ -53,7 +53,21 @@ pub trait Backend {
     fn clear_refs(&mut self, proc: usize, ty: u64) -> i64;
     /// `PAGEMAP_SCAN` of `[start, start + len)`.
     fn pagemap_scan(&mut self, proc: usize, start: u64, len: u64, scan: ScanArgs) -> ScanOut;
+    /// Starts a one-byte write of `proc` that may wait for a userfaultfd
+    /// handler (`write ADDR VAL &`); the next call for `proc` is
+    /// [`Backend::join`].
+    fn write_bg(&mut self, proc: usize, va: u64, val: u8);
+    /// Waits for `proc`'s background write: its result, or `None` if it
+    /// can never end (it waits for a fault no step resolved).
+    fn join(&mut self, proc: usize) -> Option<Access>;
+    /// `read(fd, msg, 32)` of a userfaultfd: the result, and the message's
+    /// event, `pagefault.flags` and `.address`. [`UFFD_READ_BLOCKED`]
+    /// when the read could never return.
+    fn uffd_read(&mut self, proc: usize, fd: u64) -> (i64, [u64; 3]);
 }
+
+/// What [`Backend::uffd_read`] gives for a read that would wait forever.
+pub const UFFD_READ_BLOCKED: i64 = i64::MIN;
 
 /// [`Tracking`] through a backend, for process `proc`: GetWriteWatch
 /// emulated the same way on both sides.
@@ -139,6 +153,33 @@ impl<B: Backend> Runner<B> {
             Op::Read { addr } => {
                 let a = self.state.resolve(addr);
                 AccessResult(self.backend.access(p, a, None), false).to_string()
+            }
+            Op::WriteBg { addr, val } => {
+                let a = self.state.resolve(addr);
+                self.backend.write_bg(p, a, val);
+                self.state.set_busy(p, true);
+                "started".into()
+            }
+            Op::Join => {
+                self.state.set_busy(p, false);
+                match self.backend.join(p) {
+                    Some(a) => AccessResult(a, true).to_string(),
+                    None => "blocked".into(),
+                }
+            }
+            Op::UffdRead { fd } => {
+                let st = &self.state;
+                let fd = fd.value(&|a| st.resolve(a));
+                match self.backend.uffd_read(p, fd) {
+                    (UFFD_READ_BLOCKED, _) => "blocked".into(),
+                    (r, msg) => UffdMsgText {
+                        state: &self.state,
+                        proc: p,
+                        r,
+                        msg,
+                    }
+                    .to_string(),
+                }
             }
             Op::Fork => {
                 let Some(child) = self.state.next_proc() else {
@@ -249,6 +290,9 @@ impl<B: Backend> Runner<B> {
     /// The layout and resident pages of process `p` (only the shown
     /// areas).
     pub fn state_of(&mut self, p: usize) -> Vec<String> {
+        if self.state.busy(p) {
+            return vec![format!("  p{p} busy")];
+        }
         let maps = self.backend.maps(p);
         let cut: Vec<MapLine> = self.state.cut(p, &maps).collect();
         let mut lines = Vec::new();

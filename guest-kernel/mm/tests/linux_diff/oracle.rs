@@ -229,6 +229,7 @@ fn uffd_ioctl(fd: i32, kind: &str, a: u64, b: u64, c: u64) -> String {
             mode: c,
         },
         "unreg" => UffdCall::Unregister { start: a, len: b },
+        "wake" => UffdCall::Wake { start: a, len: b },
         "wp" => UffdCall::Writeprotect {
             start: a,
             len: b,
@@ -250,6 +251,10 @@ struct Proc {
     pagemap: File,
     mem: File,
     children: BTreeMap<usize, (File, BufReader<File>, libc::pid_t)>,
+    /// The thread making this process's background write (`write_bg`):
+    /// it may wait for a userfaultfd handler while this thread goes on
+    /// serving commands (to the handler's process among others).
+    bg: Option<std::thread::JoinHandle<String>>,
 }
 
 fn open_self() -> (File, File, File) {
@@ -365,6 +370,7 @@ pub fn serve_stdio() -> ! {
         pagemap,
         mem,
         children: BTreeMap::new(),
+        bg: None,
     };
     // SAFETY: fds 0 and 1 are this process's stdin and stdout pipes.
     let (input, output) = unsafe { (File::from_raw_fd(0), File::from_raw_fd(1)) };
@@ -447,7 +453,38 @@ impl Proc {
                     format!("fault {r}")
                 }
             }
-            "fork" => self.fork(n(1) as usize),
+            "write_bg" => {
+                let (va, val) = (n(1), n(2) as u8);
+                self.bg = Some(std::thread::spawn(move || {
+                    // SAFETY: as for write (the fault handler is per
+                    // process; a fault is delivered to this thread).
+                    let r = unsafe { probe::probe_write(va, val) };
+                    if r == 0 {
+                        format!("ok {val}")
+                    } else {
+                        format!("fault {r}")
+                    }
+                }));
+                "started".into()
+            }
+            "join" => self
+                .bg
+                .take()
+                .expect("a background write")
+                .join()
+                .expect("background write thread"),
+            "uffd_read" => {
+                let mut m = [0u8; 32];
+                // SAFETY: reads at most 32 bytes into `m`.
+                let r = unsafe { libc::read(n(1) as i32, m.as_mut_ptr().cast(), 32) };
+                let r = if r < 0 { -errno() } else { r as i64 };
+                let word = |o: usize| u64::from_le_bytes(m[o..o + 8].try_into().expect("8 bytes"));
+                format!("{r} {} {} {}", m[0], word(8), word(16))
+            }
+            "fork" => {
+                assert!(self.bg.is_none(), "fork with a background write running");
+                self.fork(n(1) as usize)
+            }
             "maps" => {
                 let mut text = String::new();
                 self.maps.read_to_string(&mut text).expect("maps");
@@ -595,6 +632,7 @@ impl Proc {
                 pagemap,
                 mem,
                 children: BTreeMap::new(),
+                bg: None,
             };
             me.serve(BufReader::new(file(to_child[0])), file(from_child[1]));
         }
@@ -733,13 +771,7 @@ impl Backend for Oracle {
             None => format!("read {va}"),
         };
         let answer = self.ask(proc, &cmd);
-        let (kind, v) = answer.split_once(' ').expect("access answer");
-        let v: i64 = v.parse().expect("access value");
-        match kind {
-            "ok" => Access::Done(v as u8),
-            _ if v >> 8 == i64::from(libc::SIGBUS) => Access::Bus,
-            _ => Access::Segv((v & 0xff) as i32),
-        }
+        access_answer(&answer)
     }
 
     fn fork(&mut self, proc: usize, child: usize) -> Result<(), i64> {
@@ -798,6 +830,7 @@ impl Backend for Oracle {
                 format!("uffd {fd} reg {start} {len} {mode}")
             }
             UffdCall::Unregister { start, len } => format!("uffd {fd} unreg {start} {len} 0"),
+            UffdCall::Wake { start, len } => format!("uffd {fd} wake {start} {len} 0"),
             UffdCall::Writeprotect { start, len, mode } => {
                 format!("uffd {fd} wp {start} {len} {mode}")
             }
@@ -847,5 +880,33 @@ impl Backend for Oracle {
             regions,
             walk_end.parse().expect("walk_end"),
         )
+    }
+
+    fn write_bg(&mut self, proc: usize, va: u64, val: u8) {
+        assert_eq!(self.ask(proc, &format!("write_bg {va} {val}")), "started");
+    }
+
+    fn join(&mut self, proc: usize) -> Option<Access> {
+        Some(access_answer(&self.ask(proc, "join")))
+    }
+
+    fn uffd_read(&mut self, proc: usize, fd: u64) -> (i64, [u64; 3]) {
+        let answer = self.ask(proc, &format!("uffd_read {fd}"));
+        let w: Vec<i64> = answer
+            .split_whitespace()
+            .map(|x| x.parse::<i128>().expect("uffd_read answer") as i64)
+            .collect();
+        (w[0], [w[1] as u64, w[2] as u64, w[3] as u64])
+    }
+}
+
+/// An access's answer (`ok V` or `fault R`) as a result.
+fn access_answer(answer: &str) -> Access {
+    let (kind, v) = answer.split_once(' ').expect("access answer");
+    let v: i64 = v.parse().expect("access value");
+    match kind {
+        "ok" => Access::Done(v as u8),
+        _ if v >> 8 == i64::from(libc::SIGBUS) => Access::Bus,
+        _ => Access::Segv((v & 0xff) as i32),
     }
 }

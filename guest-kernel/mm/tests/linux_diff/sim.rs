@@ -2,13 +2,13 @@
 //! its syscall dispatcher like the kernel drives it.
 
 use guest_mm::mmap::{MAP_ANONYMOUS, MAP_FIXED, MAP_PRIVATE, PROT_READ, PROT_WRITE};
-use guest_mm::testing::user::{sim_system, user_try};
+use guest_mm::testing::user::{sim_system, user_try, user_try_wait};
 use guest_mm::testing::{Access as Kind, SimMachine};
-use guest_mm::{Config, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
+use guest_mm::{Config, FaultStop, MemSystem, Outcome, PageView, PhysMem, Pid, SIGBUS, SIGSEGV};
 
 use guest_mm::pagemap::PmScanArg;
 
-use crate::backend::{Backend, MapLine, ScanOut, digest};
+use crate::backend::{Backend, MapLine, ScanOut, UFFD_READ_BLOCKED, digest};
 use crate::script::{Access, FileName, ScanArgs, UffdCall};
 
 /// Where the simulated process keeps the names it gives `memfd_create`,
@@ -19,6 +19,9 @@ pub struct Sim {
     pub sys: MemSystem<SimMachine>,
     pids: Vec<Pid>,
     parents: Vec<usize>,
+    /// Each process's background write: its address and byte, and its
+    /// result once it has one (`None`: it waits for a handler).
+    bg: Vec<Option<(u64, u8, Option<Access>)>>,
 }
 
 impl Sim {
@@ -49,6 +52,7 @@ impl Sim {
             sys,
             pids: vec![pid],
             parents: vec![0],
+            bg: vec![None],
         }
     }
 }
@@ -63,7 +67,9 @@ impl Backend for Sim {
         if nr == crate::script::SYS_MEMFD_CREATE {
             args[0] = NAME;
         }
-        match self.sys.syscall(self.pids[proc], nr, args, &mut |_| {}) {
+        let out = self.sys.syscall(self.pids[proc], nr, args, &mut |_| {});
+        self.settle();
+        match out {
             Outcome::Return(v) => v,
             other => panic!("syscall {nr} gave {other:?}"),
         }
@@ -105,7 +111,42 @@ impl Backend for Sim {
         let c = self.sys.fork(self.pids[proc]).map_err(|e| e.to_ret())?;
         self.pids.push(c);
         self.parents.push(proc);
+        self.bg.push(None);
         Ok(())
+    }
+
+    fn write_bg(&mut self, proc: usize, va: u64, val: u8) {
+        let done = self.try_write(proc, va, val);
+        self.bg[proc] = Some((va, val, done));
+    }
+
+    fn join(&mut self, proc: usize) -> Option<Access> {
+        // Still waiting if it has no result: no step woke it, and nothing
+        // else ever will.
+        self.bg[proc].take().expect("a background write").2
+    }
+
+    fn uffd_read(&mut self, proc: usize, fd: u64) -> (i64, [u64; 3]) {
+        let (pid, buf) = (self.pids[proc], NAME + 256);
+        let out = self.sys.syscall(
+            pid,
+            crate::script::SYS_READ,
+            [fd, buf, 32, 0, 0, 0],
+            &mut |_| {},
+        );
+        self.settle();
+        let r = match out {
+            Outcome::Return(r) => r,
+            // Nothing else runs while it would wait.
+            Outcome::WaitUffd => return (UFFD_READ_BLOCKED, [0; 3]),
+            other => panic!("uffd read gave {other:?}"),
+        };
+        let mut m = [0u8; 32];
+        if r == 32 {
+            self.sys.copy_from_user(pid, buf, &mut m).expect("message");
+        }
+        let word = |o: usize| u64::from_le_bytes(m[o..o + 8].try_into().expect("8 bytes"));
+        (r, [u64::from(m[0]), word(8), word(16)])
     }
 
     fn exit(&mut self, proc: usize) {
@@ -165,7 +206,11 @@ impl Backend for Sim {
                 .sys
                 .uffdio_writeprotect(pid, fd, start, len, mode)
                 .map(|()| (0, 0)),
+            UffdCall::Wake { start, len } => {
+                self.sys.uffdio_wake(pid, fd, start, len).map(|()| (0, 0))
+            }
         };
+        self.settle();
         self.checked();
         match r {
             Ok((a, b)) => (0, a, b),
@@ -231,6 +276,37 @@ impl Backend for Sim {
 }
 
 impl Sim {
+    /// What a woken task does at once: every background write that no
+    /// longer waits is tried again (and may wait again).
+    fn settle(&mut self) {
+        self.sys.take_woken();
+        for proc in 0..self.bg.len() {
+            if let Some((va, val, None)) = self.bg[proc] {
+                if !self.sys.uffd_waiting(self.pids[proc]) {
+                    let done = self.try_write(proc, va, val);
+                    self.bg[proc] = Some((va, val, done));
+                }
+            }
+        }
+    }
+
+    /// One try of a write that may wait for a userfaultfd handler:
+    /// `None` if it waits.
+    fn try_write(&mut self, proc: usize, va: u64, val: u8) -> Option<Access> {
+        let r = user_try_wait(&mut self.sys, self.pids[proc], 0, va, Kind::Write);
+        // Nothing here sleeps: who was woken is seen in `uffd_waiting`.
+        self.sys.take_woken();
+        match r {
+            Ok(pa) => {
+                self.sys.hw.write_bytes(pa, &[val]);
+                Some(Access::Done(val))
+            }
+            Err(FaultStop::Userfault) => None,
+            Err(FaultStop::Signal(r)) if r.signal == SIGBUS => Some(Access::Bus),
+            Err(FaultStop::Signal(r)) => Some(Access::Segv(r.code.map_or(0, |c| c as i32))),
+        }
+    }
+
     /// The invariant checker after a call made without `syscall`.
     fn checked(&self) {
         if let Err(e) = self.sys.check() {

@@ -28,7 +28,7 @@ use guest_user::script::{
     Access, AccessResult, CallResult, Case, Digest, HUGE_2M_LOG, HugeCountersText, MAX_PROCS,
     MAX_SCAN_REGIONS, MAX_STEPS, MapLine, MapsEntry, Op, PAGE, PAGEMAP_SCAN, PagemapLine,
     SYS_CLOSE, SYS_HUGETLB_COUNTERS, SYS_HUGETLB_POOL, SYS_IOCTL, SYS_MEMFD_CREATE, SYS_OPEN,
-    SYS_PREAD64, SYS_READ, ScanText, State, Step, UffdResultText, cases,
+    SYS_PREAD64, SYS_READ, ScanText, State, Step, UffdMsgText, UffdResultText, cases,
 };
 use guest_user::signal::{SIGBUS, SIGSEGV, sched_yield, sigaction};
 use guest_user::watch::Syscalls;
@@ -252,6 +252,8 @@ fn run_case(case: &Case<'_>) -> i32 {
     ctrl.pids = [0; MAX_PROCS];
     ctrl.pids[0] = getpid() as u64;
     let mut me = 0;
+    // The result of this process's background write, once it ended.
+    let mut bg: Option<Access> = None;
     let mut out = Out {
         buf: [0; 4096],
         len: 0,
@@ -281,8 +283,28 @@ fn run_case(case: &Case<'_>) -> i32 {
         }
         let _ = write!(out, "{k}: {step} = ");
         let mut exiting = false;
+        if let (Op::WriteBg { addr, val }, true) = (step.op, ctrl.state.alive(step.proc)) {
+            // Reported as started, and the turn passed on, before the
+            // write: it may wait for a handler that a later step is.
+            ctrl.state.set_busy(me, true);
+            let _ = writeln!(out, "started");
+            print_state(&mut out, &ctrl.state, &ctrl.pids);
+            out.flush();
+            ctrl.turn.store(k + 1, Ordering::Release);
+            // SAFETY: the probe's faults are caught by `on_fault`.
+            let r = unsafe { probe::probe_write(ctrl.state.resolve(addr), val) };
+            bg = Some(access(r, val));
+            continue;
+        }
         if !ctrl.state.alive(step.proc) && !exits_now {
             let _ = write!(out, "no such process");
+        } else if step.op == Op::Join {
+            ctrl.state.set_busy(me, false);
+            // Its turn comes only after the write ended (this process ran it).
+            let _ = match bg.take() {
+                Some(a) => write!(out, "{}", AccessResult(a, true)),
+                None => write!(out, "join without a background write"),
+            };
         } else {
             let done = match run_step(ctrl, k, step, &mut me) {
                 Ran::Child => {
@@ -305,6 +327,16 @@ fn run_case(case: &Case<'_>) -> i32 {
                 Done::Huge(c) => write!(out, "{}", HugeCountersText(c)),
                 Done::Opened => write!(out, "fd"),
                 Done::Uffd(req, r, a, b) => write!(out, "{}", UffdResultText { req, r, a, b }),
+                Done::UffdMsg(r, msg) => write!(
+                    out,
+                    "{}",
+                    UffdMsgText {
+                        state: &ctrl.state,
+                        proc: step.proc,
+                        r,
+                        msg,
+                    }
+                ),
                 Done::Watch(result, n) => write!(
                     out,
                     "{}",
@@ -374,6 +406,9 @@ enum Done {
     Opened,
     /// A userfaultfd ioctl: the request, its result and output words.
     Uffd(guest_user::script::UffdReq, i64, u64, u64),
+    /// A userfaultfd read: its result, and the message's event, flags and
+    /// address.
+    UffdMsg(i64, [u64; 3]),
     /// A GetWriteWatch or ResetWriteWatch result (addresses in
     /// `Control::entries`).
     Watch(Result<(usize, u64), WatchError>, usize),
@@ -434,6 +469,13 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
             // SAFETY: as for the write.
             let r = unsafe { probe::probe_read(ctrl.state.resolve(addr), &mut b) };
             Done::Access(access(r, b), false)
+        }
+        Op::UffdRead { fd } => {
+            let mut m = [0u8; 32];
+            let fd = fd.value(&|a| ctrl.state.resolve(a));
+            let r = call6(SYS_READ, [fd, m.as_mut_ptr() as u64, 32, 0, 0, 0]);
+            let word = |o: usize| u64::from_le_bytes(m[o..o + 8].try_into().unwrap_or([0; 8]));
+            Done::UffdMsg(r, [u64::from(m[0]), word(8), word(16)])
         }
         Op::Fork => {
             let Some(child) = ctrl.state.next_proc() else {
@@ -548,6 +590,11 @@ fn run_step(ctrl: &mut Control, k: usize, step: &Step, me: &mut usize) -> Ran {
 fn print_state(out: &mut Out, state: &State, pids: &[u64; MAX_PROCS]) {
     let mut text = [0u8; 16384];
     for p in state.live() {
+        if state.busy(p) {
+            // Its background write may change its memory while we look.
+            let _ = writeln!(out, "  p{p} busy");
+            continue;
+        }
         let n = mm_maps(pids[p], &mut text);
         let mut maps = [MapLine {
             start: 0,
