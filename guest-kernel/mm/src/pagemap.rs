@@ -251,6 +251,22 @@ impl Scan {
         Ok(())
     }
 
+    /// `pagemap_scan_backout_range`: takes back the report of `[addr,
+    /// end)`, the last one made.
+    fn backout(&mut self, addr: u64, end: u64) {
+        if !self.has_vec() {
+            return;
+        }
+        if let Some(cur) = self.buf.last_mut() {
+            if cur.start != addr {
+                cur.end = addr;
+            } else {
+                self.buf.pop();
+            }
+        }
+        self.found -= (end - addr) / PAGE_SIZE;
+    }
+
     /// `pagemap_scan_flush_buffer`: moves the buffer out.
     fn flush(&mut self, out: &mut Vec<PageRegion>) {
         let n = self.buf.len() as u64;
@@ -685,8 +701,11 @@ impl<H: Hw> MemSystem<H> {
         result
     }
 
-    /// `pagemap_scan_hugetlb_entry` (the short route: hugetlb memory is
-    /// never write-protected here) and the holes between huge entries.
+    /// `pagemap_scan_hugetlb_entry` and the holes between huge entries.
+    /// With `PM_SCAN_WP_MATCHING`, a written huge page is write-protected
+    /// whole; one reported only in part (the range or `max_pages` cut it)
+    /// is not: its report is taken back and `walk_end` points at it, and
+    /// the walk goes on, as in Linux.
     fn scan_hugetlb(
         &mut self,
         mm: MmId,
@@ -724,7 +743,18 @@ impl<H: Hw> MemSystem<H> {
                     }
                     if p.interesting(c) {
                         let mut e = hend;
-                        p.output(c, a, &mut e)?;
+                        let r = p.output(c, a, &mut e);
+                        let wp = p.arg.flags & PM_SCAN_WP_MATCHING != 0;
+                        if e == a || !wp || c & PAGE_IS_WRITTEN == 0 {
+                            r?;
+                        } else if e - a != size {
+                            // Partial hugetlb WP is not possible.
+                            p.backout(a, e);
+                            p.arg.walk_end = a;
+                        } else {
+                            self.make_uffd_wp_huge(mm, v, a);
+                            r?;
+                        }
                     }
                 }
                 None => self.scan_hole(mm, p, v, a, hend)?,

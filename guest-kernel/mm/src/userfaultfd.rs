@@ -274,11 +274,6 @@ impl<H: Hw> MemSystem<H> {
             if cur.uffd.is_some_and(|c| c != ctx) {
                 return Err(Errno::EBUSY);
             }
-            // Not yet: hugetlb ranges, whose faults do not reach the
-            // context (the MM refuses rather than miss a fault).
-            if cur.is_hugetlb() {
-                return Err(Errno::EINVAL);
-            }
         }
         // The VMAs split and merge on the way: walk by address.
         let mut at = start;
@@ -426,7 +421,9 @@ impl<H: Hw> MemSystem<H> {
     /// anonymous memory with `WP_UNPOPULATED`), empty entries get a marker
     /// and unprotecting removes markers. Poison and guard markers stay.
     pub(crate) fn uffd_wp_range(&mut self, mm: MmId, v: &Vma, start: u64, end: u64, enable: bool) {
-        debug_assert!(!v.is_hugetlb(), "hugetlb ranges are not registered for WP");
+        if v.is_hugetlb() {
+            return self.hugetlb_uffd_wp_range(mm, v, start, end, enable);
+        }
         let root = self.mm(mm).root;
         let markers = enable && self.uffd_wp_use_markers(v);
         let mut changed = false;

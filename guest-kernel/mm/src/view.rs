@@ -148,6 +148,11 @@ impl<H: Hw> MemSystem<H> {
         // Huge entries show as the 4 KiB pages they map, as pagemap does.
         for level in [2, 3] {
             for (hva, _, e) in pgtable::huge_leaves(&self.hw, root, start, end, level) {
+                if matches!(e, Pte::Marker(_)) {
+                    // pagemap_hugetlb_range: a huge marker is not a swap
+                    // entry (only its uffd-wp bit shows).
+                    continue;
+                }
                 let span = pgtable::huge_span(level);
                 let (lo, hi) = (hva.max(start), (hva + span).min(end));
                 for va in (lo..hi).step_by(PAGE_SIZE as usize) {

@@ -37,8 +37,16 @@ impl<H: Hw> MemSystem<H> {
             .ok_or(Fault::Oom)?;
         self.counters.faults += 1;
         match pgtable::read_huge(&self.hw, slot, level) {
-            Pte::None | Pte::Marker(MarkerKind::UffdWp) => {
-                self.hugetlb_no_page(mm, v, haddr, slot, write)
+            orig @ (Pte::None | Pte::Marker(MarkerKind::UffdWp)) => {
+                let marker = orig != Pte::None;
+                self.hugetlb_no_page(mm, v, haddr, slot, write, marker)?;
+                if marker && write {
+                    // Mapped protected: the write is a write-protect fault
+                    // now (Linux retries it; hugetlb_wp never copies a
+                    // protected page).
+                    return self.hugetlb_fault(mm, v, va, write);
+                }
+                Ok(())
             }
             Pte::Marker(MarkerKind::Guard) => Err(Fault::Segv(SegvCode::MapErr)),
             Pte::Marker(MarkerKind::Poisoned) | Pte::Swap(_) => Err(Fault::Bus),
@@ -47,6 +55,20 @@ impl<H: Hw> MemSystem<H> {
                     let nf = v.rebuilt_pte_flags(flags);
                     pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: nf });
                     return Err(Fault::Retry);
+                }
+                let mut flags = flags;
+                if write
+                    && flags.contains(PteFlags::UFFD_WP)
+                    && v.flags.has(VmFlags::UFFD_WP)
+                    && !flags.contains(PteFlags::WRITE)
+                {
+                    // Userfault write-protection first: the handler's, or
+                    // resolved at once in async mode (then copy-on-write).
+                    if !self.uffd_wp_async(v) {
+                        return Err(self.handle_userfault(v, haddr, true, true));
+                    }
+                    flags = flags.without(PteFlags::UFFD_WP);
+                    pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags });
                 }
                 if write && !flags.contains(PteFlags::WRITE) {
                     return self.hugetlb_wp(mm, v, haddr, slot, pfn, flags);
@@ -101,7 +123,9 @@ impl<H: Hw> MemSystem<H> {
 
     /// `hugetlb_no_page`: nothing mapped at `haddr`. A shared mapping maps
     /// the file's page, allocating it into the page cache if missing; a
-    /// private one gets a new exclusive anonymous folio.
+    /// private one gets a new exclusive anonymous folio. A missing page of
+    /// a `VM_UFFD_MISSING` range is the handler's to provide; after a
+    /// uffd-wp `marker` the new entry is write-protected.
     fn hugetlb_no_page(
         &mut self,
         mm: MmId,
@@ -109,12 +133,24 @@ impl<H: Hw> MemSystem<H> {
         haddr: u64,
         slot: u64,
         write: bool,
+        marker: bool,
     ) -> Result<(), Fault> {
         let (file, h) = self.huge_file_of(v);
         let idx = self.huge_index(v, haddr);
         if idx >= self.huge.files[&file].size {
             return Err(Fault::Bus);
         }
+        let cached = self.huge.files[&file].pages.contains_key(&idx);
+        if !cached && v.flags.has(VmFlags::UFFD_MISSING) {
+            return Err(self.handle_userfault(v, haddr, write, false));
+        }
+        let protect = |pte: Pte| match pte {
+            Pte::Mapped { pfn, flags } if marker => Pte::Mapped {
+                pfn,
+                flags: flags.without(PteFlags::WRITE).with(PteFlags::UFFD_WP),
+            },
+            other => other,
+        };
         if v.flags.has(VmFlags::MAYSHARE) {
             let head = match self.huge.files[&file].pages.get(&idx).copied() {
                 Some(head) => head,
@@ -132,7 +168,7 @@ impl<H: Hw> MemSystem<H> {
                     head
                 }
             };
-            let pte = self.huge_pte(v, head, true);
+            let pte = protect(self.huge_pte(v, head, true));
             pgtable::write_huge(&mut self.hw, slot, pte);
             self.huge_map(head);
             return Ok(());
@@ -150,7 +186,7 @@ impl<H: Hw> MemSystem<H> {
         let head = self.alloc_hugetlb_folio(v, idx, false).ok_or(Fault::Bus)?;
         self.zero_huge(head);
         self.huge_add_new_anon(mm, v, haddr, head);
-        let pte = self.huge_pte(v, head, write);
+        let pte = protect(self.huge_pte(v, head, write));
         pgtable::write_huge(&mut self.hw, slot, pte);
         self.huge_map(head);
         self.huge_put(head, 1);

@@ -130,7 +130,15 @@ impl<H: Hw> MemSystem<H> {
                 Pte::Marker(MarkerKind::UffdWp | MarkerKind::Guard) if !drop_markers => continue,
                 _ => {}
             }
-            pgtable::write_huge(&mut self.hw, slot, Pte::None);
+            // A protected page leaves its protection behind as a marker
+            // (__unmap_hugepage_range), unless the mapping itself goes.
+            let left = match e {
+                Pte::Mapped { flags, .. } if flags.contains(PteFlags::UFFD_WP) && !drop_markers => {
+                    Pte::Marker(MarkerKind::UffdWp)
+                }
+                _ => Pte::None,
+            };
+            pgtable::write_huge(&mut self.hw, slot, left);
         }
         if gone.is_empty() {
             return;
@@ -156,11 +164,15 @@ impl<H: Hw> MemSystem<H> {
         for (va, slot, e) in pgtable::huge_leaves(&self.hw, proot, v.start, v.end, level) {
             let ce = match e {
                 Pte::Mapped { pfn, flags } => {
-                    let mut cf = flags;
+                    // The child's range is not registered (no EVENT_FORK):
+                    // its entries lose the uffd-wp bit, markers are not
+                    // copied (copy_pte_marker).
+                    let mut cf = flags.without(PteFlags::UFFD_WP);
                     if v.is_cow() {
                         self.frames.get_mut(pfn).anon_exclusive = false;
-                        cf = flags.without(PteFlags::WRITE);
-                        pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: cf });
+                        cf = cf.without(PteFlags::WRITE);
+                        let pf = flags.without(PteFlags::WRITE);
+                        pgtable::write_huge(&mut self.hw, slot, Pte::Mapped { pfn, flags: pf });
                     }
                     self.huge_map(pfn);
                     Pte::Mapped { pfn, flags: cf }
@@ -194,7 +206,10 @@ impl<H: Hw> MemSystem<H> {
                 continue;
             };
             let mut nf = v.rebuilt_pte_flags(flags);
-            if v.is_shared() && v.flags.has(VmFlags::WRITE) {
+            // A write-protect-registered VMA's page protection has no
+            // write permission (vma_wants_writenotify): its entries wait
+            // for their write fault.
+            if v.is_shared() && v.flags.has(VmFlags::WRITE) && !v.flags.has(VmFlags::UFFD_WP) {
                 nf = nf.with(PteFlags::WRITE);
             }
             if nf != flags {

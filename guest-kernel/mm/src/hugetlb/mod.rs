@@ -18,6 +18,9 @@
 //! - `mapping.rs` is the rest of a hugetlb VMA's life: unmap, fork,
 //!   mprotect, madvise, mremap, hole punching, and the close that returns
 //!   a private mapping's unused reservations.
+//! - `uffd.rs` write-protects huge entries for userfaultfd (huge uffd-wp
+//!   markers where nothing is mapped); `fault.rs` delivers their faults
+//!   and the missing-page ones.
 //!
 //! A hugetlb folio is mapped as one logical entry: its head frame's
 //! `mapcount` is Linux's entire mapcount, its tails' are zero, and the
@@ -28,6 +31,7 @@ mod fault;
 mod mapping;
 mod pool;
 mod resv;
+mod uffd;
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;

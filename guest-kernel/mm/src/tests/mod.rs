@@ -15,6 +15,7 @@ mod soft_dirty;
 mod swap;
 mod syscalls;
 mod tlb;
+mod uffd_hugetlb;
 mod uffd_sync;
 mod workload;
 mod write_tracking;
