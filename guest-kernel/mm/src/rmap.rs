@@ -16,8 +16,9 @@ use crate::frame::{FolioFlags, FrameUse, Mapping};
 use crate::hw::{FlushRange, Hw, PAGE_SIZE, Pfn};
 use crate::ids::MmId;
 use crate::pgtable;
-use crate::pte::{Pte, PteFlags, SwapEntry};
+use crate::pte::{MarkerKind, Pte, PteFlags, SwapEntry};
 use crate::system::{MemSystem, VmaKey};
+use crate::vma::VmFlags;
 
 /// One PTE found by a walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +194,18 @@ impl<H: Hw> MemSystem<H> {
                             soft_dirty: h.flags.contains(PteFlags::SOFT_DIRTY),
                             ..s[i as usize]
                         })
+                    }
+                    // pte_install_uffd_wp_if_needed: a protected page of
+                    // file memory leaves a marker, or a write after it
+                    // comes back would not fault.
+                    None if h.flags.contains(PteFlags::UFFD_WP)
+                        && self
+                            .mm(h.mm)
+                            .vmas
+                            .find(h.va)
+                            .is_some_and(|v| v.flags.has(VmFlags::UFFD_WP)) =>
+                    {
+                        Pte::Marker(MarkerKind::UffdWp)
                     }
                     None => Pte::None,
                 };
