@@ -141,6 +141,7 @@ impl<H: Hw> MemSystem<H> {
                 self.shmem_release_if_unused(obj);
             }
             FileObj::Uffd(ctx) => self.uffd_release(ctx),
+            FileObj::Huge(file) => self.hugetlbfs_release(file),
             FileObj::Pagemap(_) | FileObj::ClearRefs(_) => {}
         }
     }
@@ -189,6 +190,13 @@ impl<H: Hw> MemSystem<H> {
         let (id, mut pos) = self.rw_verify(pid, fd, buf, count, at, false)?;
         if let FileObj::Pagemap(mm) = self.files[&id].obj {
             let n = self.pagemap_read(pid, mm, buf, count, pos)?;
+            if at.is_none() {
+                self.files.get_mut(&id).expect("open file").pos = pos + n;
+            }
+            return Ok(n);
+        }
+        if let Some(h) = self.huge_file_obj(id) {
+            let n = self.hugetlbfs_read(pid, h, buf, count, pos)?;
             if at.is_none() {
                 self.files.get_mut(&id).expect("open file").pos = pos + n;
             }
@@ -372,12 +380,30 @@ impl<H: Hw> MemSystem<H> {
         self.proc_mm(pid)?;
         let id = self.open_file(pid, fd)?;
         let cur = self.files[&id].pos as i64;
+        let offset = offset as i64;
+        // A hugetlbfs file: default_llseek, all data up to the end.
+        if let Some(h) = self.huge_file_obj(id) {
+            let size = self.huge.files[&h].i_size as i64;
+            let new = match whence {
+                SEEK_SET => offset,
+                SEEK_CUR => cur.wrapping_add(offset),
+                SEEK_END => size.wrapping_add(offset),
+                SEEK_DATA if offset >= 0 && offset < size => offset,
+                SEEK_HOLE if offset >= 0 && offset < size => size,
+                SEEK_DATA | SEEK_HOLE => return Err(Errno::ENXIO),
+                _ => return Err(Errno::EINVAL),
+            };
+            if new < 0 {
+                return Err(Errno::EINVAL);
+            }
+            self.files.get_mut(&id).expect("open file").pos = new as u64;
+            return Ok(new as u64);
+        }
         // A userfaultfd seeks nowhere (noop_llseek).
         let Ok(obj) = self.files[&id].shmem(Errno::ESPIPE) else {
             return Ok(cur as u64);
         };
         let size = self.shmems[&obj].size as i64;
-        let offset = offset as i64;
         let new = match whence {
             SEEK_SET => offset,
             SEEK_CUR if offset == 0 => return Ok(cur as u64),

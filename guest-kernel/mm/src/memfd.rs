@@ -106,8 +106,7 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EINVAL);
         }
         if flags & MFD_HUGETLB != 0 {
-            // Not yet: a hugetlb memfd is a hugetlbfs file (docs/CONFORMANCE.md).
-            return Err(Errno::EINVAL);
+            return self.hugetlb_memfd(pid, flags);
         }
         let id = ShmemId(self.new_id());
         let mut s = Shmem::new(0);
@@ -170,6 +169,9 @@ impl<H: Hw> MemSystem<H> {
         let f = &self.files[&self.open_file(pid, fd)?];
         if !f.writable() {
             return Err(Errno::EINVAL);
+        }
+        if let Some(file) = self.huge_file_obj(self.open_file(pid, fd)?) {
+            return self.hugetlbfs_setattr(file, length);
         }
         let obj = f.shmem(Errno::EINVAL)?;
         self.shmem_set_size(obj, length)
@@ -234,6 +236,10 @@ impl<H: Hw> MemSystem<H> {
         if !f.writable() {
             return Err(Errno::EBADF);
         }
+        if let Some(h) = self.huge_file_obj(file) {
+            return self.hugetlbfs_fallocate(h, mode, off, len);
+        }
+        let f = &self.files[&file];
         let obj = f.shmem(Errno::ENODEV)?;
         let end = off
             .checked_add(len)

@@ -138,13 +138,17 @@ impl<H: Hw> MemSystem<H> {
         if !has(MAP_ANONYMOUS) && file.is_none() {
             return Err(Errno::EBADF);
         }
-        if file.is_some() && has(MAP_HUGETLB) {
+        let huge_file = file.and_then(|f| self.huge_file_obj(f));
+        if file.is_some() && huge_file.is_none() && has(MAP_HUGETLB) {
             // ksys_mmap_pgoff: MAP_HUGETLB of a file that is not hugetlbfs.
             return Err(Errno::EINVAL);
         }
-        // ksys_mmap_pgoff: MAP_HUGETLB picks the hstate and rounds the
-        // length up to its page size before do_mmap sees it.
-        let huge = if has(MAP_HUGETLB) {
+        // ksys_mmap_pgoff: a hugetlbfs file, or MAP_HUGETLB, picks the
+        // hstate and rounds the length up to its page size before do_mmap
+        // sees it.
+        let huge = if let Some(hf) = huge_file {
+            Some(self.huge.files[&hf].hstate)
+        } else if has(MAP_HUGETLB) {
             let log = (flags >> MAP_HUGE_SHIFT) as u32 & MAP_HUGE_MASK;
             let h = crate::hugetlb::hstate_of_log(log).ok_or(Errno::EINVAL)?;
             Some(h)
@@ -191,6 +195,23 @@ impl<H: Hw> MemSystem<H> {
         if vf & VmFlags::LOCKED != 0 && self.locked_bytes(mm) + len > MEMLOCK_LIMIT {
             return Err(Errno::EAGAIN);
         }
+        if let (Some(hf), Some(h)) = (huge_file, huge) {
+            // hugetlbfs_file_mmap (memfds are opened read-write).
+            match flags as u32 & MAP_TYPE {
+                MAP_SHARED | MAP_SHARED_VALIDATE => vf |= VmFlags::SHARED | VmFlags::MAYSHARE,
+                MAP_PRIVATE => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            if vf & VmFlags::GROWSDOWN != 0 {
+                return Err(Errno::EINVAL);
+            }
+            if has(MAP_NORESERVE) {
+                vf |= VmFlags::NORESERVE;
+            }
+            vf |= VmFlags::HUGETLB | VmFlags::DONTEXPAND;
+            let pgoff = off / PAGE_SIZE;
+            return self.mmap_hugetlb(mm, start, len, vf, fixed, pgoff, h, flags, Some(hf));
+        }
         if let Some(f) = file {
             return self.mmap_file(mm, start, len, vf, fixed, off, f, flags, prot);
         }
@@ -226,7 +247,7 @@ impl<H: Hw> MemSystem<H> {
                 return Err(Errno::EINVAL);
             }
             vf |= VmFlags::HUGETLB | VmFlags::DONTEXPAND;
-            return self.mmap_hugetlb(mm, start, len, vf, fixed, off / PAGE_SIZE, h, flags);
+            return self.mmap_hugetlb(mm, start, len, vf, fixed, off / PAGE_SIZE, h, flags, None);
         }
         if accountable(vf) {
             vf |= VmFlags::ACCOUNT;
@@ -370,12 +391,13 @@ impl<H: Hw> MemSystem<H> {
         pgoff: u64,
         h: usize,
         flags: u64,
+        file: Option<crate::ids::HugeFileId>,
     ) -> Result<u64, Errno> {
         let populate = vf & VmFlags::LOCKED != 0
             || flags & u64::from(MAP_POPULATE | MAP_NONBLOCK) == u64::from(MAP_POPULATE);
         vf &= !VmFlags::LOCKED_MASK;
         self.make_room(mm, start, len, fixed)?;
-        let backing = self.hugetlb_mmap_setup(h, len, pgoff, vf)?;
+        let backing = self.hugetlb_mmap_setup(h, len, pgoff, vf, file)?;
         let v = Vma {
             start,
             end: start + len,

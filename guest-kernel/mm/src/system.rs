@@ -183,6 +183,8 @@ pub(crate) enum FileObj {
     Pagemap(MmId),
     /// `/proc/self/clear_refs` of the process that opened it.
     ClearRefs(Pid),
+    /// A hugetlbfs file (a `MFD_HUGETLB` memfd).
+    Huge(crate::ids::HugeFileId),
 }
 
 impl OpenFile {
@@ -190,7 +192,9 @@ impl OpenFile {
     pub fn shmem(&self, not_file: Errno) -> Result<ShmemId, Errno> {
         match self.obj {
             FileObj::Shmem(s) => Ok(s),
-            FileObj::Uffd(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) => Err(not_file),
+            FileObj::Uffd(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) | FileObj::Huge(_) => {
+                Err(not_file)
+            }
         }
     }
 
@@ -414,7 +418,7 @@ impl<H: Hw> MemSystem<H> {
                 self.hugetlb_vma_close(mm, v);
                 let f = self.huge.files.get_mut(file).expect("live hugetlb file");
                 f.i_mmap.remove(&(mm, v.start));
-                if f.i_mmap.is_empty() {
+                if f.i_mmap.is_empty() && f.opens == 0 {
                     self.hugetlb_evict(*file);
                 }
             }

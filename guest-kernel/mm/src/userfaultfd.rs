@@ -145,7 +145,9 @@ impl<H: Hw> MemSystem<H> {
     fn uffd_of(&self, pid: Pid, fd: u64) -> Result<UffdId, Errno> {
         match self.files[&self.open_file(pid, fd)?].obj {
             FileObj::Uffd(ctx) => Ok(ctx),
-            FileObj::Shmem(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) => Err(Errno::ENOTTY),
+            FileObj::Shmem(_) | FileObj::Pagemap(_) | FileObj::ClearRefs(_) | FileObj::Huge(_) => {
+                Err(Errno::ENOTTY)
+            }
         }
     }
 

@@ -130,8 +130,8 @@ impl<H: Hw> MemSystem<H> {
             }
         }
         for (&fid, f) in &self.huge.files {
-            if f.i_mmap.is_empty() {
-                bad.push(format!("{fid:?}: alive without VMAs"));
+            if f.i_mmap.is_empty() && f.opens == 0 {
+                bad.push(format!("{fid:?}: alive without VMAs or open files"));
             }
             for (&idx, &head) in &f.pages {
                 *cache_refs.entry(head).or_default() += 1;

@@ -173,6 +173,20 @@ impl<H: Hw> MemSystem<H> {
             self.huge_map(head);
             return Ok(());
         }
+        if let (true, Some(&head)) = (cached, self.huge.files[&file].pages.get(&idx)) {
+            // A private mapping of a file maps its page read-only; a write
+            // copies it (hugetlb_wp, at once for a write fault).
+            let pte = protect(self.huge_pte(v, head, false));
+            pgtable::write_huge(&mut self.hw, slot, pte);
+            self.huge_map(head);
+            if write && !marker {
+                let Pte::Mapped { pfn, flags } = pte else {
+                    unreachable!("just mapped")
+                };
+                return self.hugetlb_wp(mm, v, haddr, slot, pfn, flags);
+            }
+            return Ok(());
+        }
         if matches!(
             v.backing,
             Backing::Hugetlb {
@@ -252,13 +266,16 @@ impl<H: Hw> MemSystem<H> {
             self.counters.cow_reuses += 1;
             return Ok(());
         }
+        // cow_from_owner: the owner copies a page it shares with its fork
+        // children without its reservation; a copy of the page cache's
+        // page uses it.
         let owner = matches!(
             v.backing,
             Backing::Hugetlb {
                 resv: HugeResv::Owner(_),
                 ..
             }
-        );
+        ) && f.flags.contains(FolioFlags::ANON);
         let idx = self.huge_index(v, haddr);
         let Some(new) = self.alloc_hugetlb_folio(v, idx, owner) else {
             if owner {

@@ -8,7 +8,6 @@
 //! `fs/hugetlbfs/inode.c` (`hugetlbfs_punch_hole`). Every change clears the
 //! entries, flushes the TLB, and only then drops the folios' mapcounts.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use crate::errno::Errno;
@@ -24,14 +23,16 @@ use super::{HSTATE_ORDERS, HugeFile, huge_level, huge_size};
 
 impl<H: Hw> MemSystem<H> {
     /// The hugetlb part of `mmap`: the anonymous hugetlbfs file of `len`
-    /// bytes (`hugetlb_file_setup`) and its reservation
-    /// (`hugetlbfs_file_mmap`). Returns the backing for the new VMA.
+    /// bytes (`hugetlb_file_setup`), or the memfd's `existing` one, and
+    /// its reservation (`hugetlbfs_file_mmap`). Returns the backing for
+    /// the new VMA.
     pub(crate) fn hugetlb_mmap_setup(
         &mut self,
         h: usize,
         len: u64,
         pgoff: u64,
         vf: u64,
+        existing: Option<HugeFileId>,
     ) -> Result<Backing, Errno> {
         let size = huge_size(h);
         if pgoff & ((size >> 12) - 1) != 0 {
@@ -39,6 +40,19 @@ impl<H: Hw> MemSystem<H> {
         }
         let from = pgoff >> HSTATE_ORDERS[h];
         let to = from + len / size;
+        if let Some(file) = existing {
+            let resv = self.hugetlb_reserve_pages(file, from, to, vf)?;
+            // i_size grows to the end of a writable mapping.
+            let f = self.huge.files.get_mut(&file).expect("open file");
+            if vf & VmFlags::WRITE != 0 && f.i_size < to * size {
+                f.set_size(to * size, size);
+            }
+            return Ok(Backing::Hugetlb {
+                file,
+                chain: Vec::new(),
+                resv,
+            });
+        }
         let file = HugeFileId(self.new_id());
         // i_size grows to the end of a writable mapping.
         let pages = if vf & VmFlags::WRITE != 0 {
@@ -46,16 +60,7 @@ impl<H: Hw> MemSystem<H> {
         } else {
             len / size
         };
-        self.huge.files.insert(
-            file,
-            HugeFile {
-                hstate: h,
-                size: pages,
-                pages: BTreeMap::new(),
-                resv: BTreeSet::new(),
-                i_mmap: BTreeSet::new(),
-            },
-        );
+        self.huge.files.insert(file, HugeFile::new(h, pages * size));
         match self.hugetlb_reserve_pages(file, from, to, vf) {
             Ok(resv) => Ok(Backing::Hugetlb {
                 file,
@@ -245,9 +250,7 @@ impl<H: Hw> MemSystem<H> {
     }
 
     /// `MADV_REMOVE` on hugetlb: `hugetlbfs_punch_hole` over the range's
-    /// file offsets. Whole huge pages leave every mapping and the page
-    /// cache (their reservations go with them, the holes' stay); the
-    /// partial pages at the edges are zeroed in place.
+    /// file offsets (`file.rs`).
     pub(crate) fn hugetlb_punch_hole(
         &mut self,
         v: &Vma,
@@ -257,59 +260,15 @@ impl<H: Hw> MemSystem<H> {
         if !v.flags.has(VmFlags::MAYSHARE) || !v.flags.has(VmFlags::MAYWRITE) {
             return Err(Errno::EACCES);
         }
-        let (file, h) = self.huge_file_of(v);
-        let size = huge_size(h);
+        let (file, _) = self.huge_file_of(v);
         let (off, off_end) = (v.page_index(start) << 12, v.page_index(end) << 12);
-        let (hole, hole_end) = (off.div_ceil(size) * size, off_end / size * size);
-        if off < hole {
-            self.hugetlb_zero_partial(file, off, off_end.min(hole), size);
-        }
-        if off_end > hole_end && off_end > hole {
-            self.hugetlb_zero_partial(file, hole_end, off_end, size);
-        }
-        if hole_end <= hole {
-            return Ok(());
-        }
-        let (first, last) = (hole / size, hole_end / size);
-        // hugetlb_vmdelete_list: unmap the range from every VMA of the file.
-        let mappers: Vec<(MmId, u64)> = self.huge.files[&file].i_mmap.iter().copied().collect();
-        for (m, vstart) in mappers {
-            let Some(w) = self.mm(m).vmas.get(vstart).cloned() else {
-                continue;
-            };
-            let lo = (first << HSTATE_ORDERS[h]).max(w.pgoff);
-            let hi = (last << HSTATE_ORDERS[h]).min(w.pgoff + (w.end - w.start) / 4096);
-            if lo < hi {
-                let (s, e) = (
-                    w.start + (lo - w.pgoff) * 4096,
-                    w.start + (hi - w.pgoff) * 4096,
-                );
-                self.unmap_hugepage_range(m, &w, s, e, false);
-            }
-        }
-        // remove_inode_hugepages without truncation: each removed page
-        // takes its own reservation with it.
-        let f = self.huge.files.get_mut(&file).expect("live file");
-        let idx: Vec<u64> = f.pages.range(first..last).map(|(&i, _)| i).collect();
-        for i in idx {
-            let head = self
-                .huge
-                .files
-                .get_mut(&file)
-                .expect("live file")
-                .pages
-                .remove(&i);
-            if let Some(head) = head {
-                self.huge_put(head, 1);
-                self.hugetlb_unreserve_pages(file, i, i + 1, 1);
-            }
-        }
+        self.hugetlbfs_punch_hole(file, off, off_end);
         Ok(())
     }
 
     /// `hugetlbfs_zero_partial_page`: zeroes file bytes `[from, to)` inside
     /// one huge page, if that page is in the cache.
-    fn hugetlb_zero_partial(&mut self, file: HugeFileId, from: u64, to: u64, size: u64) {
+    pub(crate) fn hugetlb_zero_partial(&mut self, file: HugeFileId, from: u64, to: u64, size: u64) {
         if from >= to {
             return;
         }

@@ -18,6 +18,8 @@
 //! - `mapping.rs` is the rest of a hugetlb VMA's life: unmap, fork,
 //!   mprotect, madvise, mremap, hole punching, and the close that returns
 //!   a private mapping's unused reservations.
+//! - `file.rs` is a hugetlb memfd (`MFD_HUGETLB`): `ftruncate`,
+//!   `fallocate`, hole punching, `read`.
 //! - `uffd.rs` write-protects huge entries for userfaultfd (huge uffd-wp
 //!   markers where nothing is mapped); `fault.rs` delivers their faults
 //!   and the missing-page ones.
@@ -28,6 +30,7 @@
 
 mod check;
 mod fault;
+mod file;
 mod mapping;
 mod pool;
 mod resv;
@@ -92,16 +95,22 @@ pub struct Hstate {
 pub(crate) struct HugeFile {
     /// Its hstate.
     pub hstate: usize,
-    /// `i_size` in huge pages: faults beyond it are SIGBUS.
+    /// `i_size` in whole huge pages: faults beyond it are SIGBUS.
     pub size: u64,
+    /// `i_size` in bytes (a hugetlb memfd's `fallocate` may leave it off a
+    /// huge page boundary).
+    pub i_size: u64,
     /// Page cache (shared mappings): huge page index to folio head; the
     /// file holds one reference on each.
     pub pages: BTreeMap<u64, Pfn>,
     /// The inode's reservation map (`inode_resv_map`): huge page indices
     /// reserved for the file, whether or not a page is there yet.
     pub resv: BTreeSet<u64>,
-    /// Every VMA mapping the file (`i_mmap`); the file dies with the last.
+    /// Every VMA mapping the file (`i_mmap`); the file dies with the last
+    /// of them and of its open files.
     pub i_mmap: BTreeSet<VmaKey>,
+    /// Open files of it (a hugetlb memfd's).
+    pub opens: u32,
 }
 
 /// A private mapping's reservation map: the huge page indices whose

@@ -7,6 +7,7 @@ mod files;
 mod fork_exit;
 mod fuzz;
 mod hugetlb;
+mod hugetlb_memfd;
 mod mapping;
 mod markers;
 mod memfd;
