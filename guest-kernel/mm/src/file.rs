@@ -475,9 +475,7 @@ impl<H: Hw> MemSystem<H> {
         match cmd & 0xffff_ffff {
             F_ADD_SEALS if arg > u64::from(u32::MAX) => Err(Errno::EINVAL),
             F_ADD_SEALS => self.add_seals(id, arg as u32).map(|()| 0),
-            F_GET_SEALS => Ok(u64::from(
-                self.shmems[&self.files[&id].shmem(Errno::EINVAL)?].seals,
-            )),
+            F_GET_SEALS => self.get_seals(id).map(u64::from),
             _ => Err(Errno::EINVAL),
         }
     }

@@ -105,20 +105,39 @@ impl<H: Hw> MemSystem<H> {
         if len.is_none() {
             return Err(Errno::EINVAL);
         }
+        // vm.memfd_noexec 0: no MFD_EXEC nor MFD_NOEXEC_SEAL means MFD_EXEC.
+        let (mode, seals) = if flags & MFD_NOEXEC_SEAL != 0 {
+            (0o666, F_SEAL_EXEC)
+        } else if flags & MFD_ALLOW_SEALING != 0 {
+            (0o777, 0)
+        } else {
+            (0o777, F_SEAL_SEAL)
+        };
         if flags & MFD_HUGETLB != 0 {
-            return self.hugetlb_memfd(pid, flags);
+            return self.hugetlb_memfd(pid, flags, mode, seals);
         }
         let id = ShmemId(self.new_id());
         let mut s = Shmem::new(0);
-        // vm.memfd_noexec 0: no MFD_EXEC nor MFD_NOEXEC_SEAL means MFD_EXEC.
-        if flags & MFD_NOEXEC_SEAL != 0 {
-            s.mode &= !0o111;
-            s.seals = F_SEAL_EXEC;
-        } else if flags & MFD_ALLOW_SEALING != 0 {
-            s.seals = 0;
-        }
+        s.mode = (s.mode & !0o777) | mode;
+        s.seals = seals;
         self.shmems.insert(id, s);
         Ok(self.install_fd(pid, id, crate::file::O_RDWR))
+    }
+
+    /// The seals, mode and mappings (`i_mmap`) of the memfd behind open
+    /// file `file`: a shmem file's or a hugetlbfs file's.
+    fn memfd_inode(&self, file: FileId) -> Result<(u32, u32, Vec<crate::system::VmaKey>), Errno> {
+        if let Some(h) = self.huge_file_obj(file) {
+            let f = &self.huge.files[&h];
+            return Ok((f.seals, f.mode, f.i_mmap.iter().copied().collect()));
+        }
+        let s = &self.shmems[&self.files[&file].shmem(Errno::EINVAL)?];
+        Ok((s.seals, s.mode, s.i_mmap.iter().copied().collect()))
+    }
+
+    /// The seals of the memfd behind open file `file` (`F_GET_SEALS`).
+    pub(crate) fn get_seals(&self, file: FileId) -> Result<u32, Errno> {
+        self.memfd_inode(file).map(|(seals, _, _)| seals)
     }
 
     /// `memfd_add_seals`: `F_ADD_SEALS` through open file `file`.
@@ -130,15 +149,14 @@ impl<H: Hw> MemSystem<H> {
         if seals & !F_ALL_SEALS != 0 {
             return Err(Errno::EINVAL);
         }
-        let obj = f.shmem(Errno::EINVAL)?;
-        let s = &self.shmems[&obj];
-        if s.seals & F_SEAL_SEAL != 0 {
+        let (have, mode, i_mmap) = self.memfd_inode(file)?;
+        if have & F_SEAL_SEAL != 0 {
             return Err(Errno::EPERM);
         }
         // mapping_deny_writable: no shared mapping may still be able to
         // write.
-        if seals & F_SEAL_WRITE != 0 && s.seals & F_SEAL_WRITE == 0 {
-            let writable = s.i_mmap.iter().any(|&(mm, start)| {
+        if seals & F_SEAL_WRITE != 0 && have & F_SEAL_WRITE == 0 {
+            let writable = i_mmap.iter().any(|&(mm, start)| {
                 self.mm(mm).vmas.get(start).is_some_and(|v| {
                     v.flags.has(crate::vma::VmFlags::SHARED)
                         && v.flags.has(crate::vma::VmFlags::MAYWRITE)
@@ -151,10 +169,16 @@ impl<H: Hw> MemSystem<H> {
         // F_SEAL_EXEC on an executable file also seals writing (W^X),
         // without the check above, as Linux does.
         let mut seals = seals;
-        if seals & F_SEAL_EXEC != 0 && s.mode & 0o111 != 0 {
+        if seals & F_SEAL_EXEC != 0 && mode & 0o111 != 0 {
             seals |= F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE;
         }
-        self.shmems.get_mut(&obj).expect("live shmem").seals |= seals;
+        match self.huge_file_obj(file) {
+            Some(h) => self.huge.files.get_mut(&h).expect("open file").seals |= seals,
+            None => {
+                let obj = self.files[&file].shmem(Errno::EINVAL)?;
+                self.shmems.get_mut(&obj).expect("live shmem").seals |= seals;
+            }
+        }
         Ok(())
     }
 

@@ -205,6 +205,14 @@ impl<H: Hw> MemSystem<H> {
             if vf & VmFlags::GROWSDOWN != 0 {
                 return Err(Errno::EINVAL);
             }
+            // memfd_check_seals_mmap, as for a shmem memfd.
+            let sealed = crate::memfd::F_SEAL_WRITE | crate::memfd::F_SEAL_FUTURE_WRITE;
+            if vf & VmFlags::SHARED != 0 && self.huge.files[&hf].seals & sealed != 0 {
+                if vf & VmFlags::WRITE != 0 {
+                    return Err(Errno::EPERM);
+                }
+                vf &= !VmFlags::MAYWRITE;
+            }
             if has(MAP_NORESERVE) {
                 vf |= VmFlags::NORESERVE;
             }

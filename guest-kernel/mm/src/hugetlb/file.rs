@@ -10,8 +10,9 @@
 //! mapping, markers stay, the partial ones are zeroed), `hugetlbfs_fallocate`
 //! (allocation rounded out to huge pages, `ENOSPC` when the pool has no
 //! page), `hugetlbfs_read_iter` (holes read as zeroes), and no `write`
-//! (`EINVAL`, as for any file without `write_iter`). Seals on hugetlb
-//! memfds are not implemented: `F_ADD_SEALS`/`F_GET_SEALS` are `EINVAL`.
+//! (`EINVAL`, as for any file without `write_iter`). Seals work as on a
+//! shmem memfd (`memfd.rs`): shrink, grow, write (hole punching) and the
+//! write-sealed shared mapping.
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
@@ -20,7 +21,10 @@ use crate::errno::Errno;
 use crate::file::O_RDWR;
 use crate::hw::{Hw, PAGE_SIZE};
 use crate::ids::{FileId, HugeFileId, MmId, Pid};
-use crate::memfd::{FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE};
+use crate::memfd::{
+    F_SEAL_FUTURE_WRITE, F_SEAL_GROW, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_WRITE,
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE,
+};
 use crate::system::{FileObj, MemSystem, OpenFile};
 
 use super::{HSTATE_ORDERS, HugeFile, hstate_of_log, huge_size};
@@ -32,12 +36,19 @@ const MFD_HUGE_MASK: u64 = 0x3f;
 impl<H: Hw> MemSystem<H> {
     /// `memfd_create` with `MFD_HUGETLB` (`hugetlb_file_setup`): an empty
     /// hugetlbfs file of the size `flags` names, on a new descriptor.
-    pub(crate) fn hugetlb_memfd(&mut self, pid: Pid, flags: u64) -> Result<u64, Errno> {
+    pub(crate) fn hugetlb_memfd(
+        &mut self,
+        pid: Pid,
+        flags: u64,
+        mode: u32,
+        seals: u32,
+    ) -> Result<u64, Errno> {
         let log = ((flags >> MFD_HUGE_SHIFT) & MFD_HUGE_MASK) as u32;
         let h = hstate_of_log(log).ok_or(Errno::EINVAL)?;
         let file = HugeFileId(self.new_id());
-        self.huge.files.insert(file, HugeFile::new(h, 0));
-        self.huge.files.get_mut(&file).expect("new file").opens = 1;
+        let mut f = HugeFile::new(h, 0);
+        (f.opens, f.mode, f.seals) = (1, mode, seals);
+        self.huge.files.insert(file, f);
         let id = FileId(self.new_id());
         self.files.insert(
             id,
@@ -69,7 +80,10 @@ impl<H: Hw> MemSystem<H> {
         if len % size != 0 {
             return Err(Errno::EINVAL);
         }
-        let old = self.huge.files[&file].i_size;
+        let (old, seals) = (self.huge.files[&file].i_size, self.huge.files[&file].seals);
+        if (len < old && seals & F_SEAL_SHRINK != 0) || (len > old && seals & F_SEAL_GROW != 0) {
+            return Err(Errno::EPERM);
+        }
         self.huge
             .files
             .get_mut(&file)
@@ -99,9 +113,16 @@ impl<H: Hw> MemSystem<H> {
             return Err(Errno::EOPNOTSUPP);
         }
         let end = off.checked_add(len).ok_or(Errno::EFBIG)?;
+        let seals = self.huge.files[&file].seals;
         if mode & FALLOC_FL_PUNCH_HOLE != 0 {
+            if seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE) != 0 {
+                return Err(Errno::EPERM);
+            }
             self.hugetlbfs_punch_hole(file, off, end);
             return Ok(());
+        }
+        if seals & F_SEAL_GROW != 0 && end > self.huge.files[&file].i_size {
+            return Err(Errno::EPERM);
         }
         let h = self.huge.files[&file].hstate;
         let size = huge_size(h);
@@ -254,6 +275,8 @@ impl HugeFile {
             resv: BTreeSet::new(),
             i_mmap: BTreeSet::new(),
             opens: 0,
+            seals: F_SEAL_SEAL,
+            mode: 0o777,
         };
         f.set_size(bytes, huge_size(hstate));
         f

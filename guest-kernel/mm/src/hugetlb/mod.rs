@@ -111,6 +111,12 @@ pub(crate) struct HugeFile {
     pub i_mmap: BTreeSet<VmaKey>,
     /// Open files of it (a hugetlb memfd's).
     pub opens: u32,
+    /// A memfd's seals (`F_SEAL_*`; an anonymous `MAP_HUGETLB` file is
+    /// sealed, as hugetlbfs_get_inode leaves every inode).
+    pub seals: u32,
+    /// Its mode bits (a memfd made with `MFD_NOEXEC_SEAL` is not
+    /// executable).
+    pub mode: u32,
 }
 
 /// A private mapping's reservation map: the huge page indices whose
