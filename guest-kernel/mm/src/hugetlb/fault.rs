@@ -240,9 +240,13 @@ impl<H: Hw> MemSystem<H> {
         old: Pfn,
         flags: PteFlags,
     ) -> Result<(), Fault> {
+        // A writable entry is never write-protected: a bit left from a
+        // range that is no longer registered goes (hugetlb_fault lifts a
+        // registered one before this).
         let writable = Pte::Mapped {
             pfn: old,
             flags: flags
+                .without(PteFlags::UFFD_WP)
                 .with(PteFlags::WRITE)
                 .with(self.dirty_bits())
                 .with(PteFlags::ACCESSED),
