@@ -132,15 +132,13 @@ impl<H: Hw> MemSystem<H> {
         buf: u64,
         count: u64,
     ) -> Result<Option<u64>, Errno> {
-        let file = self.open_file(pid, fd)?;
-        let FileObj::Uffd(ctx) = self.files[&file].obj else {
-            return Err(Errno::EINVAL);
-        };
-        let nonblock = self.files[&file].flags & O_NONBLOCK != 0;
-        let u = &self.uffds[&ctx];
-        if u.features.is_none() || count < MSG_BYTES {
+        // Before UFFDIO_API it is EINVAL, as for the ioctls.
+        let (ctx, _) = self.uffd_ready(pid, fd)?;
+        let nonblock = self.files[&self.open_file(pid, fd)?].flags & O_NONBLOCK != 0;
+        if count < MSG_BYTES {
             return Err(Errno::EINVAL);
         }
+        let u = &self.uffds[&ctx];
         let fits = (count / MSG_BYTES) as usize;
         let picked: alloc::vec::Vec<usize> = (0..u.queues.faults.len())
             .filter(|&i| !u.queues.faults[i].read)

@@ -153,7 +153,7 @@ impl<H: Hw> MemSystem<H> {
 
     /// The context for a call other than `UFFDIO_API`, which must have come
     /// first.
-    fn uffd_ready(&self, pid: Pid, fd: u64) -> Result<(UffdId, u64), Errno> {
+    pub(crate) fn uffd_ready(&self, pid: Pid, fd: u64) -> Result<(UffdId, u64), Errno> {
         let ctx = self.uffd_of(pid, fd)?;
         let features = self.uffds[&ctx].features.ok_or(Errno::EINVAL)?;
         Ok((ctx, features))

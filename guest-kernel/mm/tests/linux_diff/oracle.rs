@@ -438,32 +438,21 @@ impl Proc {
                 let mut b = 0u8;
                 // SAFETY: the probe catches any fault on this address.
                 let r = unsafe { probe::probe_read(n(1), &mut b) };
-                if r == 0 {
-                    format!("ok {b}")
-                } else {
-                    format!("fault {r}")
-                }
+                probe_answer(r, b)
             }
             "write" => {
                 // SAFETY: as for read.
                 let r = unsafe { probe::probe_write(n(1), n(2) as u8) };
-                if r == 0 {
-                    format!("ok {}", n(2))
-                } else {
-                    format!("fault {r}")
-                }
+                probe_answer(r, n(2) as u8)
             }
             "write_bg" => {
                 let (va, val) = (n(1), n(2) as u8);
                 self.bg = Some(std::thread::spawn(move || {
-                    // SAFETY: as for write (the fault handler is per
-                    // process; a fault is delivered to this thread).
+                    // The fault handler is the process's; a fault goes to
+                    // the thread that took it.
+                    // SAFETY: as for write.
                     let r = unsafe { probe::probe_write(va, val) };
-                    if r == 0 {
-                        format!("ok {val}")
-                    } else {
-                        format!("fault {r}")
-                    }
+                    probe_answer(r, val)
                 }));
                 "started".into()
             }
@@ -897,6 +886,16 @@ impl Backend for Oracle {
             .map(|x| x.parse::<i128>().expect("uffd_read answer") as i64)
             .collect();
         (w[0], [w[1] as u64, w[2] as u64, w[3] as u64])
+    }
+}
+
+/// A probe's result as an access's answer: `ok V`, or `fault R` with the
+/// probe's `signal << 8 | si_code`.
+fn probe_answer(r: u64, value: u8) -> String {
+    if r == 0 {
+        format!("ok {value}")
+    } else {
+        format!("fault {r}")
     }
 }
 

@@ -100,9 +100,7 @@ impl Backend for Sim {
                 }
                 Access::Done(b[0])
             }
-            Err(r) if r.signal == SIGBUS => Access::Bus,
-            Err(r) if r.signal == SIGSEGV => Access::Segv(r.code.map_or(0, |c| c as i32)),
-            Err(r) => panic!("access at {va:#x}: {r:?}"),
+            Err(r) => signalled(r),
         }
     }
 
@@ -275,6 +273,15 @@ impl Backend for Sim {
     }
 }
 
+/// The access a handler of SIGBUS and SIGSEGV sees for a fatal fault.
+fn signalled(r: guest_mm::SigReport) -> Access {
+    match r.signal {
+        SIGBUS => Access::Bus,
+        SIGSEGV => Access::Segv(r.code.map_or(0, |c| c as i32)),
+        _ => panic!("access at {:#x}: {r:?}", r.addr),
+    }
+}
+
 impl Sim {
     /// What a woken task does at once: every background write that no
     /// longer waits is tried again (and may wait again).
@@ -302,8 +309,7 @@ impl Sim {
                 Some(Access::Done(val))
             }
             Err(FaultStop::Userfault) => None,
-            Err(FaultStop::Signal(r)) if r.signal == SIGBUS => Some(Access::Bus),
-            Err(FaultStop::Signal(r)) => Some(Access::Segv(r.code.map_or(0, |c| c as i32))),
+            Err(FaultStop::Signal(r)) => Some(signalled(r)),
         }
     }
 
