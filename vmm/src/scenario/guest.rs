@@ -26,6 +26,27 @@ const CONFORM_STDIN: u64 = 1 << 33;
 /// what one would hide (a step of one process seen from another CPU).
 const VCPUS: &str = "2";
 
+/// Runs `cmd` to its end with its output collected, as `output()` does,
+/// but with SIGINT and SIGTERM blocked here: one that reaches this process
+/// alone (a `kill`) is passed to the guest, which stops cleanly, and one
+/// sent to the whole group (Ctrl-C) leaves this process alive to say so.
+fn run_forwarding_signals(cmd: &mut Command) -> std::io::Result<std::process::Output> {
+    crate::signals::block_termination_signals();
+    let child = cmd.stdout(Stdio::piped()).spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if let Some(sig) = crate::signals::take_pending() {
+            // SAFETY: kill only sends a signal to our own child.
+            unsafe { libc::kill(pid, sig) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    waiter
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the guest's waiter panicked")))
+}
+
 /// The host's lowest mappable address: the guest takes the same, so that
 /// both sides refuse the same low mappings.
 pub fn host_mmap_min_addr() -> u64 {
@@ -107,10 +128,7 @@ fn boot(
     if let Some(t) = timeout {
         cmd.args(["--timeout", &t.to_string()]);
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+    let out = run_forwarding_signals(cmd.stdin(Stdio::null()).stderr(Stdio::piped()))
         .map_err(|e| failed(format!("cannot start the guest: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     // Ctrl-C or SIGTERM: the VM stopped cleanly with 128 + the signal.
